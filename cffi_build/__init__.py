@@ -1,0 +1,1 @@
+"""Build-time only: the cffi description of ``ktls_ossl._ossl``."""

@@ -1,0 +1,39 @@
+"""ktls_ossl: Linux kernel TLS for Python, with OpenSSL 3 doing (and verifying) the handshake.
+
+Keys reach the kernel only after the peer's Finished has been verified; from then on ``send``,
+``recv``, ``sendfile`` and ``splice`` on the TCP socket are encrypted by the kernel, and every
+non-data record the kernel surfaces is handled by a defined rule.
+"""
+from ._ossl import ffi as _ffi, lib as _lib
+from . import kernel
+from .errors import (
+    KernelTLSError,
+    KTLSCipherUnavailableError,
+    KTLSKeyExpiredError,
+    KTLSRecordError,
+    KTLSRekeyUnsupportedError,
+    KTLSUnavailableError,
+)
+from .keys import KernelCipher, TrafficKeys
+
+OPENSSL_VERSION = _ffi.string(_lib.OpenSSL_version(_lib.OPENSSL_VERSION)).decode("ascii")
+OPENSSL_VERSION_NUMBER = _lib.OpenSSL_version_num()
+# The headers the extension was compiled against (the runtime library may be newer).
+OPENSSL_BUILD_VERSION = _ffi.string(_lib.OPENSSL_VERSION_TEXT).decode("ascii")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPENSSL_VERSION",
+    "OPENSSL_VERSION_NUMBER",
+    "OPENSSL_BUILD_VERSION",
+    "KernelCipher",
+    "KernelTLSError",
+    "KTLSCipherUnavailableError",
+    "KTLSKeyExpiredError",
+    "KTLSRecordError",
+    "KTLSRekeyUnsupportedError",
+    "KTLSUnavailableError",
+    "TrafficKeys",
+    "kernel",
+]

@@ -1,0 +1,162 @@
+"""Exceptions: OpenSSL's error queue as CPython's ssl exceptions, and kernel TLS failures.
+
+OpenSSL errors become exactly the ssl.SSLError subclasses CPython raises, with the same
+``library`` and ``reason`` names (taken from CPython's own table in ``_ssl``) and the same message
+layout, so code written against ``ssl`` keeps working. Kernel failures are ssl.SSLError subclasses
+too, with library "KTLS", the OS errno, and a message that says what to do.
+"""
+from __future__ import annotations
+
+import errno as errno_module
+import os
+import ssl
+
+import _ssl
+
+from ._ossl import ffi, lib
+
+LOCATION = "(ktls_ossl)"
+
+_LIB_NAMES = getattr(_ssl, "lib_codes_to_names", {})
+_REASON_NAMES = getattr(_ssl, "err_codes_to_names", {})
+
+SSL_R_CERTIFICATE_VERIFY_FAILED = 134
+SSL_R_UNEXPECTED_EOF_WHILE_READING = 294
+SSL_R_ALERT_BASE = 1000  # OpenSSL reports a received alert N as reason 1000 + N
+
+
+def _text(pointer) -> str | None:
+    if pointer == ffi.NULL:
+        return None
+    return ffi.string(pointer).decode("utf-8", "replace")
+
+
+def error_names(code: int) -> tuple[str | None, str | None]:
+    """(library, reason) names for a packed OpenSSL error code, as CPython names them."""
+    lib_code = lib.ERR_GET_LIB(code)
+    reason_code = lib.ERR_GET_REASON(code)
+    return _LIB_NAMES.get(lib_code), _REASON_NAMES.get((lib_code, reason_code))
+
+
+def alert_reason(description: int) -> tuple[str, str]:
+    """(reason name, text) for a TLS alert as OpenSSL reports a received one,
+    e.g. (42) -> ("SSLV3_ALERT_BAD_CERTIFICATE", "sslv3 alert bad certificate")."""
+    name = _REASON_NAMES.get((lib.ERR_LIB_SSL, SSL_R_ALERT_BASE + description))
+    text = _text(lib.SSL_alert_desc_string_long(description))
+    if name is None:
+        name = f"TLSV1_ALERT_{description}"
+    prefix = "sslv3 alert" if name.startswith("SSLV3") else "tlsv1 alert"
+    return name, f"{prefix} {(text or str(description)).lower()}"
+
+
+def _make(exc_type, code: int, message: str, library, reason, **attributes):
+    if library and reason:
+        text = f"[{library}: {reason}] {message} {LOCATION}"
+    elif library:
+        text = f"[{library}] {message} {LOCATION}"
+    else:
+        text = f"{message} {LOCATION}"
+    exc = exc_type(code, text)
+    exc.library = library
+    exc.reason = reason
+    for name, value in attributes.items():
+        setattr(exc, name, value)
+    return exc
+
+
+def verify_message(verify_code: int, hostname: str | None = None) -> str:
+    """CPython's wording of a certificate verification failure."""
+    if verify_code == lib.X509_V_ERR_HOSTNAME_MISMATCH and hostname is not None:
+        return f"Hostname mismatch, certificate is not valid for {hostname!r}."
+    if verify_code == lib.X509_V_ERR_IP_ADDRESS_MISMATCH and hostname is not None:
+        return f"IP address mismatch, certificate is not valid for {hostname!r}."
+    return _text(lib.X509_verify_cert_error_string(verify_code)) or f"error {verify_code}"
+
+
+def pop_error_code() -> int:
+    """The error CPython would report (the last one queued), leaving the queue empty."""
+    code = lib.ERR_peek_last_error()
+    lib.ERR_clear_error()
+    return code
+
+
+def ssl_error_from_code(code: int, *, verify_result: int | None = None, hostname: str | None = None,
+                        default_message: str = "A failure in the SSL library occurred") -> ssl.SSLError:
+    """The exception CPython raises for SSL_ERROR_SSL with ``code`` at the top of the queue."""
+    if code == 0:
+        return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, default_message, None, None)
+    library, reason = error_names(code)
+    message = _text(lib.ERR_reason_error_string(code)) or default_message
+    lib_code, reason_code = lib.ERR_GET_LIB(code), lib.ERR_GET_REASON(code)
+    if lib_code == lib.ERR_LIB_SSL and reason_code == SSL_R_CERTIFICATE_VERIFY_FAILED:
+        verify_code = verify_result if verify_result is not None else 0
+        detail = verify_message(verify_code, hostname)
+        return _make(
+            ssl.SSLCertVerificationError, ssl.SSL_ERROR_SSL, f"{message}: {detail}", library, reason,
+            verify_code=verify_code, verify_message=detail,
+        )
+    if lib_code == lib.ERR_LIB_SSL and reason_code == SSL_R_UNEXPECTED_EOF_WHILE_READING:
+        return _make(ssl.SSLEOFError, ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol", library, reason)
+    return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, message, library, reason)
+
+
+def eof_error() -> ssl.SSLEOFError:
+    return _make(ssl.SSLEOFError, ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol", None, None)
+
+
+def zero_return_error() -> ssl.SSLZeroReturnError:
+    return _make(ssl.SSLZeroReturnError, ssl.SSL_ERROR_ZERO_RETURN,
+                 "TLS/SSL connection has been closed (EOF)", None, None)
+
+
+def want_read_error() -> ssl.SSLWantReadError:
+    return _make(ssl.SSLWantReadError, ssl.SSL_ERROR_WANT_READ, "The operation did not complete (read)", None, None)
+
+
+def want_write_error() -> ssl.SSLWantWriteError:
+    return _make(ssl.SSLWantWriteError, ssl.SSL_ERROR_WANT_WRITE, "The operation did not complete (write)", None, None)
+
+
+def peer_alert_error(description: int) -> ssl.SSLError:
+    """A fatal alert the peer sent, worded as OpenSSL/CPython word it for a user-space connection."""
+    reason, text = alert_reason(description)
+    return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, text, "SSL", reason)
+
+
+def local_protocol_error(reason: str, message: str) -> ssl.SSLError:
+    """A protocol violation we detected ourselves (e.g. a record type that may not appear)."""
+    return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, message, "SSL", reason)
+
+
+# --- Kernel TLS ---------------------------------------------------------------------------------
+
+class KernelTLSError(ssl.SSLError):
+    """A kernel TLS operation failed. ``errno`` is the OS error, ``reason`` a stable name."""
+
+    library = "KTLS"
+
+    def __init__(self, errno: int, message: str, reason: str):
+        name = errno_module.errorcode.get(errno, str(errno))
+        super().__init__(errno, f"[KTLS: {reason}] {message} ({name}: {os.strerror(errno)})")
+        self.library = "KTLS"
+        self.reason = reason
+
+
+class KTLSUnavailableError(KernelTLSError):
+    """The tls ULP cannot be attached (module missing, socket not connected, ...)."""
+
+
+class KTLSCipherUnavailableError(KernelTLSError):
+    """The kernel refused the keys for this version and cipher."""
+
+
+class KTLSRekeyUnsupportedError(KernelTLSError):
+    """The kernel cannot replace keys on a live socket (TLS 1.3 rekey needs Linux 6.14+)."""
+
+
+class KTLSRecordError(KernelTLSError):
+    """The kernel rejected a received record; the connection cannot continue."""
+
+
+class KTLSKeyExpiredError(KernelTLSError):
+    """The peer's KeyUpdate paused reception until the next key is installed (EKEYEXPIRED)."""

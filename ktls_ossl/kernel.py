@@ -1,0 +1,511 @@
+"""The only module that talks to kernel TLS: probe, attach, install, rekey, record I/O, counters.
+
+Everything else in ktls_ossl reaches the kernel through these functions, so that every errno a
+kTLS socket can produce is turned into a specific exception with advice in one place.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import functools
+import os
+import select
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+
+from ._ossl import ffi, lib
+from .errors import (
+    KernelTLSError,
+    KTLSCipherUnavailableError,
+    KTLSKeyExpiredError,
+    KTLSRecordError,
+    KTLSRekeyUnsupportedError,
+    KTLSUnavailableError,
+)
+from .records import ContentType
+from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, VERSION_NAMES, KernelCipher, TrafficKeys
+
+SOL_TLS = lib.SOL_TLS
+TCP_ULP = lib.TCP_ULP
+TLS_STAT_PATH = "/proc/net/tls_stat"
+
+# The largest plaintext a record may carry; a receive buffer this big always holds a whole record.
+MAX_RECORD_PLAINTEXT = 16384
+
+_STRUCTS = {
+    KernelCipher.AES_GCM_128: "struct tls12_crypto_info_aes_gcm_128",
+    KernelCipher.AES_GCM_256: "struct tls12_crypto_info_aes_gcm_256",
+    KernelCipher.AES_CCM_128: "struct tls12_crypto_info_aes_ccm_128",
+    KernelCipher.CHACHA20_POLY1305: "struct tls12_crypto_info_chacha20_poly1305",
+}
+
+# Where a cipher's crypto_info size is what the kernel checks optlen against.
+CRYPTO_INFO_SIZES = {cipher: ffi.sizeof(name) for cipher, name in _STRUCTS.items()}
+
+# The crypto modules each kernel cipher needs (what "modprobe" would have to load).
+_CIPHER_MODULES = {
+    KernelCipher.AES_GCM_128: "gcm, ghash-generic (or ghash-clmulni), aes",
+    KernelCipher.AES_GCM_256: "gcm, ghash-generic (or ghash-clmulni), aes",
+    KernelCipher.AES_CCM_128: "ccm, ctr, aes",
+    KernelCipher.CHACHA20_POLY1305: "chacha20poly1305, chacha20, poly1305",
+}
+
+
+class Direction(enum.Enum):
+    TX = "tx"
+    RX = "rx"
+
+    @property
+    def optname(self) -> int:
+        return lib.TLS_TX if self is Direction.TX else lib.TLS_RX
+
+
+def _fileno(sock) -> int:
+    return sock if isinstance(sock, int) else sock.fileno()
+
+
+def _socket_view(sock):
+    """A socket object for ``sock``; a bare fd is wrapped around a dup so the caller keeps it."""
+    if isinstance(sock, socket.socket):
+        return contextlib.nullcontext(sock)
+    return socket.socket(fileno=os.dup(sock))
+
+
+def _setsockopt(sock, level: int, optname: int, value) -> None:
+    with _socket_view(sock) as view:
+        socket.socket.setsockopt(view, level, optname, value)
+
+
+def _getsockopt(sock, level: int, optname: int, size: int) -> bytes:
+    with _socket_view(sock) as view:
+        return socket.socket.getsockopt(view, level, optname, size)
+
+
+# --- Attaching and installing keys ---------------------------------------------------------------
+
+def ulp_error(err: int) -> KTLSUnavailableError:
+    advice = {
+        errno.ENOENT: "the kernel has no 'tls' upper-layer protocol: load it with 'modprobe tls' "
+                      "(needs CONFIG_TLS), or run under scripts/ktls-vm",
+        errno.ENOTCONN: "the TCP connection is not established (the tls ULP attaches only to "
+                        "connected sockets)",
+        errno.EEXIST: "another upper-layer protocol (or tls already) is attached to this socket",
+        errno.ENOPROTOOPT: "the kernel does not support TCP_ULP at all (Linux 4.13 or later needed)",
+        errno.EPERM: "attaching the tls ULP was refused; autoloading the module may need "
+                     "'modprobe tls' by root first",
+    }.get(err, "attaching the tls ULP failed")
+    return KTLSUnavailableError(err, f"kernel TLS unavailable: {advice}", "ULP_UNAVAILABLE")
+
+
+def attach_ulp(sock) -> None:
+    """setsockopt(TCP_ULP, "tls") on a connected TCP socket."""
+    try:
+        _setsockopt(sock, socket.IPPROTO_TCP, TCP_ULP, b"tls")
+    except OSError as exc:
+        raise ulp_error(exc.errno) from None
+
+
+def crypto_info_bytes(keys: TrafficKeys) -> bytes:
+    """The exact struct the kernel expects, built through the compiled struct definition."""
+    info = ffi.new(_STRUCTS[keys.cipher] + " *")
+    info.info.version = keys.version
+    info.info.cipher_type = int(keys.cipher)
+    ffi.memmove(info.iv, keys.iv, len(keys.iv))
+    ffi.memmove(info.key, keys.key, len(keys.key))
+    if keys.salt:
+        ffi.memmove(info.salt, keys.salt, len(keys.salt))
+    ffi.memmove(info.rec_seq, keys.rec_seq, 8)
+    return bytes(ffi.buffer(info))
+
+
+def _install_error(err: int, direction: Direction, keys: TrafficKeys, *, update: bool) -> KernelTLSError:
+    what = f"{VERSION_NAMES[keys.version]} {keys.cipher.display_name} {direction.value.upper()}"
+    if update and err == errno.EBUSY:
+        return KTLSRekeyUnsupportedError(
+            err, f"the kernel cannot replace {what} keys on a live socket; TLS 1.3 rekey needs "
+                 f"Linux 6.14 or later (running {os.uname().release})", "REKEY_UNSUPPORTED")
+    if update and err == errno.EINVAL and keys.version != TLS_1_3_VERSION:
+        return KTLSRekeyUnsupportedError(err, f"rekeying is defined for TLS 1.3 only, not for {what}",
+                                         "REKEY_UNSUPPORTED")
+    advice = {
+        errno.ENOENT: f"the kernel crypto for {keys.cipher.display_name} is missing: load "
+                      f"{_CIPHER_MODULES[keys.cipher]}",
+        errno.EINVAL: f"the kernel rejected {what} (cipher or version not supported by this kernel, "
+                      "or TX and RX would differ in version or cipher)",
+        errno.EBUSY: f"{what} keys are already installed on this socket",
+        errno.ENOPROTOOPT: "the tls ULP is not attached to this socket",
+        errno.ENOMEM: "the kernel is out of memory for a kTLS context",
+    }.get(err, f"installing {what} keys failed")
+    return KTLSCipherUnavailableError(err, advice, "CIPHER_UNAVAILABLE")
+
+
+def install(sock, direction: Direction, keys: TrafficKeys) -> None:
+    """Hand one direction's keys to the kernel (TLS_TX / TLS_RX). The ULP must be attached."""
+    _set_keys(sock, direction, keys, update=False)
+
+
+def rekey(sock, direction: Direction, keys: TrafficKeys) -> None:
+    """Replace the keys of a direction after a TLS 1.3 KeyUpdate (Linux 6.14+)."""
+    if keys.version != TLS_1_3_VERSION:
+        raise KTLSRekeyUnsupportedError(errno.EINVAL, "rekeying is defined for TLS 1.3 only", "REKEY_UNSUPPORTED")
+    _set_keys(sock, direction, keys, update=True)
+
+
+def _set_keys(sock, direction: Direction, keys: TrafficKeys, *, update: bool) -> None:
+    try:
+        _setsockopt(sock, SOL_TLS, direction.optname, crypto_info_bytes(keys))
+    except OSError as exc:
+        if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP) and not update:
+            raise ulp_error(exc.errno) from None
+        raise _install_error(exc.errno, direction, keys, update=update) from None
+
+
+def read_crypto_info(sock, direction: Direction) -> TrafficKeys:
+    """What the kernel holds for a direction, with the live iv and rec_seq (includes the key).
+
+    The kernel wants either the 4-byte header size (version and cipher only) or the exact size of
+    the cipher's struct, so this asks twice.
+    """
+    try:
+        header = _getsockopt(sock, SOL_TLS, direction.optname, ffi.sizeof("struct tls_crypto_info"))
+        version, cipher_type = struct.unpack("=HH", header)
+        cipher = KernelCipher(cipher_type)
+        raw = _getsockopt(sock, SOL_TLS, direction.optname, CRYPTO_INFO_SIZES[cipher])
+    except OSError as exc:
+        raise KernelTLSError(exc.errno, f"reading the {direction.value.upper()} crypto info failed "
+                                        "(are keys installed?)", "GETSOCKOPT_FAILED") from None
+    info = ffi.from_buffer(_STRUCTS[cipher] + " *", raw)
+    return TrafficKeys(
+        version=version,
+        cipher=cipher,
+        key=bytes(info.key),
+        iv=bytes(info.iv),
+        salt=bytes(ffi.buffer(info.salt, cipher.salt_size)),
+        seq=int.from_bytes(bytes(info.rec_seq), "big"),
+    )
+
+
+def set_rx_expect_no_pad(sock, enabled: bool = True) -> None:
+    """TLS 1.3 only: promise the peer sends no record padding, so the kernel decrypts in place."""
+    try:
+        _setsockopt(sock, SOL_TLS, lib.TLS_RX_EXPECT_NO_PAD, struct.pack("=I", int(enabled)))
+    except OSError as exc:
+        raise KernelTLSError(exc.errno, "TLS_RX_EXPECT_NO_PAD was refused (needs Linux 6.0+, "
+                                        "TLS 1.3 and RX keys installed)", "NO_PAD_UNAVAILABLE") from None
+
+
+# --- Record I/O -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReceivedRecord:
+    content_type: int
+    length: int
+    msg_flags: int
+
+    @property
+    def control_truncated(self) -> bool:
+        return bool(self.msg_flags & lib.MSG_CTRUNC)
+
+    @property
+    def end_of_record(self) -> bool:
+        return bool(self.msg_flags & lib.MSG_EOR)
+
+
+def _receive_error(err: int) -> OSError:
+    if err == errno.EBADMSG:
+        return KTLSRecordError(err, "the kernel could not authenticate a received record (wrong key, "
+                                    "tampering, or lost record sync); the connection is unusable",
+                               "DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
+    if err == errno.EMSGSIZE:
+        return KTLSRecordError(err, "the peer sent a record longer than TLS allows",
+                               "ENCRYPTED_LENGTH_TOO_LONG")
+    if err == errno.EINVAL:
+        return KTLSRecordError(err, "the peer sent a record with an invalid header (version or "
+                                    "length)", "WRONG_VERSION_NUMBER")
+    if err == errno.EKEYEXPIRED:
+        return KTLSKeyExpiredError(err, "the peer updated its keys; reception is paused until the next "
+                                        "RX key is installed", "KEY_UPDATE_PENDING")
+    return OSError(err, os.strerror(err))
+
+
+def recv_record_into(sock, buffer, flags: int = 0) -> ReceivedRecord:
+    """One recvmsg with the record-type cmsg into ``buffer`` (any writable buffer).
+
+    Returns either application data (possibly several records' worth) or exactly one control
+    record. content_type 0 means the socket had no TLS RX (no cmsg came). Raises BlockingIOError on
+    EAGAIN and the specific kernel errors above; EINTR is retried here so that Python's signal
+    handlers run in between.
+    """
+    fd = _fileno(sock)
+    view = ffi.from_buffer(buffer, require_writable=True)
+    record_type = ffi.new("unsigned char *")
+    msg_flags = ffi.new("int *")
+    while True:
+        n = lib.ktls_recv_record(fd, view, len(view), flags, record_type, msg_flags)
+        if n >= 0:
+            return ReceivedRecord(record_type[0], n, msg_flags[0])
+        if -n != errno.EINTR:
+            raise _receive_error(-n)
+
+
+def recv_record(sock, bufsize: int = MAX_RECORD_PLAINTEXT, flags: int = 0) -> tuple[int, bytes]:
+    """(content_type, payload) of the next record (or run of data records) on a kTLS socket."""
+    buffer = bytearray(bufsize)
+    record = recv_record_into(sock, buffer, flags)
+    return record.content_type, bytes(memoryview(buffer)[: record.length])
+
+
+def send_record(sock, content_type: int, data, flags: int = 0) -> int:
+    """Send ``data`` as one record of ``content_type`` (alert 21, handshake 22, ...) through TLS_TX."""
+    if not 0 < content_type < 256:
+        raise ValueError(f"invalid TLS content type {content_type}")
+    fd = _fileno(sock)
+    payload = ffi.from_buffer(data)
+    if len(payload) == 0 and content_type != ContentType.APPLICATION_DATA:
+        # The kernel sends nothing for an empty sendmsg, and TLS forbids empty control records.
+        raise ValueError("a control record cannot be empty")
+    while True:
+        n = lib.ktls_send_record(fd, payload, len(payload), content_type, flags)
+        if n >= 0:
+            return n
+        if -n != errno.EINTR:
+            err = -n
+            if err == errno.EINVAL and flags & lib.MSG_MORE:
+                raise ValueError("MSG_MORE cannot be combined with a record type")
+            raise OSError(err, os.strerror(err))
+
+
+# --- Counters -------------------------------------------------------------------------------------
+
+def tls_stat(path: str = TLS_STAT_PATH) -> dict[str, int]:
+    """/proc/net/tls_stat as {name: value}; empty when the tls module is not loaded."""
+    try:
+        with open(path, encoding="ascii") as stat:
+            lines = stat.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    counters = {}
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name and value.strip().isdigit():
+            counters[name] = int(value)
+    return counters
+
+
+# --- Probe ----------------------------------------------------------------------------------------
+
+PROBE_VERSIONS = (TLS_1_2_VERSION, TLS_1_3_VERSION)
+PROBE_CIPHERS = tuple(KernelCipher)
+
+
+@dataclass(frozen=True)
+class CipherSupport:
+    version: int
+    cipher: KernelCipher
+    tx: bool
+    rx: bool
+    round_trip: bool
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.tx and self.rx and self.round_trip
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    kernel_release: str
+    ulp_available: bool
+    ulp_errno: int | None
+    ulp_message: str | None
+    ciphers: tuple[CipherSupport, ...] = ()
+    rekey_supported: bool | None = None
+    rekey_detail: str | None = None
+    rx_expect_no_pad: bool | None = None
+    tls_stat_available: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def support(self, version: int, cipher: KernelCipher) -> CipherSupport | None:
+        for entry in self.ciphers:
+            if entry.version == version and entry.cipher == cipher:
+                return entry
+        return None
+
+    def unavailable_reason(self, version: int, cipher: KernelCipher, direction: Direction) -> str | None:
+        """None when the kernel can carry that direction, else why not (for sock.ktls)."""
+        if not self.ulp_available:
+            return self.ulp_message or "kernel TLS unavailable"
+        entry = self.support(version, cipher)
+        if entry is None:
+            return f"{VERSION_NAMES.get(version, hex(version))} {KernelCipher(cipher).display_name} was not probed"
+        ok = entry.tx if direction is Direction.TX else entry.rx
+        if ok and entry.round_trip:
+            return None
+        return entry.error or (f"the kernel cannot {direction.value.upper()} "
+                               f"{VERSION_NAMES[version]} {entry.cipher.display_name}")
+
+    def as_dict(self) -> dict:
+        return {
+            "kernel_release": self.kernel_release,
+            "ulp_available": self.ulp_available,
+            "ulp_errno": self.ulp_errno,
+            "ulp_message": self.ulp_message,
+            "ciphers": [
+                {"version": VERSION_NAMES[c.version], "cipher": c.cipher.display_name, "tx": c.tx,
+                 "rx": c.rx, "round_trip": c.round_trip, "error": c.error}
+                for c in self.ciphers
+            ],
+            "rekey_supported": self.rekey_supported,
+            "rekey_detail": self.rekey_detail,
+            "rx_expect_no_pad": self.rx_expect_no_pad,
+            "tls_stat_available": self.tls_stat_available,
+            "notes": list(self.notes),
+        }
+
+    def format_table(self) -> str:
+        def mark(value):
+            return "yes" if value else ("-" if value is None else "no")
+
+        lines = [f"kernel {self.kernel_release}"]
+        if self.ulp_available:
+            lines.append("tls ULP: available")
+        else:
+            lines.append(f"tls ULP: UNAVAILABLE - {self.ulp_message}")
+        if self.ciphers:
+            lines.append("")
+            lines.append(f"{'version':<8} {'cipher':<18} {'TX':<4} {'RX':<4} {'data':<5} note")
+            for c in self.ciphers:
+                lines.append(
+                    f"{VERSION_NAMES[c.version]:<8} {c.cipher.display_name:<18} {mark(c.tx):<4} "
+                    f"{mark(c.rx):<4} {mark(c.round_trip):<5} {c.error or ''}".rstrip()
+                )
+            lines.append("")
+        lines.append(f"TLS 1.3 rekey (KeyUpdate): {mark(self.rekey_supported)}"
+                     + (f" - {self.rekey_detail}" if self.rekey_detail else ""))
+        lines.append(f"TLS_RX_EXPECT_NO_PAD: {mark(self.rx_expect_no_pad)}")
+        lines.append(f"/proc/net/tls_stat: {'present' if self.tls_stat_available else 'absent'}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _loopback_pair(timeout: float = 5.0) -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=timeout)
+        server, _ = listener.accept()
+    client.settimeout(timeout)
+    server.settimeout(timeout)
+    return client, server
+
+
+def _probe_keys(version: int, cipher: KernelCipher, fill: int) -> TrafficKeys:
+    return TrafficKeys(version, cipher, bytes([fill]) * cipher.key_size,
+                       bytes([fill ^ 0x5A]) * cipher.iv_size, bytes([fill ^ 0xA5]) * cipher.salt_size, 0)
+
+
+def _wait_readable(sock, timeout: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], timeout)
+    return bool(readable)
+
+
+def _probe_cipher(version: int, cipher: KernelCipher) -> CipherSupport:
+    keys = _probe_keys(version, cipher, 0x11 + int(cipher))
+    client, server = _loopback_pair()
+    with client, server:
+        attach_ulp(client)
+        attach_ulp(server)
+        tx = rx = False
+        error = None
+        try:
+            install(client, Direction.TX, keys)
+            tx = True
+        except KernelTLSError as exc:
+            error = str(exc)
+        try:
+            install(server, Direction.RX, keys)
+            rx = True
+        except KernelTLSError as exc:
+            error = error or str(exc)
+        round_trip = False
+        if tx and rx:
+            message = b"ktls_ossl probe"
+            try:
+                client.sendall(message)
+                if _wait_readable(server, 5.0):
+                    content_type, payload = recv_record(server, 64, lib.MSG_DONTWAIT)
+                    round_trip = content_type == ContentType.APPLICATION_DATA and payload == message
+                if not round_trip:
+                    error = "keys installed but a record did not round-trip"
+            except OSError as exc:
+                error = f"keys installed but a record did not round-trip: {exc}"
+        return CipherSupport(version, cipher, tx, rx, round_trip, error)
+
+
+def _probe_rekey() -> tuple[bool | None, str]:
+    keys = _probe_keys(TLS_1_3_VERSION, KernelCipher.AES_GCM_128, 0x42)
+    client, server = _loopback_pair()
+    with client, server:
+        attach_ulp(client)
+        install(client, Direction.TX, keys)
+        try:
+            rekey(client, Direction.TX, _probe_keys(TLS_1_3_VERSION, KernelCipher.AES_GCM_128, 0x43))
+        except KTLSRekeyUnsupportedError:
+            return False, "a second TLS_TX is refused (EBUSY); needs Linux 6.14+"
+        except KernelTLSError as exc:
+            return False, str(exc)
+    return True, "TX and RX keys can be replaced after a KeyUpdate"
+
+
+def _probe_no_pad() -> bool:
+    keys = _probe_keys(TLS_1_3_VERSION, KernelCipher.AES_GCM_128, 0x44)
+    client, server = _loopback_pair()
+    with client, server:
+        attach_ulp(server)
+        install(server, Direction.RX, keys)
+        try:
+            set_rx_expect_no_pad(server, True)
+        except KernelTLSError:
+            return False
+    return True
+
+
+_probe_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_probe() -> ProbeReport:
+    release = os.uname().release
+    try:
+        client, server = _loopback_pair()
+    except OSError as exc:
+        return ProbeReport(release, False, exc.errno,
+                           f"cannot open a TCP loopback connection to probe kernel TLS: {exc}")
+    with client, server:
+        try:
+            attach_ulp(client)
+        except KTLSUnavailableError as exc:
+            return ProbeReport(release, False, exc.errno, str(exc),
+                               tls_stat_available=os.path.exists(TLS_STAT_PATH))
+    ciphers = tuple(_probe_cipher(v, c) for v in PROBE_VERSIONS for c in PROBE_CIPHERS)
+    rekey_supported, rekey_detail = _probe_rekey()
+    return ProbeReport(
+        kernel_release=release,
+        ulp_available=True,
+        ulp_errno=None,
+        ulp_message=None,
+        ciphers=ciphers,
+        rekey_supported=rekey_supported,
+        rekey_detail=rekey_detail,
+        rx_expect_no_pad=_probe_no_pad(),
+        tls_stat_available=os.path.exists(TLS_STAT_PATH),
+    )
+
+
+def probe(refresh: bool = False) -> ProbeReport:
+    """What this kernel's TLS can do, found by trying it on loopback (cached per process)."""
+    with _probe_lock:
+        if refresh:
+            _cached_probe.cache_clear()
+        return _cached_probe()

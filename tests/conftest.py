@@ -1,0 +1,121 @@
+"""Shared fixtures, the ``ktls`` marker, and the per-kernel count of kTLS tests that ran.
+
+kTLS tests skip with the probe's reason on a kernel without tls, but under scripts/ktls-vm
+(KTLS_REQUIRE=1) they fail instead: a kTLS test that only skips proves nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+from ktls_ossl import kernel
+
+from .certs import CertificateAuthority
+
+_RESULTS: dict[str, tuple[str, bool]] = {}  # nodeid -> (outcome, is a kTLS test)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "ktls: needs kernel TLS; skipped with the probe's reason where the kernel lacks it, "
+        "a failure under scripts/ktls-vm (KTLS_REQUIRE=1)",
+    )
+
+
+def ktls_required() -> bool:
+    return os.environ.get("KTLS_REQUIRE") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _ktls_gate(request):
+    if request.node.get_closest_marker("ktls") is None:
+        return
+    report = kernel.probe()
+    if not report.ulp_available:
+        reason = f"kernel TLS unavailable on {report.kernel_release}: {report.ulp_message}"
+        if ktls_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def pytest_runtest_logreport(report):
+    """One outcome per test: its setup's when that did not pass, else its call's; an error in any
+    phase makes it failed."""
+    previous = _RESULTS.get(report.nodeid, (None, False))[0]
+    if report.failed:
+        outcome = "failed"
+    elif report.when == "call" or (report.when == "setup" and report.skipped):
+        outcome = report.outcome
+    else:
+        return
+    if previous != "failed":
+        _RESULTS[report.nodeid] = (outcome, "ktls" in report.keywords)
+
+
+def _outcome_counts(ktls_only: bool) -> dict[str, int]:
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for outcome, is_ktls in _RESULTS.values():
+        if is_ktls or not ktls_only:
+            counts[outcome] += 1
+    return counts
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("KTLS_SUMMARY_FILE")
+    if not path:
+        return
+    probe = kernel.probe()
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({
+            "kernel": os.environ.get("KTLS_VM_KERNEL", "host"),
+            "release": probe.kernel_release,
+            "ulp_available": probe.ulp_available,
+            "outcomes": {"all": _outcome_counts(False), "ktls": _outcome_counts(True)},
+            "exitstatus": int(exitstatus),
+        }, out)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return CertificateAuthority(str(tmp_path_factory.mktemp("pki")), kind="ecdsa")
+
+
+@pytest.fixture(scope="session")
+def rsa_pki(tmp_path_factory):
+    return CertificateAuthority(str(tmp_path_factory.mktemp("pki-rsa")), kind="rsa", name="ktls_ossl RSA test CA")
+
+
+@pytest.fixture(scope="session")
+def server_cert(pki):
+    return pki.issue("localhost", dns=["localhost"], ips=["127.0.0.1"])
+
+
+def loopback_pair(timeout: float = 10.0) -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on 127.0.0.1: (client, server).
+
+    Both are in blocking mode (so raw syscalls on the fd block, as they would for an application),
+    with SO_RCVTIMEO/SO_SNDTIMEO so that a broken test ends in EAGAIN instead of hanging.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(timeout)
+        client = socket.create_connection(listener.getsockname(), timeout=timeout)
+        server, _ = listener.accept()
+    limit = struct.pack("@ll", int(timeout), int((timeout % 1) * 1e6))
+    for sock in (client, server):
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    return client, server
+
+
+@pytest.fixture
+def tcp_pair():
+    client, server = loopback_pair()
+    yield client, server
+    client.close()
+    server.close()
