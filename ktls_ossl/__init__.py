@@ -15,6 +15,9 @@ from .errors import (
     KTLSUnavailableError,
 )
 from .keys import KernelCipher, TrafficKeys
+from .handshake import Policy, Session
+from .socket import KTLSSocket, KTLSStatus
+from .context import SSLContext, create_default_context
 
 OPENSSL_VERSION = _ffi.string(_lib.OpenSSL_version(_lib.OPENSSL_VERSION)).decode("ascii")
 OPENSSL_VERSION_NUMBER = _lib.OpenSSL_version_num()
@@ -24,6 +27,12 @@ OPENSSL_BUILD_VERSION = _ffi.string(_lib.OPENSSL_VERSION_TEXT).decode("ascii")
 __version__ = "0.1.0"
 
 __all__ = [
+    "SSLContext",
+    "create_default_context",
+    "KTLSSocket",
+    "KTLSStatus",
+    "Policy",
+    "Session",
     "OPENSSL_VERSION",
     "OPENSSL_VERSION_NUMBER",
     "OPENSSL_BUILD_VERSION",

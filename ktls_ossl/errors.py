@@ -56,7 +56,7 @@ def _make(exc_type, code: int, message: str, library, reason, **attributes):
         text = f"[{library}] {message} {LOCATION}"
     else:
         text = f"{message} {LOCATION}"
-    exc = exc_type(code, text)
+    exc = exc_type(int(code), text)
     exc.library = library
     exc.reason = reason
     for name, value in attributes.items():

@@ -25,6 +25,17 @@ def pytest_configure(config):
         "ktls: needs kernel TLS; skipped with the probe's reason where the kernel lacks it, "
         "a failure under scripts/ktls-vm (KTLS_REQUIRE=1)",
     )
+    config.addinivalue_line(
+        "markers",
+        "ktls_or_fallback: runs everywhere; the kernel carries the connection where it can "
+        "(counted as a kTLS test there), OpenSSL elsewhere (and the test checks the reason)",
+    )
+
+
+def _is_ktls_test(keywords) -> bool:
+    if "ktls" in keywords:
+        return True
+    return "ktls_or_fallback" in keywords and kernel.probe().ulp_available
 
 
 def ktls_required() -> bool:
@@ -54,7 +65,7 @@ def pytest_runtest_logreport(report):
     else:
         return
     if previous != "failed":
-        _RESULTS[report.nodeid] = (outcome, "ktls" in report.keywords)
+        _RESULTS[report.nodeid] = (outcome, _is_ktls_test(report.keywords))
 
 
 def _outcome_counts(ktls_only: bool) -> dict[str, int]:

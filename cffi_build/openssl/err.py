@@ -8,6 +8,7 @@ static const int ERR_LIB_X509;
 static const int ERR_LIB_SYS;
 static const int ERR_LIB_PEM;
 static const int ERR_LIB_EVP;
+static const int ERR_LIB_ASN1;
 """
 
 FUNCTIONS = """

@@ -81,6 +81,7 @@ static const long SSL_SESS_CACHE_SERVER;
 static const long SSL_SESS_CACHE_BOTH;
 
 static const uint64_t SSL_OP_ALL;
+static const uint64_t SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS;
 static const uint64_t SSL_OP_ENABLE_KTLS;
 static const uint64_t SSL_OP_NO_SSLv2;
 static const uint64_t SSL_OP_NO_SSLv3;
@@ -135,6 +136,9 @@ int SSL_set1_host(SSL *, const char *);
 void SSL_set_hostflags(SSL *, unsigned int);
 int SSL_CTX_set0_tmp_dh_pkey(SSL_CTX *, EVP_PKEY *);
 long SSL_CTX_set1_groups_list(SSL_CTX *, const char *);
+long SSL_CTX_set1_groups(SSL_CTX *, int *, int);
+long SSL_CTX_set_tmp_dh(SSL_CTX *, DH *);
+SSL_verify_cb SSL_CTX_get_verify_callback(const SSL_CTX *);
 
 /* Protocol versions, options, modes, ciphers */
 int SSL_CTX_set_min_proto_version(SSL_CTX *, int);
@@ -148,6 +152,8 @@ uint64_t SSL_set_options(SSL *, uint64_t);
 uint64_t SSL_clear_options(SSL *, uint64_t);
 uint64_t SSL_get_options(const SSL *);
 long SSL_CTX_set_mode(SSL_CTX *, long);
+long SSL_CTX_get_mode(SSL_CTX *);
+long SSL_CTX_clear_mode(SSL_CTX *, long);
 long SSL_set_mode(SSL *, long);
 void SSL_CTX_set_read_ahead(SSL_CTX *, int);
 void SSL_set_read_ahead(SSL *, int);
@@ -201,6 +207,7 @@ int SSL_session_reused(const SSL *);
 void SSL_SESSION_free(SSL_SESSION *);
 int SSL_SESSION_up_ref(SSL_SESSION *);
 const unsigned char *SSL_SESSION_get_id(const SSL_SESSION *, unsigned int *);
+const unsigned char *SSL_SESSION_get0_id_context(const SSL_SESSION *, unsigned int *);
 long SSL_SESSION_get_time(const SSL_SESSION *);
 long SSL_SESSION_get_timeout(const SSL_SESSION *);
 int SSL_SESSION_has_ticket(const SSL_SESSION *);

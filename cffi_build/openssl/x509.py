@@ -33,6 +33,9 @@ static const unsigned long X509_V_FLAG_PARTIAL_CHAIN;
 
 static const unsigned int X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS;
 static const unsigned int X509_CHECK_FLAG_NEVER_CHECK_SUBJECT;
+
+static const int X509_R_CERT_ALREADY_IN_HASH_TABLE;
+static const int ASN1_R_HEADER_TOO_LONG;
 """
 
 FUNCTIONS = """
@@ -40,6 +43,7 @@ void X509_free(X509 *);
 int X509_up_ref(X509 *);
 int i2d_X509(X509 *, unsigned char **);
 X509 *d2i_X509(X509 **, const unsigned char **, long);
+X509 *d2i_X509_bio(BIO *, X509 **);
 int X509_check_ca(X509 *);
 void X509_CRL_free(X509_CRL *);
 

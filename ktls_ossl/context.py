@@ -1,0 +1,1003 @@
+"""SSLContext: the ssl.SSLContext interface over ktls_ossl's own OpenSSL SSL_CTX.
+
+``SSLContext`` subclasses ``ssl.SSLContext`` so that ``isinstance`` checks and type hints keep
+working, but CPython's C-level context underneath is never configured and never used: every
+property and method that touches TLS settings is overridden here and goes to ``self._ssl_ctx``, an
+SSL_CTX of the system libssl created through the cffi extension. The connections that
+``wrap_socket`` creates (``KTLSSocket``) take their SSL objects from that SSL_CTX.
+
+Defaults, validation and errors follow CPython 3.11's ``Modules/_ssl.c`` and ``Lib/ssl.py``: the same
+options, cipher string, verify mode and flags, the same exception types and messages. Errors from
+OpenSSL carry the same ``library``/``reason`` and the same text; only the location tag at the end
+differs ("(ktls_ossl)" instead of "(_ssl.c:NNNN)").
+
+On top of ssl.SSLContext: ``ktls_policy``, ``require_ktls``, ``control_record_callback`` and
+``set_ciphersuites`` (TLS 1.3 suites).
+"""
+from __future__ import annotations
+
+import operator
+import os
+import ssl
+import sys
+import threading
+import warnings
+
+import _ssl
+
+from . import errors
+from ._ossl import ffi, lib
+from .handshake import Policy  # importing handshake also attaches the keylog/msg/SNI callbacks
+
+__all__ = ["SSLContext", "create_default_context", "select_alpn_protocol"]
+
+# --- C argument conversions -------------------------------------------------------------------
+# CPython parses property values with PyArg_Parse formats; these reproduce the accepted types,
+# the wrap-around and the overflow messages of each format used (Linux LP64: long is 64 bits).
+
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+_LONG_BITS = 8 * ffi.sizeof("long")
+_LONG_MIN, _LONG_MAX = -(1 << (_LONG_BITS - 1)), (1 << (_LONG_BITS - 1)) - 1
+_ULONG_MASK = (1 << (8 * ffi.sizeof("unsigned long"))) - 1
+_UINT_MASK = (1 << 32) - 1
+_UINT64_MASK = (1 << 64) - 1
+
+
+def _as_long(value) -> int:
+    """PyArg format "l": any __index__ object, within C long."""
+    number = operator.index(value)
+    if not _LONG_MIN <= number <= _LONG_MAX:
+        raise OverflowError("Python int too large to convert to C long")
+    return number
+
+
+def _as_int(value) -> int:
+    """PyArg format "i"."""
+    number = _as_long(value)
+    if number > _INT_MAX:
+        raise OverflowError("signed integer is greater than maximum")
+    if number < _INT_MIN:
+        raise OverflowError("signed integer is less than minimum")
+    return number
+
+
+def _as_unsigned_long_mask(value) -> int:
+    """PyArg format "k": an int (no __index__), reduced modulo 2**64 without overflow checks."""
+    if not isinstance(value, int):
+        raise TypeError(f"argument must be int, not {type(value).__name__}")
+    return value & _ULONG_MASK
+
+
+def _as_unsigned_int_mask(value) -> int:
+    """PyArg format "I": any __index__ object, reduced modulo 2**32."""
+    return operator.index(value) & _UINT_MASK
+
+
+def _filesystem_path(value, what: str) -> bytes:
+    """PyUnicode_FSConverter, with the TypeError CPython rewords for certfile/keyfile/cafile/capath."""
+    try:
+        path = os.fsencode(value)
+    except TypeError:
+        raise TypeError(f"{what} should be a valid filesystem path") from None
+    if b"\0" in path:
+        raise ValueError("embedded null byte")
+    return path
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def _ssl_error(number: int, text: str, library: str | None, reason: str | None) -> ssl.SSLError:
+    """An SSLError laid out as CPython's fill_and_set_sslerror() lays it out."""
+    if library and reason:
+        message = f"[{library}: {reason}] {text} {errors.LOCATION}"
+    elif library:
+        message = f"[{library}] {text} {errors.LOCATION}"
+    else:
+        message = f"{text} {errors.LOCATION}"
+    exc = ssl.SSLError(number, message)
+    exc.library = library
+    exc.reason = reason
+    return exc
+
+
+def _library_error() -> ssl.SSLError:
+    """What CPython's context methods raise when OpenSSL fails (_setSSLError): the last error in
+    the queue, with its reason code as ``errno``; the queue is left empty.
+
+    (errors.ssl_error_from_code is the connection-level variant, whose errno is SSL_ERROR_SSL.)
+    """
+    code = errors.pop_error_code()
+    if code == 0:
+        return _ssl_error(0, "unknown error", None, None)
+    library, reason = errors.error_names(code)
+    text = lib.ERR_reason_error_string(code)
+    text = ffi.string(text).decode("utf-8", "replace") if text != ffi.NULL else "unknown error"
+    return _ssl_error(lib.ERR_GET_REASON(code), text, library, reason)
+
+
+def _message_error(text: str) -> ssl.SSLError:
+    """_setSSLError with a fixed message: errno 0, no library; the queue is left empty."""
+    lib.ERR_clear_error()
+    return _ssl_error(0, text, None, None)
+
+
+def _os_error(number: int) -> OSError:
+    """PyErr_SetFromErrno: OSError(errno, strerror), which picks the subclass (FileNotFoundError, ...)."""
+    lib.ERR_clear_error()
+    return OSError(number, os.strerror(number))
+
+
+# --- passwords ----------------------------------------------------------------------------------
+
+def _password_bytes(value, type_error: str) -> bytes:
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    else:
+        raise TypeError(type_error)
+    if len(data) > _INT_MAX:
+        raise ValueError(f"password cannot be longer than {_INT_MAX} bytes")
+    return data
+
+
+class _PasswordSource:
+    """The password for one load_cert_chain() call, and the exception its callable raised."""
+
+    def __init__(self, password):
+        self.callable = password if callable(password) else None
+        self.data = None if self.callable else _password_bytes(
+            password, "password should be a string or callable")
+        self.error: BaseException | None = None
+
+    def fill(self, buffer, size: int) -> int:
+        if self.error is not None:
+            return -1  # OpenSSL may ask again after a failure; keep the first exception
+        try:
+            if self.callable is not None:
+                data = _password_bytes(self.callable(), "password callback must return a string")
+            else:
+                data = self.data
+            if len(data) > size:
+                raise ValueError(f"password cannot be longer than {size} bytes")
+            ffi.memmove(buffer, data, len(data))
+            return len(data)
+        except BaseException as exc:  # re-raised by load_cert_chain, as CPython does
+            self.error = exc
+            return -1
+
+
+@ffi.def_extern()
+def ktls_passwd_cb(buffer, size, rwflag, userdata):
+    if userdata == ffi.NULL:
+        return -1
+    return ffi.from_handle(userdata).fill(buffer, size)
+
+
+# --- ALPN ---------------------------------------------------------------------------------------
+
+def _alpn_entries(wire: bytes):
+    """(offset of the name, name) for each entry of an ALPN wire list; stops at a malformed end."""
+    position = 0
+    while position < len(wire):
+        length = wire[position]
+        start = position + 1
+        if length == 0 or start + length > len(wire):
+            return
+        yield start, wire[start:start + length]
+        position = start + length
+
+
+def select_alpn_protocol(server_protocols: bytes, client_protocols: bytes) -> tuple[int, int] | None:
+    """The server's choice among the client's ALPN offer, as CPython makes it.
+
+    CPython asks SSL_select_next_proto() with the server list first: the first protocol in the
+    SERVER's order that the client also offered wins. Returns (offset, length) of that name inside
+    ``client_protocols`` (wire format: length-prefixed names), or None when nothing overlaps, in
+    which case CPython answers SSL_TLSEXT_ERR_NOACK: no protocol is selected and the handshake
+    goes on without ALPN.
+    """
+    offered = list(_alpn_entries(client_protocols))
+    for _, wanted in _alpn_entries(server_protocols):
+        for offset, name in offered:
+            if name == wanted:
+                return offset, len(name)
+    return None
+
+
+@ffi.def_extern()
+def ktls_alpn_select_cb(ssl_pointer, out, outlen, client, client_len, arg):
+    try:
+        context = ffi.from_handle(arg)
+        choice = select_alpn_protocol(context._alpn_protocols or b"",
+                                      bytes(ffi.buffer(client, client_len)))
+    except Exception:  # a callback cannot raise into OpenSSL; treat as "no overlap"
+        return lib.SSL_TLSEXT_ERR_NOACK
+    if choice is None:
+        return lib.SSL_TLSEXT_ERR_NOACK
+    offset, length = choice
+    # Point into OpenSSL's own copy of the client's list: it outlives this call, and OpenSSL
+    # copies the selected name right after the callback returns.
+    out[0] = client + offset
+    outlen[0] = length
+    return lib.SSL_TLSEXT_ERR_OK
+
+
+# --- the context --------------------------------------------------------------------------------
+
+_PROTOCOL_METHODS = {
+    ssl.PROTOCOL_TLS_CLIENT: lib.TLS_client_method,
+    ssl.PROTOCOL_TLS_SERVER: lib.TLS_server_method,
+    ssl.PROTOCOL_TLS: lib.TLS_method,
+}
+# CPython builds these with TLSv1_method() & co.; a TLS_method() context pinned to the one
+# version behaves the same (and reports its limits as CPython's does, see minimum_version).
+_FIXED_VERSION_PROTOCOLS = {
+    getattr(ssl, name): version
+    for name, version in (("PROTOCOL_TLSv1", lib.TLS1_VERSION),
+                          ("PROTOCOL_TLSv1_1", lib.TLS1_1_VERSION),
+                          ("PROTOCOL_TLSv1_2", lib.TLS1_2_VERSION))
+    if hasattr(ssl, name)
+}
+
+_DEFAULT_CIPHERS = getattr(
+    _ssl, "_DEFAULT_CIPHERS",
+    "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM")
+# CPython passes sizeof("Python"): the terminating NUL is part of its session id context.
+_SESSION_ID_CONTEXT = b"Python\0"
+
+# CPython 3.11.7 on OpenSSL 3: OP_ALL without DONT_INSERT_EMPTY_FRAGMENTS and LEGACY_SERVER_CONNECT,
+# plus its minimal security flags (the test compares the result with CPython's).
+_DEFAULT_OPTIONS = (
+    (lib.SSL_OP_ALL & ~lib.SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS & ~lib.SSL_OP_LEGACY_SERVER_CONNECT)
+    | lib.SSL_OP_NO_SSLv2 | lib.SSL_OP_NO_SSLv3 | lib.SSL_OP_NO_COMPRESSION
+    | lib.SSL_OP_CIPHER_SERVER_PREFERENCE | lib.SSL_OP_SINGLE_DH_USE | lib.SSL_OP_SINGLE_ECDH_USE
+)
+# CPython sets RELEASE_BUFFERS on its SSL_CTX and ACCEPT_MOVING_WRITE_BUFFER | AUTO_RETRY on each
+# SSL; setting all three here gives every SSL made from this context the same modes.
+_DEFAULT_MODES = lib.SSL_MODE_RELEASE_BUFFERS | lib.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | lib.SSL_MODE_AUTO_RETRY
+
+_DEPRECATED_OPTIONS = (lib.SSL_OP_NO_SSLv2 | lib.SSL_OP_NO_SSLv3 | lib.SSL_OP_NO_TLSv1
+                       | lib.SSL_OP_NO_TLSv1_1 | lib.SSL_OP_NO_TLSv1_2 | lib.SSL_OP_NO_TLSv1_3)
+_DEPRECATED_VERSIONS = {
+    ssl.TLSVersion.SSLv3: "ssl.TLSVersion.SSLv3 is deprecated",
+    ssl.TLSVersion.TLSv1: "ssl.TLSVersion.TLSv1 is deprecated",
+    ssl.TLSVersion.TLSv1_1: "ssl.TLSVersion.TLSv1_1 is deprecated",
+}
+_ACCEPTED_VERSIONS = {ssl.TLSVersion.MINIMUM_SUPPORTED, ssl.TLSVersion.MAXIMUM_SUPPORTED,
+                      ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3, *_DEPRECATED_VERSIONS}
+_MINIMUM_AVAILABLE = lib.TLS1_VERSION  # this OpenSSL has no SSLv3 (see ssl.HAS_SSLv3)
+_MAXIMUM_AVAILABLE = lib.TLS1_3_VERSION
+
+_VERIFY_MODES = {
+    ssl.CERT_NONE: lib.SSL_VERIFY_NONE,
+    ssl.CERT_OPTIONAL: lib.SSL_VERIFY_PEER,
+    ssl.CERT_REQUIRED: lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+}
+_VERIFY_MODE_MASK = lib.SSL_VERIFY_NONE | lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+
+_KEYLOG_HEADER = b"# TLS secrets log file, generated by OpenSSL / Python\n"
+_KEYLOG_LOCK = threading.Lock()  # one for all contexts, as CPython: contexts may share a file
+
+
+class _KTLSSocketClass:
+    """``sslsocket_class``, resolved on first use: socket.py imports this module, so importing
+    KTLSSocket here at import time would be circular. An instance can still assign its own."""
+
+    def __get__(self, instance, owner=None):
+        from .socket import KTLSSocket
+        return KTLSSocket
+
+
+class SSLContext(ssl.SSLContext):
+    """ssl.SSLContext over ktls_ossl's own SSL_CTX; ``wrap_socket`` returns a KTLSSocket."""
+
+    sslsocket_class = _KTLSSocketClass()
+
+    def __new__(cls, protocol=None, *args, **kwargs):
+        if protocol is None:
+            warnings.warn("ssl.SSLContext() without protocol argument is deprecated.",
+                          category=DeprecationWarning, stacklevel=2)
+            protocol = ssl.PROTOCOL_TLS
+        # This is all ssl.SSLContext.__new__ does after the None check. Calling the C constructor
+        # from here (one frame less) makes its own checks and deprecation warnings
+        # ("ssl.PROTOCOL_TLS is deprecated", "invalid or unsupported protocol version") point at our
+        # caller, as CPython's do. The C context it builds is never configured or used.
+        self = _ssl._SSLContext.__new__(cls, protocol)
+        self._init_ssl_ctx(int(protocol))
+        return self
+
+    def _init_ssl_ctx(self, protocol: int) -> None:
+        fixed_version = _FIXED_VERSION_PROTOCOLS.get(protocol)
+        method = _PROTOCOL_METHODS.get(protocol, lib.TLS_method if fixed_version else None)
+        if method is None:
+            raise ValueError(f"invalid or unsupported protocol version {protocol}")
+        lib.ERR_clear_error()
+        pointer = lib.SSL_CTX_new(method())
+        if pointer == ffi.NULL:
+            raise _library_error()
+        self._ssl_ctx = ffi.gc(pointer, lib.SSL_CTX_free)
+        self._protocol = protocol
+        self._fixed_version = fixed_version
+        self._handle = ffi.new_handle(self)
+        lib.SSL_CTX_set_app_data(self._ssl_ctx, self._handle)
+
+        # State CPython keeps beside its SSL_CTX.
+        self._check_hostname = protocol == ssl.PROTOCOL_TLS_CLIENT
+        self._post_handshake_auth = False
+        self._hostflags = lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
+        self._sni_callback = None
+        self._alpn_protocols: bytes | None = None
+        self._alpn_buffer = None
+        self._keylog_filename = None
+        self._keylog_file = None
+        self._password_lock = threading.Lock()
+        # ktls_ossl's own knobs.
+        self._ktls_policy = Policy.AFTER_FINISHED
+        self._require_ktls = False
+        self._control_record_callback = None
+
+        self._set_verify(ssl.CERT_REQUIRED if self._check_hostname else ssl.CERT_NONE)
+        lib.SSL_CTX_set_options(self._ssl_ctx, _DEFAULT_OPTIONS)
+        if lib.SSL_CTX_set_cipher_list(self._ssl_ctx, _DEFAULT_CIPHERS.encode("ascii")) != 1:
+            lib.ERR_clear_error()
+            raise ssl.SSLError("No cipher can be selected.")
+        if fixed_version is not None:
+            ok = (lib.SSL_CTX_set_min_proto_version(self._ssl_ctx, fixed_version)
+                  and lib.SSL_CTX_set_max_proto_version(self._ssl_ctx, fixed_version))
+        else:
+            ok = lib.SSL_CTX_set_min_proto_version(self._ssl_ctx, lib.TLS1_2_VERSION)
+        if not ok:
+            lib.ERR_clear_error()
+            raise ValueError(f"Failed to set minimum protocol 0x{fixed_version or lib.TLS1_2_VERSION:x}")
+        lib.SSL_CTX_set_mode(self._ssl_ctx, _DEFAULT_MODES)
+        lib.SSL_CTX_set_session_id_context(self._ssl_ctx, _SESSION_ID_CONTEXT, len(_SESSION_ID_CONTEXT))
+        params = lib.SSL_CTX_get0_param(self._ssl_ctx)
+        lib.X509_VERIFY_PARAM_set_flags(params, lib.X509_V_FLAG_TRUSTED_FIRST)
+        lib.X509_VERIFY_PARAM_set_hostflags(params, self._hostflags)
+        lib.SSL_CTX_set_post_handshake_auth(self._ssl_ctx, 0)
+        # The handshake layer reads secrets and counts records through these, on every context.
+        lib.SSL_CTX_set_keylog_callback(self._ssl_ctx, lib.ktls_keylog_cb)
+        lib.SSL_CTX_set_msg_callback(self._ssl_ctx, lib.ktls_msg_cb)
+
+    # --- ktls_ossl's own settings ---------------------------------------------------------------
+
+    @property
+    def ktls_policy(self) -> Policy:
+        """When traffic keys go to the kernel (handshake.Policy; its value strings are accepted)."""
+        return self._ktls_policy
+
+    @ktls_policy.setter
+    def ktls_policy(self, value) -> None:
+        if isinstance(value, Policy):
+            self._ktls_policy = value
+        elif isinstance(value, str):
+            self._ktls_policy = Policy(value)  # ValueError for an unknown name
+        else:
+            raise TypeError(f"ktls_policy must be a ktls_ossl Policy or its value string, "
+                            f"not {type(value).__name__}")
+
+    @property
+    def require_ktls(self) -> bool:
+        """True: a connection the kernel cannot carry fails instead of staying in OpenSSL."""
+        return self._require_ktls
+
+    @require_ktls.setter
+    def require_ktls(self, value) -> None:
+        # A strict bool: a security switch should not turn on (or off) through a stray truthy value.
+        if not isinstance(value, bool):
+            raise TypeError(f"require_ktls must be a bool, not {type(value).__name__}")
+        self._require_ktls = value
+
+    @property
+    def control_record_callback(self):
+        """Called by the socket layer for each non-data record the kernel hands up (or None)."""
+        return self._control_record_callback
+
+    @control_record_callback.setter
+    def control_record_callback(self, callback) -> None:
+        if callback is not None and not callable(callback):
+            raise TypeError("control_record_callback must be callable or None")
+        self._control_record_callback = callback
+
+    def set_ciphersuites(self, ciphersuites: str) -> None:
+        """The TLS 1.3 cipher suites, in OpenSSL's syntax ("TLS_AES_256_GCM_SHA384:...")."""
+        if not isinstance(ciphersuites, str):
+            raise TypeError(f"set_ciphersuites() argument must be str, not {type(ciphersuites).__name__}")
+        if "\0" in ciphersuites:
+            raise ValueError("embedded null character")
+        lib.ERR_clear_error()
+        if lib.SSL_CTX_set_ciphersuites(self._ssl_ctx, ciphersuites.encode("utf-8")) != 1:
+            raise _library_error()
+
+    # --- verification ---------------------------------------------------------------------------
+
+    def _set_verify(self, mode: int) -> None:
+        if mode not in _VERIFY_MODES:
+            raise ValueError("invalid value for verify_mode")
+        # Keep whatever verify callback is installed, as CPython does.
+        callback = lib.SSL_CTX_get_verify_callback(self._ssl_ctx)
+        lib.SSL_CTX_set_verify(self._ssl_ctx, _VERIFY_MODES[mode], callback)
+
+    @property
+    def verify_mode(self):
+        value = lib.SSL_CTX_get_verify_mode(self._ssl_ctx) & _VERIFY_MODE_MASK
+        for mode, bits in _VERIFY_MODES.items():
+            if bits == value:
+                return ssl.VerifyMode(mode)
+        raise ssl.SSLError("invalid return value from SSL_CTX_get_verify_mode")
+
+    @verify_mode.setter
+    def verify_mode(self, value) -> None:
+        mode = _as_int(value)
+        if mode == ssl.CERT_NONE and self._check_hostname:
+            raise ValueError("Cannot set verify_mode to CERT_NONE when check_hostname is enabled.")
+        self._set_verify(mode)
+
+    @property
+    def check_hostname(self) -> bool:
+        return self._check_hostname
+
+    @check_hostname.setter
+    def check_hostname(self, value) -> None:
+        enable = bool(value)
+        if enable and lib.SSL_CTX_get_verify_mode(self._ssl_ctx) == lib.SSL_VERIFY_NONE:
+            self._set_verify(ssl.CERT_REQUIRED)  # check_hostname=True implies CERT_REQUIRED
+        self._check_hostname = enable
+
+    @property
+    def verify_flags(self):
+        return ssl.VerifyFlags(lib.X509_VERIFY_PARAM_get_flags(lib.SSL_CTX_get0_param(self._ssl_ctx)))
+
+    @verify_flags.setter
+    def verify_flags(self, value) -> None:
+        new_flags = _as_unsigned_long_mask(value)
+        params = lib.SSL_CTX_get0_param(self._ssl_ctx)
+        flags = lib.X509_VERIFY_PARAM_get_flags(params)
+        clear = flags & ~new_flags & _ULONG_MASK
+        add = ~flags & new_flags & _ULONG_MASK
+        if clear and not lib.X509_VERIFY_PARAM_clear_flags(params, clear):
+            raise _library_error()
+        if add and not lib.X509_VERIFY_PARAM_set_flags(params, add):
+            raise _library_error()
+
+    @property
+    def _host_flags(self) -> int:
+        # OpenSSL 3.0 can read these back, but CPython keeps its own copy; so do we.
+        return self._hostflags
+
+    @_host_flags.setter
+    def _host_flags(self, value) -> None:
+        flags = _as_unsigned_int_mask(value)
+        self._hostflags = flags
+        lib.X509_VERIFY_PARAM_set_hostflags(lib.SSL_CTX_get0_param(self._ssl_ctx), flags)
+
+    @property
+    def hostname_checks_common_name(self) -> bool:
+        never = lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+        return self._hostflags & never != never
+
+    @hostname_checks_common_name.setter
+    def hostname_checks_common_name(self, value) -> None:
+        if value:
+            self._host_flags = self._hostflags & ~lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+        else:
+            self._host_flags = self._hostflags | lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+
+    @property
+    def post_handshake_auth(self) -> bool:
+        # Applied per connection by the handshake layer, as CPython applies it per SSL (bpo-37428).
+        return self._post_handshake_auth
+
+    @post_handshake_auth.setter
+    def post_handshake_auth(self, value) -> None:
+        self._post_handshake_auth = bool(value)
+
+    @post_handshake_auth.deleter
+    def post_handshake_auth(self) -> None:
+        raise AttributeError("cannot delete attribute")
+
+    # --- protocol versions, options, ciphers ---------------------------------------------------
+
+    @property
+    def protocol(self):
+        return ssl._SSLMethod(self._protocol)
+
+    @property
+    def options(self):
+        # CPython returns the uint64 as a C long, so with bit 63 set ssl.Options gets a negative
+        # number (and maps it the way enum does); convert the same way to read the same.
+        value = lib.SSL_CTX_get_options(self._ssl_ctx)
+        return ssl.Options(value - (1 << 64) if value >> 63 else value)
+
+    @options.setter
+    def options(self, value) -> None:
+        new_options = _as_long(value) & _UINT64_MASK  # CPython reads a C long into a uint64_t
+        current = lib.SSL_CTX_get_options(self._ssl_ctx)
+        clear = current & ~new_options & _UINT64_MASK
+        add = ~current & new_options & _UINT64_MASK
+        if add & _DEPRECATED_OPTIONS:
+            warnings.warn("ssl.OP_NO_SSL*/ssl.OP_NO_TLS* options are deprecated",
+                          DeprecationWarning, stacklevel=2)
+        if clear:
+            lib.SSL_CTX_clear_options(self._ssl_ctx, clear)
+        if add:
+            lib.SSL_CTX_set_options(self._ssl_ctx, add)
+
+    def _set_version_limit(self, value, maximum: bool) -> None:
+        version = _as_long(value)
+        if version > _INT_MAX:
+            raise OverflowError("Option is too long")
+        if self._protocol not in (ssl.PROTOCOL_TLS, ssl.PROTOCOL_TLS_CLIENT, ssl.PROTOCOL_TLS_SERVER):
+            raise ValueError("The context's protocol doesn't support modification of "
+                             "highest and lowest version.")
+        if version not in _ACCEPTED_VERSIONS:
+            raise ValueError(f"Unsupported TLS/SSL version 0x{version & _UINT_MASK:x}")
+        if version in _DEPRECATED_VERSIONS:
+            # stacklevel 3: past this helper and the property setter, to the assignment.
+            warnings.warn(_DEPRECATED_VERSIONS[version], DeprecationWarning, stacklevel=3)
+        if maximum:
+            limit = {ssl.TLSVersion.MAXIMUM_SUPPORTED: 0,
+                     ssl.TLSVersion.MINIMUM_SUPPORTED: _MINIMUM_AVAILABLE}.get(version, version)
+            ok = lib.SSL_CTX_set_max_proto_version(self._ssl_ctx, limit)
+        else:
+            limit = {ssl.TLSVersion.MINIMUM_SUPPORTED: 0,
+                     ssl.TLSVersion.MAXIMUM_SUPPORTED: _MAXIMUM_AVAILABLE}.get(version, version)
+            ok = lib.SSL_CTX_set_min_proto_version(self._ssl_ctx, limit)
+        if not ok:
+            lib.ERR_clear_error()
+            raise ValueError(f"Unsupported protocol version 0x{limit & _UINT_MASK:x}")
+
+    @property
+    def minimum_version(self):
+        if self._fixed_version is not None:
+            return ssl.TLSVersion.MINIMUM_SUPPORTED  # what CPython's TLSv1_2_method() context reports
+        version = lib.SSL_CTX_get_min_proto_version(self._ssl_ctx)
+        return ssl.TLSVersion(version or ssl.TLSVersion.MINIMUM_SUPPORTED)
+
+    @minimum_version.setter
+    def minimum_version(self, value) -> None:
+        if value == ssl.TLSVersion.SSLv3:  # as ssl.py does, before the C setter runs
+            self.options &= ~ssl.Options.OP_NO_SSLv3
+        self._set_version_limit(value, maximum=False)
+
+    @property
+    def maximum_version(self):
+        if self._fixed_version is not None:
+            return ssl.TLSVersion.MAXIMUM_SUPPORTED
+        version = lib.SSL_CTX_get_max_proto_version(self._ssl_ctx)
+        return ssl.TLSVersion(version or ssl.TLSVersion.MAXIMUM_SUPPORTED)
+
+    @maximum_version.setter
+    def maximum_version(self, value) -> None:
+        self._set_version_limit(value, maximum=True)
+
+    @property
+    def num_tickets(self) -> int:
+        return lib.SSL_CTX_get_num_tickets(self._ssl_ctx)
+
+    @num_tickets.setter
+    def num_tickets(self, value) -> None:
+        count = _as_long(value)
+        if count < 0:
+            raise ValueError("value must be non-negative")
+        if self._protocol != ssl.PROTOCOL_TLS_SERVER:
+            raise ValueError("SSLContext is not a server context.")
+        if lib.SSL_CTX_set_num_tickets(self._ssl_ctx, count) != 1:
+            raise ValueError("failed to set num tickets.")
+
+    _READ_ONLY_SECURITY_LEVEL = "attribute 'security_level' of '_ssl._SSLContext' objects is not writable"
+
+    @property
+    def security_level(self) -> int:
+        return lib.SSL_CTX_get_security_level(self._ssl_ctx)
+
+    @security_level.setter
+    def security_level(self, value) -> None:
+        raise AttributeError(self._READ_ONLY_SECURITY_LEVEL)
+
+    @security_level.deleter
+    def security_level(self) -> None:
+        raise AttributeError(self._READ_ONLY_SECURITY_LEVEL)
+
+    def set_ciphers(self, cipherlist: str) -> None:
+        if not isinstance(cipherlist, str):
+            raise TypeError(f"set_ciphers() argument must be str, not {type(cipherlist).__name__}")
+        if "\0" in cipherlist:
+            raise ValueError("embedded null character")
+        if lib.SSL_CTX_set_cipher_list(self._ssl_ctx, cipherlist.encode("utf-8")) != 1:
+            lib.ERR_clear_error()
+            raise ssl.SSLError("No cipher can be selected.")
+
+    def get_ciphers(self) -> list[dict]:
+        # As CPython: the ciphers an SSL made from this context would offer (TLS 1.3 suites first).
+        connection = lib.SSL_new(self._ssl_ctx)
+        if connection == ffi.NULL:
+            raise _library_error()
+        try:
+            ciphers = lib.SSL_get_ciphers(connection)
+            return [_cipher_to_dict(lib.sk_SSL_CIPHER_value(ciphers, index))
+                    for index in range(lib.sk_SSL_CIPHER_num(ciphers))]
+        finally:
+            lib.SSL_free(connection)
+
+    def set_ecdh_curve(self, name) -> None:
+        encoded = os.fsencode(name)
+        if b"\0" in encoded:
+            raise ValueError("embedded null byte")
+        nid = lib.OBJ_sn2nid(encoded)
+        if nid == lib.NID_undef:
+            lib.ERR_clear_error()
+            raise ValueError(f"unknown elliptic curve name {name!r}")
+        groups = ffi.new("int[1]", [nid])
+        if not lib.SSL_CTX_set1_groups(self._ssl_ctx, groups, 1):
+            raise _library_error()
+
+    def load_dh_params(self, path) -> None:
+        os.fspath(path)  # the TypeError CPython's fopen wrapper raises for a non-path
+        with open(path, "rb") as params_file:  # OSError with the filename, as CPython
+            data = params_file.read()
+        lib.ERR_clear_error()
+        buffer = ffi.from_buffer(data)
+        bio = lib.BIO_new_mem_buf(buffer, len(data))
+        if bio == ffi.NULL:
+            raise _library_error()
+        try:
+            dh = lib.PEM_read_bio_DHparams(bio, ffi.NULL, ffi.NULL, ffi.NULL)
+        finally:
+            lib.BIO_free(bio)
+        if dh == ffi.NULL:
+            raise _library_error()
+        try:
+            if not lib.SSL_CTX_set_tmp_dh(self._ssl_ctx, dh):
+                raise _library_error()
+        finally:
+            lib.DH_free(dh)
+
+    # --- certificates and keys -------------------------------------------------------------------
+
+    def load_cert_chain(self, certfile, keyfile=None, password=None) -> None:
+        lib.ERR_clear_error()
+        certfile_path = _filesystem_path(certfile, "certfile")
+        keyfile_path = _filesystem_path(keyfile, "keyfile") if keyfile is not None else None
+        source = _PasswordSource(password) if password is not None else None
+        # The password callback is a context-wide setting for the duration of this call.
+        with self._password_lock:
+            handle = None
+            if source is not None:
+                handle = ffi.new_handle(source)
+                lib.SSL_CTX_set_default_passwd_cb(self._ssl_ctx, lib.ktls_passwd_cb)
+                lib.SSL_CTX_set_default_passwd_cb_userdata(self._ssl_ctx, handle)
+            try:
+                ffi.errno = 0
+                result = lib.SSL_CTX_use_certificate_chain_file(self._ssl_ctx, certfile_path)
+                if result != 1:
+                    raise self._load_failure(source, ffi.errno)
+                ffi.errno = 0
+                result = lib.SSL_CTX_use_PrivateKey_file(
+                    self._ssl_ctx, keyfile_path or certfile_path, lib.SSL_FILETYPE_PEM)
+                if result != 1:
+                    raise self._load_failure(source, ffi.errno)
+                if lib.SSL_CTX_check_private_key(self._ssl_ctx) != 1:
+                    raise _library_error()
+            finally:
+                lib.SSL_CTX_set_default_passwd_cb(self._ssl_ctx, ffi.NULL)
+                lib.SSL_CTX_set_default_passwd_cb_userdata(self._ssl_ctx, ffi.NULL)
+                del handle
+
+    @staticmethod
+    def _load_failure(source: _PasswordSource | None, saved_errno: int) -> BaseException:
+        """CPython's order: the password callback's exception, then errno (file errors), then
+        the OpenSSL error (e.g. "[SSL] PEM lib" for a wrong password)."""
+        if source is not None and source.error is not None:
+            lib.ERR_clear_error()
+            return source.error
+        if saved_errno:
+            return _os_error(saved_errno)
+        return _library_error()
+
+    def load_verify_locations(self, cafile=None, capath=None, cadata=None) -> None:
+        if cafile is None and capath is None and cadata is None:
+            raise TypeError("cafile, capath and cadata cannot be all omitted")
+        cafile_path = _filesystem_path(cafile, "cafile") if cafile is not None else None
+        capath_path = _filesystem_path(capath, "capath") if capath is not None else None
+        if cadata is not None:
+            self._load_cadata(cadata)
+        if cafile_path is not None or capath_path is not None:
+            lib.ERR_clear_error()
+            ffi.errno = 0
+            result = lib.SSL_CTX_load_verify_locations(
+                self._ssl_ctx,
+                cafile_path if cafile_path is not None else ffi.NULL,
+                capath_path if capath_path is not None else ffi.NULL)
+            saved_errno = ffi.errno
+            if result != 1:
+                raise _os_error(saved_errno) if saved_errno else _library_error()
+
+    def _load_cadata(self, cadata) -> None:
+        invalid = "cadata should be an ASCII string or a bytes-like object"
+        if isinstance(cadata, str):
+            try:
+                data = cadata.encode("ascii")
+            except UnicodeEncodeError:
+                raise TypeError(invalid) from None
+            self._add_ca_certs(data, lib.SSL_FILETYPE_PEM)
+            return
+        try:
+            view = memoryview(cadata)
+        except TypeError:
+            raise TypeError(invalid) from None
+        with view:
+            if not view.c_contiguous:
+                raise BufferError("memoryview: underlying buffer is not C-contiguous")
+            if view.ndim > 1:
+                raise TypeError("cadata should be a contiguous buffer with a single dimension")
+            data = view.tobytes()
+        self._add_ca_certs(data, lib.SSL_FILETYPE_ASN1)
+
+    def _add_ca_certs(self, data: bytes, filetype: int) -> None:
+        """Every certificate in ``data`` (PEM text, or concatenated DER) into the trust store."""
+        if not data:
+            raise ValueError("Empty certificate data")
+        if len(data) > _INT_MAX:
+            raise OverflowError("Certificate data is too long.")
+        lib.ERR_clear_error()
+        buffer = ffi.from_buffer(data)
+        bio = lib.BIO_new_mem_buf(buffer, len(data))
+        if bio == ffi.NULL:
+            raise _message_error("Can't allocate buffer")
+        try:
+            store = lib.SSL_CTX_get_cert_store(self._ssl_ctx)
+            loaded = 0
+            while True:
+                if filetype == lib.SSL_FILETYPE_ASN1:
+                    cert = lib.d2i_X509_bio(bio, ffi.NULL)
+                else:
+                    cert = lib.PEM_read_bio_X509(bio, ffi.NULL, ffi.NULL, ffi.NULL)
+                if cert == ffi.NULL:
+                    break
+                added = lib.X509_STORE_add_cert(store, cert)
+                lib.X509_free(cert)
+                if not added:
+                    code = lib.ERR_peek_last_error()
+                    if (lib.ERR_GET_LIB(code) == lib.ERR_LIB_X509
+                            and lib.ERR_GET_REASON(code) == lib.X509_R_CERT_ALREADY_IN_HASH_TABLE):
+                        lib.ERR_clear_error()  # a duplicate is not an error
+                    else:
+                        break
+                loaded += 1
+        finally:
+            lib.BIO_free(bio)
+        code = lib.ERR_peek_last_error()
+        library, reason = lib.ERR_GET_LIB(code), lib.ERR_GET_REASON(code)
+        if loaded == 0:
+            raise _message_error("no start line: cadata does not contain a certificate"
+                                 if filetype == lib.SSL_FILETYPE_PEM else
+                                 "not enough data: cadata does not contain a certificate")
+        if filetype == lib.SSL_FILETYPE_ASN1 and library == lib.ERR_LIB_ASN1 and reason == lib.ASN1_R_HEADER_TOO_LONG:
+            lib.ERR_clear_error()  # the end of the DER data
+        elif filetype == lib.SSL_FILETYPE_PEM and library == lib.ERR_LIB_PEM and reason == lib.PEM_R_NO_START_LINE:
+            lib.ERR_clear_error()  # no further PEM block
+        elif code != 0:
+            raise _library_error()
+
+    def set_default_verify_paths(self) -> None:
+        # load_default_certs() (inherited from ssl.py) ends here too.
+        lib.ERR_clear_error()
+        if not lib.SSL_CTX_set_default_verify_paths(self._ssl_ctx):
+            raise _library_error()
+
+    def _store_certificates(self):
+        """(certificate, is a CA) for each certificate object in the trust store."""
+        objects = lib.X509_STORE_get0_objects(lib.SSL_CTX_get_cert_store(self._ssl_ctx))
+        for index in range(lib.sk_X509_OBJECT_num(objects)):
+            entry = lib.sk_X509_OBJECT_value(objects, index)
+            if lib.X509_OBJECT_get_type(entry) == lib.X509_LU_X509:
+                cert = lib.X509_OBJECT_get0_X509(entry)
+                yield cert, bool(lib.X509_check_ca(cert))
+
+    def cert_store_stats(self) -> dict:
+        objects = lib.X509_STORE_get0_objects(lib.SSL_CTX_get_cert_store(self._ssl_ctx))
+        crl = sum(1 for index in range(lib.sk_X509_OBJECT_num(objects))
+                  if lib.X509_OBJECT_get_type(lib.sk_X509_OBJECT_value(objects, index)) == lib.X509_LU_CRL)
+        certificates = list(self._store_certificates())
+        return {"x509": len(certificates), "crl": crl,
+                "x509_ca": sum(1 for _, is_ca in certificates if is_ca)}
+
+    def get_ca_certs(self, binary_form=False) -> list:
+        ders = [_certificate_der(cert) for cert, is_ca in self._store_certificates() if is_ca]
+        if binary_form:
+            return ders
+        from .certificate import decode_certificate
+        return [decode_certificate(der) for der in ders]
+
+    def session_stats(self) -> dict:
+        ctx = self._ssl_ctx
+        return {
+            "number": lib.SSL_CTX_sess_number(ctx),
+            "connect": lib.SSL_CTX_sess_connect(ctx),
+            "connect_good": lib.SSL_CTX_sess_connect_good(ctx),
+            "connect_renegotiate": lib.SSL_CTX_sess_connect_renegotiate(ctx),
+            "accept": lib.SSL_CTX_sess_accept(ctx),
+            "accept_good": lib.SSL_CTX_sess_accept_good(ctx),
+            "accept_renegotiate": lib.SSL_CTX_sess_accept_renegotiate(ctx),
+            "hits": lib.SSL_CTX_sess_hits(ctx),
+            "misses": lib.SSL_CTX_sess_misses(ctx),
+            "timeouts": lib.SSL_CTX_sess_timeouts(ctx),
+            "cache_full": lib.SSL_CTX_sess_cache_full(ctx),
+        }
+
+    # --- callbacks: SNI, ALPN, keylog, message --------------------------------------------------
+
+    @property
+    def sni_callback(self):
+        return self._sni_callback
+
+    @sni_callback.setter
+    def sni_callback(self, callback) -> None:
+        if self._protocol == ssl.PROTOCOL_TLS_CLIENT:
+            raise ValueError("sni_callback cannot be set on TLS_CLIENT context")
+        self._sni_callback = None  # as CPython: a rejected value also removes the old callback
+        if callback is None or not callable(callback):
+            lib.SSL_CTX_set_tlsext_servername_callback(self._ssl_ctx, ffi.NULL)
+            if callback is not None:
+                raise TypeError("not a callable object")
+            return
+        self._sni_callback = callback
+        # The body (handshake.ktls_servername_cb) calls context.sni_callback(sslsocket, name, context).
+        lib.SSL_CTX_set_tlsext_servername_callback(self._ssl_ctx, lib.ktls_servername_cb)
+        lib.SSL_CTX_set_tlsext_servername_arg(self._ssl_ctx, self._handle)
+
+    def _set_alpn_protocols(self, protos) -> None:
+        # ssl.py's set_alpn_protocols() validates the names and builds the wire list.
+        try:
+            data = memoryview(protos).tobytes()
+        except TypeError:
+            raise TypeError(f"a bytes-like object is required, not '{type(protos).__name__}'") from None
+        if len(data) > _UINT_MASK:
+            raise OverflowError(f"protocols longer than {_UINT_MASK} bytes")
+        buffer = ffi.new("unsigned char[]", max(len(data), 1))
+        ffi.memmove(buffer, data, len(data))
+        if lib.SSL_CTX_set_alpn_protos(self._ssl_ctx, buffer, len(data)) != 0:  # 0 is success here
+            lib.ERR_clear_error()
+            raise MemoryError()
+        self._alpn_protocols, self._alpn_buffer = data, buffer
+        lib.SSL_CTX_set_alpn_select_cb(self._ssl_ctx, lib.ktls_alpn_select_cb, self._handle)
+
+    @property
+    def keylog_filename(self):
+        return self._keylog_filename
+
+    @keylog_filename.setter
+    def keylog_filename(self, filename) -> None:
+        # As CPython: the old file is closed and the setting cleared first, even if opening fails.
+        with _KEYLOG_LOCK:
+            old_file, self._keylog_file, self._keylog_filename = self._keylog_file, None, None
+        if old_file is not None:
+            old_file.close()
+        if filename is None:
+            return
+        os.fspath(filename)  # TypeError for a non-path, before open() could take an int as an fd
+        keylog_file = open(filename, "ab")
+        try:
+            # A header for a new, empty, seekable file (not for pipes), as CPython writes it.
+            if keylog_file.tell() == 0:
+                keylog_file.write(_KEYLOG_HEADER)
+                keylog_file.flush()
+        except OSError:
+            pass
+        with _KEYLOG_LOCK:
+            self._keylog_file, self._keylog_filename = keylog_file, filename
+
+    def _write_keylog_line(self, line: bytes) -> None:
+        """Append one NSS key log line (given without its newline) to keylog_filename, if set.
+
+        Called by the handshake layer's keylog callback; the secrets themselves are captured
+        there whether or not a file is set."""
+        with _KEYLOG_LOCK:
+            keylog_file = self._keylog_file
+            if keylog_file is None:
+                return
+            try:
+                keylog_file.write(line + b"\n")
+                keylog_file.flush()
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, self._keylog_filename) from None
+
+    @property
+    def _msg_callback(self):
+        # CPython's private TLS message debug hook. OpenSSL's message callback on this context
+        # belongs to the handshake layer (record accounting), so the hook is not offered.
+        return None
+
+    @_msg_callback.setter
+    def _msg_callback(self, callback) -> None:
+        if callback is not None:
+            raise NotImplementedError(
+                "ktls_ossl.SSLContext does not support the _msg_callback debug hook: OpenSSL's "
+                "message callback is used to count records for the kernel handoff")
+
+    # --- wrapping -------------------------------------------------------------------------------
+
+    # wrap_socket() is inherited: ssl.py calls self.sslsocket_class._create(..., context=self).
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+        raise NotImplementedError(
+            "ktls_ossl.SSLContext cannot wrap memory BIOs: kernel TLS needs a connected socket. "
+            "Use ssl.SSLContext for SSLObject/MemoryBIO (e.g. asyncio's SSL transport).")
+
+    def _wrap_bio(self, *args, **kwargs):
+        # CPython's C entry point; its context is never configured, so refuse instead of
+        # handing out an SSLObject with CPython's default settings.
+        raise NotImplementedError("ktls_ossl.SSLContext cannot wrap memory BIOs")
+
+    def _wrap_socket(self, sock, server_side, server_hostname=None, *, owner=None, session=None):
+        """CPython's C entry point, with its signature: ssl.SSLSocket._create() calls it to get
+        the object it keeps in ``_sslobj``. Here that is the socket layer's Connection on our
+        SSL_CTX, never CPython's _ssl._SSLSocket."""
+        from .socket import Connection
+        return Connection(self, sock, bool(server_side), server_hostname, owner=owner, session=session)
+
+
+def _cipher_to_dict(cipher) -> dict:
+    """CPython's cipher_to_dict()."""
+    def text(pointer):
+        return ffi.string(pointer).decode("utf-8") if pointer != ffi.NULL else None
+
+    def long_name(nid):
+        return text(lib.OBJ_nid2ln(nid)) if nid != lib.NID_undef else None
+
+    description = ffi.new("char[512]")
+    lib.SSL_CIPHER_description(cipher, description, 511)
+    description_text = ffi.string(description).decode("utf-8")
+    if len(description_text) > 1 and description_text.endswith("\n"):
+        description_text = description_text[:-1]
+    alg_bits = ffi.new("int *")
+    strength_bits = lib.SSL_CIPHER_get_bits(cipher, alg_bits)
+    return {
+        "id": lib.SSL_CIPHER_get_id(cipher),
+        "name": text(lib.SSL_CIPHER_get_name(cipher)),
+        "protocol": text(lib.SSL_CIPHER_get_version(cipher)),
+        "description": description_text,
+        "strength_bits": strength_bits,
+        "alg_bits": alg_bits[0],
+        "aead": bool(lib.SSL_CIPHER_is_aead(cipher)),
+        "symmetric": long_name(lib.SSL_CIPHER_get_cipher_nid(cipher)),
+        "digest": long_name(lib.SSL_CIPHER_get_digest_nid(cipher)),
+        "kea": long_name(lib.SSL_CIPHER_get_kx_nid(cipher)),
+        "auth": long_name(lib.SSL_CIPHER_get_auth_nid(cipher)),
+    }
+
+
+def _certificate_der(cert) -> bytes:
+    length = lib.i2d_X509(cert, ffi.NULL)
+    if length < 0:
+        raise _library_error()
+    buffer = ffi.new("unsigned char[]", length)
+    cursor = ffi.new("unsigned char **", buffer)
+    if lib.i2d_X509(cert, cursor) != length:
+        raise _library_error()
+    return bytes(ffi.buffer(buffer, length))
+
+
+def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+    """ssl.create_default_context(), building a ktls_ossl SSLContext (same settings, step by step)."""
+    if not isinstance(purpose, ssl._ASN1Object):
+        raise TypeError(purpose)
+    if purpose == ssl.Purpose.SERVER_AUTH:
+        context = SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = True
+    elif purpose == ssl.Purpose.CLIENT_AUTH:
+        context = SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    else:
+        raise ValueError(purpose)
+    if cafile or capath or cadata:
+        context.load_verify_locations(cafile, capath, cadata)
+    elif context.verify_mode != ssl.CERT_NONE:
+        # No explicit CA: the system's, as CPython loads them (may silently load nothing).
+        context.load_default_certs(purpose)
+    keylogfile = os.environ.get("SSLKEYLOGFILE")
+    if keylogfile and not sys.flags.ignore_environment:
+        context.keylog_filename = keylogfile
+    return context

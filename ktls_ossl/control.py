@@ -1,0 +1,197 @@
+"""The control-record handler: (record type, payload) in, decisions out. Pure logic, no sockets.
+
+Once the kernel owns the record layer, every record that is not application data comes back to
+user space through the TLS_GET_RECORD_TYPE cmsg. Each one gets exactly one defined outcome here;
+socket.py carries the decisions out. The rules follow RFC 8446 (TLS 1.3), RFC 5246/5746 (TLS 1.2)
+and what OpenSSL does for the same input in user space, including its reason names, so that a
+kTLS connection fails the way a user-space one would.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .keys import TLS_1_3_VERSION
+from .records import (
+    Alert,
+    AlertDescription,
+    AlertLevel,
+    ContentType,
+    HandshakeMessage,
+    HandshakeType,
+    split_handshake_messages,
+)
+
+# OpenSSL gives up after this many warning alerts in a row without data (MAX_WARN_ALERT_COUNT).
+MAX_CONSECUTIVE_WARNING_ALERTS = 5
+# Largest post-handshake handshake message we buffer (OpenSSL's default max_cert_list is 100 KiB;
+# a NewSessionTicket or CertificateRequest is far smaller).
+MAX_HANDSHAKE_MESSAGE = 100 * 1024
+
+
+class Action(enum.Enum):
+    CLOSE = "close_notify: orderly end of the peer's data"
+    IGNORE = "tolerated: nothing to do"
+    PEER_ALERT = "the peer sent a fatal alert: fail without answering"
+    FAIL = "protocol violation: send the fatal alert and fail"
+    REFUSE_RENEGOTIATION = "renegotiation attempt: answer with a no_renegotiation warning"
+    SESSION_TICKET = "TLS 1.3 NewSessionTicket"
+    KEY_UPDATE = "TLS 1.3 KeyUpdate: install the next receive key"
+    CERTIFICATE_REQUEST = "TLS 1.3 post-handshake CertificateRequest"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    alert: Alert | None = None  # the alert to send (FAIL, REFUSE_RENEGOTIATION) or received (PEER_ALERT)
+    reason: str | None = None  # OpenSSL's reason name for the failure
+    message: str | None = None  # human-readable cause
+    handshake: HandshakeMessage | None = None  # the message for SESSION_TICKET, KEY_UPDATE, ...
+
+    @property
+    def update_requested(self) -> bool:
+        return self.action is Action.KEY_UPDATE and self.handshake.body == b"\x01"
+
+
+def _fail(description: AlertDescription, reason: str, message: str) -> Decision:
+    return Decision(Action.FAIL, Alert(AlertLevel.FATAL, description), reason, message)
+
+
+@dataclass
+class ControlState:
+    """What the decisions depend on, per connection; ``decide`` updates it."""
+
+    version: int
+    server_side: bool
+    post_handshake_auth: bool = False  # a client that offered post_handshake_auth
+    warning_alerts: int = 0
+    handshake_buffer: bytes = b""
+    records: dict = field(default_factory=dict)  # content type -> count, for introspection
+
+    @property
+    def tls13(self) -> bool:
+        return self.version == TLS_1_3_VERSION
+
+    def saw_application_data(self) -> None:
+        """Data resets OpenSSL's count of consecutive warning alerts; data may not split a message."""
+        self.warning_alerts = 0
+
+
+def interleaving_violation(state: ControlState) -> Decision | None:
+    """RFC 8446 5.1 / RFC 5246 6.2.1: a handshake message split over records may not be interleaved
+    with other record types. Application data arriving mid-message is refused, not delivered."""
+    if state.handshake_buffer:
+        return _fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
+                     "record of another type inside a fragmented handshake message")
+    return None
+
+
+def decide(state: ControlState, content_type: int, payload: bytes) -> list[Decision]:
+    """The decisions for one non-data record, in order. Stops at the first failure."""
+    state.records[content_type] = state.records.get(content_type, 0) + 1
+    if content_type == ContentType.HANDSHAKE:
+        return _decide_handshake(state, payload)
+    violation = interleaving_violation(state)
+    if violation:
+        return [violation]
+    if content_type == ContentType.ALERT:
+        return [_decide_alert(state, payload)]
+    if content_type == ContentType.CHANGE_CIPHER_SPEC:
+        return [_fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
+                      "ChangeCipherSpec after the handshake")]
+    if content_type == ContentType.APPLICATION_DATA:
+        state.saw_application_data()
+        return []
+    return [_fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
+                  f"record of unknown content type {content_type}")]
+
+
+def _decide_alert(state: ControlState, payload: bytes) -> Decision:
+    if len(payload) != 2:
+        return _fail(AlertDescription.decode_error, "INVALID_ALERT",
+                     f"alert record of {len(payload)} bytes (an alert has 2)")
+    alert = Alert(payload[0], payload[1])
+    if alert.description == AlertDescription.close_notify:
+        return Decision(Action.CLOSE, alert)
+    if alert.level not in (AlertLevel.WARNING, AlertLevel.FATAL):
+        return _fail(AlertDescription.illegal_parameter, "UNKNOWN_ALERT_TYPE",
+                     f"alert with unknown level {alert.level}")
+    if state.tls13:
+        # RFC 8446 6: every alert but close_notify and user_canceled is fatal, whatever its level.
+        if alert.description == AlertDescription.user_canceled:
+            return _count_warning(state, alert)
+        return Decision(Action.PEER_ALERT, alert, message=f"peer sent {alert.description_name}")
+    if alert.level == AlertLevel.FATAL:
+        return Decision(Action.PEER_ALERT, alert, message=f"peer sent fatal {alert.description_name}")
+    if alert.description == AlertDescription.no_renegotiation:
+        # We never ask to renegotiate, so a refusal means the peer is confused (OpenSSL: same).
+        return _fail(AlertDescription.handshake_failure, "NO_RENEGOTIATION",
+                     "peer sent no_renegotiation although no renegotiation was requested")
+    return _count_warning(state, alert)
+
+
+def _count_warning(state: ControlState, alert: Alert) -> Decision:
+    state.warning_alerts += 1
+    if state.warning_alerts > MAX_CONSECUTIVE_WARNING_ALERTS:
+        return _fail(AlertDescription.unexpected_message, "TOO_MANY_WARN_ALERTS",
+                     f"more than {MAX_CONSECUTIVE_WARNING_ALERTS} warning alerts in a row")
+    return Decision(Action.IGNORE, alert, message=f"warning alert {alert.description_name} tolerated")
+
+
+def _decide_handshake(state: ControlState, payload: bytes) -> list[Decision]:
+    if not payload:
+        return [_fail(AlertDescription.unexpected_message, "BAD_LENGTH", "empty handshake record")]
+    state.handshake_buffer += payload
+    messages, state.handshake_buffer = split_handshake_messages(state.handshake_buffer)
+    if len(state.handshake_buffer) >= 4:
+        announced = int.from_bytes(state.handshake_buffer[1:4], "big")
+        if announced > MAX_HANDSHAKE_MESSAGE:
+            state.handshake_buffer = b""
+            return [_fail(AlertDescription.illegal_parameter, "EXCESSIVE_MESSAGE_SIZE",
+                          f"post-handshake message of {announced} bytes")]
+    decisions = []
+    for message in messages:
+        decision = _decide_message(state, message)
+        decisions.append(decision)
+        if decision.action is Action.FAIL:
+            state.handshake_buffer = b""
+            break
+    return decisions
+
+
+def _decide_message(state: ControlState, message: HandshakeMessage) -> Decision:
+    kind = message.msg_type
+    if state.tls13:
+        if kind == HandshakeType.new_session_ticket and not state.server_side:
+            return Decision(Action.SESSION_TICKET, handshake=message)
+        if kind == HandshakeType.key_update:
+            if message.body not in (b"\x00", b"\x01"):
+                return _fail(AlertDescription.decode_error if len(message.body) != 1
+                             else AlertDescription.illegal_parameter,
+                             "BAD_KEY_UPDATE", "malformed KeyUpdate")
+            return Decision(Action.KEY_UPDATE, handshake=message)
+        if kind == HandshakeType.certificate_request and not state.server_side and state.post_handshake_auth:
+            return Decision(Action.CERTIFICATE_REQUEST, handshake=message)
+    else:
+        if kind == HandshakeType.hello_request and not state.server_side:
+            if message.body:
+                return _fail(AlertDescription.decode_error, "BAD_LENGTH", "HelloRequest with a body")
+            return Decision(Action.REFUSE_RENEGOTIATION,
+                            Alert(AlertLevel.WARNING, AlertDescription.no_renegotiation),
+                            message="server asked to renegotiate (HelloRequest); refused",
+                            handshake=message)
+        if kind == HandshakeType.client_hello and state.server_side:
+            return Decision(Action.REFUSE_RENEGOTIATION,
+                            Alert(AlertLevel.WARNING, AlertDescription.no_renegotiation),
+                            message="client tried to renegotiate (ClientHello); refused",
+                            handshake=message)
+    name = _message_name(kind)
+    return _fail(AlertDescription.unexpected_message, "UNEXPECTED_MESSAGE",
+                 f"unexpected post-handshake {name} from the {'client' if state.server_side else 'server'}")
+
+
+def _message_name(kind: int) -> str:
+    try:
+        return HandshakeType(kind).name
+    except ValueError:
+        return f"handshake message type {kind}"

@@ -1,0 +1,621 @@
+"""One OpenSSL SSL object per connection: the handshake, secret capture, record accounting, handoff.
+
+OpenSSL runs and verifies the handshake over a socket BIO with read-ahead off, so it reads exactly
+the handshake records. Two callbacks watch it: the keylog callback captures the secrets (TLS 1.3
+traffic secrets; TLS 1.2 master secrets also come from the session), and the message callback
+counts records per direction since the last key change, so the kernel gets the exact next
+sequence numbers instead of assumed ones. After SSL_do_handshake succeeds, ``handoff()`` turns
+this into the kernel's TrafficKeys; the SSL object then stays for everything OpenSSL still owns
+(certificates, session, post-handshake messages).
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import ssl
+import weakref
+from dataclasses import dataclass
+
+from . import errors, keys
+from ._ossl import ffi, lib
+from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
+
+
+class Policy(enum.Enum):
+    """When (and whether) traffic keys go to the kernel."""
+
+    AFTER_FINISHED = "after-finished"  # default: exact keys after the peer's Finished is verified
+    AFTER_CCS = "after-ccs"  # OpenSSL's own kTLS (SSL_OP_ENABLE_KTLS): TLS 1.2 keys at ChangeCipherSpec
+    USERSPACE = "userspace"  # never kTLS: plain OpenSSL, like CPython's ssl
+
+
+class Direction(enum.IntEnum):
+    RX = 0  # OpenSSL's write_p == 0
+    TX = 1
+
+
+WANT_READ = lib.SSL_ERROR_WANT_READ
+WANT_WRITE = lib.SSL_ERROR_WANT_WRITE
+
+_FINISHED = 20
+_CHANGE_CIPHER_SPEC = lib.SSL3_RT_CHANGE_CIPHER_SPEC
+_HANDSHAKE = lib.SSL3_RT_HANDSHAKE
+_ALERT = lib.SSL3_RT_ALERT
+_RECORD_HEADER = lib.SSL3_RT_HEADER
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Everything the kernel needs to take over the record layer of one connection."""
+
+    version: int
+    cipher: KernelCipher
+    suite: str  # IANA name of the negotiated suite
+    hash_name: str
+    tx: TrafficKeys
+    rx: TrafficKeys
+    # TLS 1.3 application traffic secrets, kept for KeyUpdate (None for TLS 1.2).
+    tx_secret: bytes | None = None
+    rx_secret: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Handoff({keys.VERSION_NAMES[self.version]}, {self.suite}, tx={self.tx!r}, rx={self.rx!r})"
+
+
+class HandoffUnavailable(Exception):
+    """The negotiated connection cannot be carried by the kernel; ``reason`` says why."""
+
+
+class Session:
+    """A TLS session for resumption (the counterpart of ssl.SSLSession)."""
+
+    def __init__(self, pointer, context):
+        self._pointer = ffi.gc(pointer, lib.SSL_SESSION_free)
+        self._context = weakref.ref(context) if context is not None else None
+
+    @property
+    def id(self) -> bytes:
+        length = ffi.new("unsigned int *")
+        data = lib.SSL_SESSION_get_id(self._pointer, length)
+        return bytes(ffi.buffer(data, length[0]))
+
+    @property
+    def time(self) -> int:
+        return lib.SSL_SESSION_get_time(self._pointer)
+
+    @property
+    def timeout(self) -> int:
+        return lib.SSL_SESSION_get_timeout(self._pointer)
+
+    @property
+    def ticket_lifetime_hint(self) -> int:
+        return lib.SSL_SESSION_get_ticket_lifetime_hint(self._pointer)
+
+    @property
+    def has_ticket(self) -> bool:
+        return bool(lib.SSL_SESSION_has_ticket(self._pointer))
+
+    @property
+    def resumable(self) -> bool:
+        return bool(lib.SSL_SESSION_is_resumable(self._pointer))
+
+    def __eq__(self, other):
+        if not isinstance(other, Session):
+            return NotImplemented
+        return self.id == other.id
+
+    def __hash__(self):
+        return hash(self.id)
+
+    def __repr__(self):
+        return f"<ktls_ossl Session id={self.id.hex()[:16]}... has_ticket={self.has_ticket}>"
+
+
+def _owner(ssl_pointer):
+    data = lib.SSL_get_app_data(ssl_pointer)
+    if data == ffi.NULL:
+        return None
+    return ffi.from_handle(data)
+
+
+def _context_of(ssl_pointer):
+    data = lib.SSL_CTX_get_app_data(lib.SSL_get_SSL_CTX(ssl_pointer))
+    if data == ffi.NULL:
+        return None
+    return ffi.from_handle(data)
+
+
+@ffi.def_extern()
+def ktls_keylog_cb(ssl_pointer, line):
+    text = ffi.string(line)
+    handshake = _owner(ssl_pointer)
+    if handshake is not None:
+        handshake._on_keylog(text)
+    context = _context_of(ssl_pointer)
+    if context is not None:
+        try:
+            context._write_keylog_line(text)
+        except OSError as exc:  # raised from the handshake call, as CPython does
+            if handshake is not None and handshake.callback_error is None:
+                handshake.callback_error = exc
+
+
+@ffi.def_extern()
+def ktls_msg_cb(write_p, version, content_type, buf, length, ssl_pointer, arg):
+    handshake = _owner(ssl_pointer)
+    if handshake is not None:
+        handshake._on_message(write_p, content_type, buf, length)
+
+
+@ffi.def_extern()
+def ktls_servername_cb(ssl_pointer, alert, arg):
+    handshake = _owner(ssl_pointer)
+    if handshake is None:
+        return lib.SSL_TLSEXT_ERR_OK
+    return handshake._on_servername(alert)
+
+
+class Handshake:
+    """An OpenSSL SSL object bound to a socket fd, with its secrets and record counters."""
+
+    def __init__(self, context, fd: int, *, server_side: bool, server_hostname: str | None,
+                 policy: Policy, owner=None, session=None):
+        self.context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.policy = policy
+        self._owner_ref = weakref.ref(owner) if owner is not None else None
+        pointer = lib.SSL_new(context._ssl_ctx)
+        if pointer == ffi.NULL:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+        self.ssl = ffi.gc(pointer, lib.SSL_free)
+        self._handle = ffi.new_handle(self)
+        lib.SSL_set_app_data(self.ssl, self._handle)
+        self._secrets: dict[str, bytes] = {}
+        # Records seen per direction after the last Finished: the kernel's first sequence number
+        # counts from there. (OpenSSL 3 reports a received ChangeCipherSpec to no callback, so
+        # the Finished, which is always the first record under TLS 1.2's new keys, is the marker.)
+        self._since_finished = [0, 0]
+        self.records = [0, 0]
+        self.finished_received = False
+        self.events: list[tuple[str, str]] = []
+        self.callback_error: BaseException | None = None
+
+        if lib.SSL_set_fd(self.ssl, fd) != 1:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+        # Read-ahead off is what keeps every record after the handshake in the kernel's queue.
+        lib.SSL_set_read_ahead(self.ssl, 0)
+        if policy is Policy.AFTER_CCS:
+            lib.SSL_set_options(self.ssl, lib.SSL_OP_ENABLE_KTLS)
+        else:
+            lib.SSL_clear_options(self.ssl, lib.SSL_OP_ENABLE_KTLS)
+        if server_side:
+            lib.SSL_set_accept_state(self.ssl)
+        else:
+            lib.SSL_set_connect_state(self.ssl)
+            if server_hostname is not None:
+                self._configure_hostname(server_hostname)
+        self._configure_post_handshake_auth()
+        if session is not None:
+            self.set_session(session)
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _configure_hostname(self, hostname: str) -> None:
+        """SNI for names (not for IP addresses) and, with check_hostname, the name to verify."""
+        if hostname.startswith("."):
+            raise ValueError("server_hostname cannot start with a dot")
+        if "\x00" in hostname:
+            raise ValueError("server_hostname cannot contain NUL")
+        try:
+            ipaddress.ip_address(hostname)
+            is_ip = True
+        except ValueError:
+            is_ip = False
+        encoded = hostname.encode("ascii")
+        if not is_ip and lib.SSL_set_tlsext_host_name(self.ssl, encoded) != 1:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+        if self.context.check_hostname:
+            param = lib.SSL_get0_param(self.ssl)
+            if is_ip:
+                ok = lib.X509_VERIFY_PARAM_set1_ip_asc(param, encoded)
+            else:
+                ok = lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
+            if ok != 1:
+                raise errors.ssl_error_from_code(errors.pop_error_code())
+
+    def _configure_post_handshake_auth(self) -> None:
+        """As CPython: clients offer it; servers may request it only when they verify peers."""
+        if not self.context.post_handshake_auth:
+            return
+        if self.server_side:
+            mode = lib.SSL_get_verify_mode(self.ssl)
+            if mode & lib.SSL_VERIFY_PEER:
+                lib.SSL_set_verify(self.ssl, mode | lib.SSL_VERIFY_POST_HANDSHAKE, ffi.NULL)
+        else:
+            lib.SSL_set_post_handshake_auth(self.ssl, 1)
+
+    # --- callbacks ----------------------------------------------------------------------------
+
+    def _on_keylog(self, line: bytes) -> None:
+        parts = line.split()
+        if len(parts) == 3:
+            self._secrets[parts[0].decode("ascii")] = bytes.fromhex(parts[2].decode("ascii"))
+
+    def _on_message(self, write_p: int, content_type: int, buf, length: int) -> None:
+        direction = Direction.TX if write_p else Direction.RX
+        if content_type == _RECORD_HEADER:
+            self.records[direction] += 1
+            self._since_finished[direction] += 1
+        elif content_type == _CHANGE_CIPHER_SPEC:
+            self._event("change_cipher_spec " + ("sent" if write_p else "received"))
+        elif content_type == _HANDSHAKE and length > 0:
+            if ffi.cast("unsigned char *", buf)[0] == _FINISHED:
+                # The Finished record was counted by its header callback, which comes first.
+                self._since_finished[direction] = 0
+                if direction is Direction.RX:
+                    self.finished_received = True
+                self._event("finished " + ("sent" if write_p else "received"))
+        elif content_type == _ALERT and length >= 2:
+            data = ffi.cast("unsigned char *", buf)
+            self._event(f"alert {'sent' if write_p else 'received'} level={data[0]} description={data[1]}")
+
+    def _on_servername(self, alert) -> int:
+        callback = self.context.sni_callback
+        owner = self.owner
+        if callback is None or owner is None:
+            return lib.SSL_TLSEXT_ERR_OK
+        name = lib.SSL_get_servername(self.ssl, lib.TLSEXT_NAMETYPE_host_name)
+        server_name = None
+        if name != ffi.NULL:
+            raw = ffi.string(name)
+            try:
+                server_name = raw.decode("idna")
+            except UnicodeError as exc:
+                self.callback_error = exc
+                alert[0] = lib.SSL_AD_INTERNAL_ERROR
+                return lib.SSL_TLSEXT_ERR_ALERT_FATAL
+        try:
+            result = callback(owner, server_name, self.context)
+        except BaseException as exc:  # re-raised by the handshake caller, as CPython reports it
+            self.callback_error = exc
+            alert[0] = lib.SSL_AD_HANDSHAKE_FAILURE
+            return lib.SSL_TLSEXT_ERR_ALERT_FATAL
+        if result is None:
+            return lib.SSL_TLSEXT_ERR_OK
+        try:
+            alert[0] = int(result)
+        except (TypeError, ValueError):
+            alert[0] = lib.SSL_AD_INTERNAL_ERROR
+        return lib.SSL_TLSEXT_ERR_ALERT_FATAL
+
+    def _event(self, what: str) -> None:
+        self.events.append(("openssl", what))
+
+    @property
+    def owner(self):
+        return self._owner_ref() if self._owner_ref is not None else None
+
+    # --- handshake and user-space I/O ----------------------------------------------------------
+
+    def step(self) -> int:
+        """One SSL_do_handshake: 0 when complete, WANT_READ/WANT_WRITE to wait, else raises."""
+        lib.ERR_clear_error()
+        result = lib.SSL_do_handshake(self.ssl)
+        if result == 1:
+            return 0
+        return self.wants_or_raise(result)
+
+    def wants_or_raise(self, result: int) -> int:
+        """After an SSL_* call that failed: WANT_READ/WANT_WRITE, or the exception CPython raises."""
+        saved_errno = ffi.errno
+        code = lib.SSL_get_error(self.ssl, result)
+        if code in (WANT_READ, WANT_WRITE):
+            return code
+        raise self.error_for(code, result, saved_errno)
+
+    def error_for(self, code: int, result: int, saved_errno: int = 0) -> BaseException:
+        if self.callback_error is not None:
+            exc, self.callback_error = self.callback_error, None
+            lib.ERR_clear_error()
+            return exc
+        if code == lib.SSL_ERROR_ZERO_RETURN:
+            lib.ERR_clear_error()
+            return errors.zero_return_error()
+        if code == lib.SSL_ERROR_SYSCALL:
+            top = errors.pop_error_code()
+            if top:
+                return errors.ssl_error_from_code(top)
+            if result == 0:
+                return errors.eof_error()
+            if saved_errno:
+                return OSError(saved_errno, os.strerror(saved_errno))
+            return errors.ssl_error_from_code(0, default_message="Some I/O error occurred")
+        if code == lib.SSL_ERROR_WANT_X509_LOOKUP:
+            lib.ERR_clear_error()
+            exc = ssl.SSLError(code, "The operation did not complete (X509 lookup)")
+            exc.library = exc.reason = None
+            return exc
+        top = errors.pop_error_code()
+        return errors.ssl_error_from_code(
+            top, verify_result=lib.SSL_get_verify_result(self.ssl), hostname=self.server_hostname)
+
+    def read_into(self, buffer, nbytes: int) -> int:
+        """SSL_read_ex into ``buffer``: the byte count, or -WANT_READ/-WANT_WRITE; raises on error."""
+        lib.ERR_clear_error()
+        target = ffi.from_buffer(buffer, require_writable=True)
+        count = ffi.new("size_t *")
+        if lib.SSL_read_ex(self.ssl, target, min(nbytes, len(target)), count) == 1:
+            return count[0]
+        return -self.wants_or_raise(0)
+
+    def write(self, data) -> int:
+        """SSL_write_ex of ``data``: bytes written, or -WANT_READ/-WANT_WRITE; raises on error."""
+        lib.ERR_clear_error()
+        source = ffi.from_buffer(data)
+        count = ffi.new("size_t *")
+        if lib.SSL_write_ex(self.ssl, source, len(source), count) == 1:
+            return count[0]
+        return -self.wants_or_raise(0)
+
+    def sendfile(self, fd: int, offset: int, size: int) -> int:
+        """SSL_sendfile (OpenSSL's own kTLS TX): bytes sent, or -WANT_*; raises on error."""
+        lib.ERR_clear_error()
+        sent = lib.SSL_sendfile(self.ssl, fd, offset, size, 0)
+        if sent >= 0:
+            return sent
+        return -self.wants_or_raise(-1)
+
+    def shutdown_step(self) -> int:
+        """SSL_shutdown: 1 done, 0 sent close_notify (call again to wait for the peer's)."""
+        lib.ERR_clear_error()
+        result = lib.SSL_shutdown(self.ssl)
+        if result >= 0:
+            return result
+        return -self.wants_or_raise(result)
+
+    def pending(self) -> int:
+        return lib.SSL_pending(self.ssl)
+
+    def received_shutdown_only(self) -> bool:
+        """The peer's close_notify arrived and we have not sent ours (CPython then reads b"")."""
+        return lib.SSL_get_shutdown(self.ssl) == lib.SSL_RECEIVED_SHUTDOWN
+
+    def key_update(self, request_peer: bool) -> None:
+        """A user-space TLS 1.3 KeyUpdate: OpenSSL sends it with its next write or handshake call."""
+        lib.ERR_clear_error()
+        kind = lib.SSL_KEY_UPDATE_REQUESTED if request_peer else lib.SSL_KEY_UPDATE_NOT_REQUESTED
+        if lib.SSL_key_update(self.ssl, kind) != 1:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+        while True:
+            want = self.step()
+            if want == 0:
+                return
+            raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
+
+    def has_pending(self) -> bool:
+        return bool(lib.SSL_has_pending(self.ssl))
+
+    # --- handoff -------------------------------------------------------------------------------
+
+    @property
+    def is_finished(self) -> bool:
+        return bool(lib.SSL_is_init_finished(self.ssl))
+
+    @property
+    def protocol_version(self) -> int:
+        return lib.SSL_version(self.ssl)
+
+    def handoff(self) -> Handoff:
+        """Exact kernel keys for both directions, from the captured secrets and record counts.
+
+        Raises HandoffUnavailable (with the reason) when the connection cannot move to the kernel.
+        """
+        if not self.is_finished:
+            raise HandoffUnavailable("the handshake is not complete")
+        if self.has_pending():
+            # OpenSSL already took bytes past the handshake out of the kernel: they cannot go back.
+            raise HandoffUnavailable("OpenSSL holds received data past the handshake")
+        if lib.SSL_get_current_compression(self.ssl) != ffi.NULL:
+            raise HandoffUnavailable("TLS compression is in use; the kernel does not decompress")
+        version = self.protocol_version
+        if version not in (TLS_1_2_VERSION, TLS_1_3_VERSION):
+            raise HandoffUnavailable(f"protocol {self.version()} has no kernel TLS support")
+        cipher_pointer = lib.SSL_get_current_cipher(self.ssl)
+        suite = ffi.string(lib.SSL_CIPHER_standard_name(cipher_pointer)).decode("ascii")
+        try:
+            cipher = keys.kernel_cipher_for_suite(suite)
+        except keys.UnsupportedCipher as exc:
+            raise HandoffUnavailable(str(exc)) from None
+        digest = lib.SSL_CIPHER_get_handshake_digest(cipher_pointer)
+        hash_name = ffi.string(lib.EVP_MD_get0_name(digest)).decode("ascii").lower().replace("-", "")
+        if version == TLS_1_3_VERSION:
+            return self._tls13_handoff(cipher, suite, hash_name)
+        return self._tls12_handoff(cipher, suite, hash_name)
+
+    def _tls13_handoff(self, cipher, suite, hash_name) -> Handoff:
+        ours, theirs = ("SERVER", "CLIENT") if self.server_side else ("CLIENT", "SERVER")
+        try:
+            tx_secret = self._secrets[f"{ours}_TRAFFIC_SECRET_0"]
+            rx_secret = self._secrets[f"{theirs}_TRAFFIC_SECRET_0"]
+        except KeyError:
+            raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets") from None
+        tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self._since_finished[Direction.TX])
+        rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self._since_finished[Direction.RX])
+        self._forget_handshake_secrets()
+        return Handoff(TLS_1_3_VERSION, cipher, suite, hash_name, tx, rx, tx_secret, rx_secret)
+
+    def _tls12_handoff(self, cipher, suite, hash_name) -> Handoff:
+        session = lib.SSL_get_session(self.ssl)
+        master = ffi.new("unsigned char[48]")
+        if session == ffi.NULL or lib.SSL_SESSION_get_master_key(session, master, 48) != 48:
+            raise HandoffUnavailable("OpenSSL did not provide the TLS 1.2 master secret")
+        client_random = ffi.new("unsigned char[32]")
+        server_random = ffi.new("unsigned char[32]")
+        lib.SSL_get_client_random(self.ssl, client_random, 32)
+        lib.SSL_get_server_random(self.ssl, server_random, 32)
+        tx, rx = keys.tls12_connection_keys(
+            bytes(master), bytes(client_random), bytes(server_random), cipher, hash_name,
+            server_side=self.server_side,
+            # The Finished itself is record 0 of the new TLS 1.2 epoch.
+            tx_seq=self._since_finished[Direction.TX] + 1,
+            rx_seq=self._since_finished[Direction.RX] + 1,
+        )
+        self._forget_handshake_secrets()
+        return Handoff(TLS_1_2_VERSION, cipher, suite, hash_name, tx, rx)
+
+    def _forget_handshake_secrets(self) -> None:
+        self._secrets.clear()
+
+    def detach_from_socket(self, rx: bool, tx: bool) -> None:
+        """After the kernel took over a direction, OpenSSL must never touch the fd for it again:
+        give it memory BIOs (post-handshake messages come back to it through them)."""
+        if rx:
+            lib.SSL_set0_rbio(self.ssl, lib.BIO_new(lib.BIO_s_mem()))
+        if tx:
+            lib.SSL_set0_wbio(self.ssl, lib.BIO_new(lib.BIO_s_mem()))
+
+    def openssl_offload(self) -> tuple[bool, bool]:
+        """(TX, RX) that OpenSSL's own kTLS (SSL_OP_ENABLE_KTLS) put in the kernel."""
+        wbio, rbio = lib.SSL_get_wbio(self.ssl), lib.SSL_get_rbio(self.ssl)
+        tx = wbio != ffi.NULL and bool(lib.BIO_get_ktls_send(wbio))
+        rx = rbio != ffi.NULL and bool(lib.BIO_get_ktls_recv(rbio))
+        return tx, rx
+
+    # --- information ---------------------------------------------------------------------------
+
+    def version(self) -> str | None:
+        if not self.is_finished:
+            return None
+        return ffi.string(lib.SSL_get_version(self.ssl)).decode("ascii")
+
+    def cipher(self):
+        pointer = lib.SSL_get_current_cipher(self.ssl)
+        if pointer == ffi.NULL:
+            return None
+        return _cipher_tuple(pointer)
+
+    def shared_ciphers(self):
+        server = lib.SSL_get_ciphers(self.ssl)
+        client = lib.SSL_get_client_ciphers(self.ssl)
+        if server == ffi.NULL or client == ffi.NULL:
+            return None
+        offered = {lib.SSL_CIPHER_get_id(lib.sk_SSL_CIPHER_value(client, i))
+                   for i in range(lib.sk_SSL_CIPHER_num(client))}
+        shared = []
+        for i in range(lib.sk_SSL_CIPHER_num(server)):
+            pointer = lib.sk_SSL_CIPHER_value(server, i)
+            if lib.SSL_CIPHER_get_id(pointer) in offered:
+                shared.append(_cipher_tuple(pointer))
+        return shared
+
+    def compression(self):
+        method = lib.SSL_get_current_compression(self.ssl)
+        if method == ffi.NULL:
+            return None
+        name = lib.SSL_COMP_get_name(method)
+        return ffi.string(name).decode("ascii") if name != ffi.NULL else None
+
+    def selected_alpn_protocol(self):
+        data = ffi.new("const unsigned char **")
+        length = ffi.new("unsigned int *")
+        lib.SSL_get0_alpn_selected(self.ssl, data, length)
+        if data[0] == ffi.NULL or length[0] == 0:
+            return None
+        return bytes(ffi.buffer(data[0], length[0])).decode("ascii", "replace")
+
+    def channel_binding(self, cb_type: str):
+        if cb_type != "tls-unique":
+            raise ValueError(f"'{cb_type}' channel binding type not implemented")
+        buffer = ffi.new("unsigned char[128]")
+        # tls-unique is the first Finished of the latest handshake: ours as a client of a new
+        # session or as a server of a resumed one, the peer's otherwise (RFC 5929).
+        if bool(lib.SSL_session_reused(self.ssl)) ^ (not self.server_side):
+            length = lib.SSL_get_finished(self.ssl, buffer, 128)
+        else:
+            length = lib.SSL_get_peer_finished(self.ssl, buffer, 128)
+        if length == 0:
+            return None
+        return bytes(ffi.buffer(buffer, length))
+
+    def peer_certificate_der(self) -> bytes | None:
+        return _der(lib.SSL_get0_peer_certificate(self.ssl))
+
+    def verify_mode(self) -> int:
+        return lib.SSL_CTX_get_verify_mode(lib.SSL_get_SSL_CTX(self.ssl))
+
+    def verified_chain(self) -> list[bytes]:
+        return _chain(lib.SSL_get0_verified_chain(self.ssl))
+
+    def unverified_chain(self) -> list[bytes]:
+        chain = _chain(lib.SSL_get_peer_cert_chain(self.ssl))
+        # A server's view of the client chain lacks the leaf (OpenSSL's documented asymmetry).
+        if self.server_side:
+            leaf = self.peer_certificate_der()
+            if leaf is not None:
+                chain.insert(0, leaf)
+        return chain
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def get_session(self) -> Session | None:
+        pointer = lib.SSL_get1_session(self.ssl)
+        if pointer == ffi.NULL:
+            return None
+        return Session(pointer, self.context)
+
+    def set_session(self, session) -> None:
+        if not isinstance(session, Session):
+            raise TypeError("Value is not a SSLSession.")
+        if session._context is not None and session._context() is not self.context:
+            raise ValueError("Session refers to a different SSLContext.")
+        if self.server_side:
+            raise ValueError("Cannot set session for server-side SSLSocket.")
+        if self.is_finished:
+            raise ValueError("Cannot set session after handshake.")
+        if lib.SSL_set_session(self.ssl, session._pointer) != 1:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+
+    @property
+    def session_reused(self) -> bool:
+        return bool(lib.SSL_session_reused(self.ssl))
+
+    def set_context(self, context) -> None:
+        """Switch SSL_CTX (an SNI callback choosing the server's certificate)."""
+        lib.SSL_set_SSL_CTX(self.ssl, context._ssl_ctx)
+        self.context = context
+
+    def verify_client_post_handshake(self) -> None:
+        lib.ERR_clear_error()
+        if lib.SSL_verify_client_post_handshake(self.ssl) != 1:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+
+
+def _cipher_tuple(pointer):
+    name = lib.SSL_CIPHER_get_name(pointer)
+    version = lib.SSL_CIPHER_get_version(pointer)
+    return (
+        ffi.string(name).decode("ascii") if name != ffi.NULL else None,
+        ffi.string(version).decode("ascii") if version != ffi.NULL else None,
+        lib.SSL_CIPHER_get_bits(pointer, ffi.NULL),
+    )
+
+
+def _der(x509_pointer) -> bytes | None:
+    if x509_pointer == ffi.NULL:
+        return None
+    out = ffi.new("unsigned char **")
+    length = lib.i2d_X509(x509_pointer, out)
+    if length < 0:
+        raise errors.ssl_error_from_code(errors.pop_error_code())
+    try:
+        return bytes(ffi.buffer(out[0], length))
+    finally:
+        lib.OPENSSL_free(out[0])
+
+
+def _chain(stack) -> list[bytes]:
+    if stack == ffi.NULL:
+        return []
+    return [_der(lib.sk_X509_value(stack, i)) for i in range(lib.sk_X509_num(stack))]

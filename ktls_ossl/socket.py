@@ -1,0 +1,645 @@
+"""KTLSSocket: the ssl.SSLSocket interface over a kernel TLS (or OpenSSL) connection.
+
+ssl.SSLSocket keeps all TLS work in ``self._sslobj`` (CPython's _ssl._SSLSocket) and is otherwise
+plain Python. KTLSSocket inherits that Python and puts a ``Connection`` in ``_sslobj``: the same
+methods (do_handshake, read, write, shutdown, getpeercert, ...), but after the handshake the data
+path is the kernel. Blocking, timeout and non-blocking behaviour match CPython's: the socket's
+timeout bounds each call, non-blocking calls raise SSLWantReadError/SSLWantWriteError.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket as _socket
+import ssl
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from . import control, errors, kernel, keys, records
+from ._ossl import lib
+from .control import Action, ControlState
+from .errors import KernelTLSError, KTLSRekeyUnsupportedError, KTLSUnavailableError
+from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, Policy, Session
+from .kernel import Direction
+from .records import Alert, AlertDescription, AlertLevel, ContentType
+
+MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
+CLOSE_NOTIFY = Alert(AlertLevel.WARNING, AlertDescription.close_notify).pack()
+
+
+@dataclass(frozen=True)
+class KTLSStatus:
+    """Where the record layer of a connection runs, per direction, and why not in the kernel."""
+
+    policy: Policy
+    tx: bool
+    rx: bool
+    tx_reason: str | None = None
+    rx_reason: str | None = None
+    cipher: str | None = None
+    version: str | None = None
+    kernel_release: str = os.uname().release
+
+    @property
+    def active(self) -> bool:
+        """Both directions in the kernel."""
+        return self.tx and self.rx
+
+    def __str__(self) -> str:
+        def side(name, on, reason):
+            return f"{name}=kernel" if on else f"{name}=userspace ({reason})"
+        return (f"kTLS[{self.policy.value}] {side('tx', self.tx, self.tx_reason)}, "
+                f"{side('rx', self.rx, self.rx_reason)}, {self.version or '-'} {self.cipher or '-'}, "
+                f"kernel {self.kernel_release}")
+
+
+def _timed_out(operation: str) -> TimeoutError:
+    return TimeoutError(f"The {operation} operation timed out")
+
+
+class Connection:
+    """The TLS connection behind a KTLSSocket (what ssl.SSLSocket calls ``_sslobj``)."""
+
+    def __init__(self, context, sock, server_side: bool, server_hostname, owner=None, session=None):
+        self._context = context
+        self._owner = weakref.ref(owner if owner is not None else sock)
+        self._fd = sock.fileno()
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.policy = context.ktls_policy
+        self._handshake = Handshake(context, self._fd, server_side=server_side,
+                                    server_hostname=server_hostname, policy=self.policy,
+                                    owner=owner, session=session)
+        self.events = self._handshake.events
+        self._lock = threading.RLock()
+        self._done = False
+        self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
+        self._tx_kernel = self._rx_kernel = False
+        self._handoff = None
+        self._tx_secret = self._rx_secret = None
+        self._control: ControlState | None = None
+        self._leftover = b""
+        self._scratch = None
+        self._peer_closed = False
+        self._sent_close = False
+        self._failure: BaseException | None = None
+        self.tickets_received = 0
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def owner(self):
+        sock = self._owner()
+        if sock is None:
+            raise ValueError("the socket of this TLS connection is gone")
+        return sock
+
+    def _event(self, what: str) -> None:
+        self.events.append(("ktls", what))
+
+    def _deadline(self):
+        timeout = self.owner.gettimeout()
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _wait(self, want: int, deadline, operation: str) -> None:
+        """Wait for the socket to become readable/writable as OpenSSL or the kernel asked."""
+        timeout = self.owner.gettimeout()
+        if timeout == 0.0:
+            raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN if want == WANT_READ else select.POLLOUT)
+        while True:
+            if deadline is None:
+                remaining_ms = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _timed_out(operation if operation == "handshake" else
+                                     ("read" if want == WANT_READ else "write"))
+                remaining_ms = max(1, int(remaining * 1000))
+            if poller.poll(remaining_ms):
+                return
+
+    # --- handshake and handoff ------------------------------------------------------------------
+
+    def do_handshake(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._check_required_before_handshake()
+            deadline = self._deadline()
+            self._event("handshake started")
+            while True:
+                want = self._handshake.step()
+                if want == 0:
+                    break
+                self._wait(want, deadline, "handshake")
+            self._event("handshake complete: peer Finished verified")
+            self._after_handshake()
+            self._done = True
+
+    def _check_required_before_handshake(self) -> None:
+        if self._context.require_ktls and self.policy is not Policy.USERSPACE:
+            report = kernel.probe()
+            if not report.ulp_available:
+                raise KTLSUnavailableError(report.ulp_errno or 0,
+                                           f"require_ktls is set but {report.ulp_message}", "KTLS_REQUIRED")
+        elif self._context.require_ktls:
+            raise ValueError("require_ktls cannot be combined with ktls_policy=Policy.USERSPACE")
+
+    def _after_handshake(self) -> None:
+        version = self._handshake.version()
+        cipher = self._handshake.cipher()
+        cipher_name = cipher[0] if cipher else None
+        if self.policy is Policy.USERSPACE:
+            reason = "ktls_policy is USERSPACE"
+            self._status = KTLSStatus(self.policy, False, False, reason, reason, cipher_name, version)
+        elif self.policy is Policy.AFTER_CCS:
+            tx, rx = self._handshake.openssl_offload()
+            missing = "OpenSSL did not offload this direction (kernel, cipher or protocol unsupported)"
+            self._status = KTLSStatus(self.policy, tx, rx, None if tx else missing, None if rx else missing,
+                                      cipher_name, version)
+            self._event(f"OpenSSL kTLS offload: tx={tx} rx={rx}")
+        else:
+            self._handoff_to_kernel(cipher_name, version)
+        if self._context.require_ktls and not self._status.active:
+            raise KTLSUnavailableError(
+                0, f"require_ktls is set but kernel TLS is not carrying this connection: {self._status}",
+                "KTLS_REQUIRED")
+
+    def _handoff_to_kernel(self, cipher_name, version) -> None:
+        sock = self.owner
+        tx_reason = rx_reason = None
+        try:
+            if sock.family not in (_socket.AF_INET, _socket.AF_INET6) or sock.type != _socket.SOCK_STREAM:
+                raise HandoffUnavailable("kernel TLS needs a TCP socket")
+            report = kernel.probe()
+            if not report.ulp_available:
+                raise HandoffUnavailable(report.ulp_message)
+            handoff = self._handshake.handoff()
+            rx_reason = report.unavailable_reason(handoff.version, handoff.cipher, Direction.RX)
+            if rx_reason:
+                raise HandoffUnavailable(rx_reason)
+            tx_reason = report.unavailable_reason(handoff.version, handoff.cipher, Direction.TX)
+            kernel.attach_ulp(sock)
+            # RX first: with RX in the kernel and TX in OpenSSL the connection still works; the
+            # other way round OpenSSL would answer post-handshake messages with stale write state.
+            kernel.install(sock, Direction.RX, handoff.rx)
+            self._rx_kernel = True
+            self._event(f"RX installed in the kernel at record {handoff.rx.seq}")
+            if tx_reason is None:
+                try:
+                    kernel.install(sock, Direction.TX, handoff.tx)
+                    self._tx_kernel = True
+                    self._event(f"TX installed in the kernel at record {handoff.tx.seq}")
+                except KernelTLSError as exc:
+                    tx_reason = str(exc)
+            self._handshake.detach_from_socket(rx=True, tx=self._tx_kernel)
+            self._handoff = handoff
+            self._tx_secret, self._rx_secret = handoff.tx_secret, handoff.rx_secret
+            self._control = ControlState(handoff.version, self.server_side,
+                                         post_handshake_auth=bool(self._context.post_handshake_auth))
+            self._scratch = bytearray(MAX_RECORD)
+            cipher_label = f"{handoff.cipher.display_name} ({handoff.suite})"
+        except (HandoffUnavailable, KernelTLSError) as exc:
+            if self._rx_kernel:
+                raise  # the kernel holds RX keys: there is no going back to OpenSSL
+            tx_reason = rx_reason = str(exc)
+            cipher_label = cipher_name
+            self._event(f"kernel handoff not possible: {exc}")
+        self._status = KTLSStatus(self.policy, self._tx_kernel, self._rx_kernel,
+                                  None if self._tx_kernel else tx_reason,
+                                  None if self._rx_kernel else rx_reason, cipher_label, version)
+
+    @property
+    def status(self) -> KTLSStatus:
+        return self._status
+
+    def _ensure_handshake(self) -> None:
+        if not self._done:
+            self.do_handshake()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def read(self, len=1024, buffer=None):
+        if buffer is None:
+            if len < 0:
+                raise ValueError("size should not be negative")
+            target = bytearray(len)
+            count = self._read_into(memoryview(target), len)
+            return bytes(target[:count])
+        view = memoryview(buffer).cast("B")
+        if len <= 0 or len > view.nbytes:
+            len = view.nbytes
+        return self._read_into(view, len)
+
+    def _read_into(self, view, nbytes: int) -> int:
+        if nbytes == 0:
+            return 0
+        self._ensure_handshake()
+        self._raise_if_failed()
+        if self._rx_kernel:
+            return self._kernel_read(view, nbytes)
+        return self._openssl_read(view, nbytes)
+
+    def _openssl_read(self, view, nbytes: int) -> int:
+        deadline = self._deadline()
+        while True:
+            try:
+                count = self._handshake.read_into(view, nbytes)
+            except ssl.SSLZeroReturnError:
+                if self._handshake.received_shutdown_only():
+                    return 0
+                raise
+            if count >= 0:
+                return count
+            self._wait(-count, deadline, "read")
+
+    def _kernel_read(self, view, nbytes: int) -> int:
+        if self._leftover:
+            count = min(nbytes, len(self._leftover))
+            view[:count] = self._leftover[:count]
+            self._leftover = self._leftover[count:]
+            return count
+        deadline = None
+        direct = nbytes >= MAX_RECORD
+        while True:
+            if self._peer_closed:
+                return 0
+            target = view[:nbytes] if direct else self._scratch
+            try:
+                record = kernel.recv_record_into(self._fd, target)
+            except BlockingIOError:
+                if deadline is None:
+                    deadline = self._deadline()
+                self._wait(WANT_READ, deadline, "read")
+                continue
+            except KernelTLSError as exc:
+                self._failure = exc
+                self._event(f"kernel refused a record: {exc.reason}")
+                raise
+            content_type = record.content_type
+            if content_type == ContentType.APPLICATION_DATA:
+                if record.length == 0:
+                    continue  # an empty data record carries nothing (and is legal)
+                violation = control.interleaving_violation(self._control)
+                if violation:
+                    self._fail(violation)
+                self._control.warning_alerts = 0
+                if direct:
+                    return record.length
+                count = min(nbytes, record.length)
+                view[:count] = target[:count]
+                self._leftover = bytes(target[count:record.length])
+                return count
+            if content_type == 0:
+                if record.length == 0:
+                    self._event("TCP EOF without close_notify")
+                    raise errors.eof_error()
+                raise KernelTLSError(0, "the kernel returned data without a record type", "NO_RECORD_TYPE")
+            self._handle_control(content_type, bytes(target[: record.length]))
+
+    # --- control records --------------------------------------------------------------------------
+
+    def _handle_control(self, content_type: int, payload: bytes) -> None:
+        self._event(f"control record type={content_type} length={len(payload)}")
+        callback = self._context.control_record_callback
+        if callback is not None:
+            callback(self.owner, content_type, payload)
+        for decision in control.decide(self._control, content_type, payload):
+            self._carry_out(decision)
+
+    def _carry_out(self, decision: control.Decision) -> None:
+        action = decision.action
+        if action is Action.CLOSE:
+            self._peer_closed = True
+            self._event("close_notify received")
+        elif action is Action.IGNORE:
+            self._event(decision.message or "ignored")
+        elif action is Action.PEER_ALERT:
+            self._failure = errors.peer_alert_error(decision.alert.description)
+            self._event(f"fatal alert received: {decision.alert.description_name}")
+            raise self._failure
+        elif action is Action.FAIL:
+            self._fail(decision)
+        elif action is Action.REFUSE_RENEGOTIATION:
+            self._send_alert(decision.alert)
+            self._event(decision.message)
+        elif action is Action.SESSION_TICKET:
+            self.tickets_received += 1
+            self._event("NewSessionTicket received")
+        elif action is Action.KEY_UPDATE:
+            self._peer_key_update(decision.update_requested)
+        elif action is Action.CERTIFICATE_REQUEST:
+            self._fail(control.Decision(
+                Action.FAIL, Alert(AlertLevel.FATAL, AlertDescription.internal_error),
+                "POST_HANDSHAKE_AUTH_UNSUPPORTED",
+                "post-handshake client authentication under kernel TLS is not supported yet "
+                "(use ktls_policy=Policy.USERSPACE for connections that need it)"))
+
+    def _fail(self, decision: control.Decision):
+        if decision.alert is not None:
+            try:
+                self._send_alert(decision.alert)
+            except OSError:
+                pass  # the connection is failing anyway; the error below is what matters
+        self._failure = errors.local_protocol_error(decision.reason, decision.message)
+        self._event(f"connection failed: {decision.reason}: {decision.message}")
+        raise self._failure
+
+    def _send_alert(self, alert: Alert) -> None:
+        if self._tx_kernel:
+            kernel.send_record(self._fd, ContentType.ALERT, alert.pack())
+            self._event(f"alert sent: {alert.description_name}")
+
+    def _peer_key_update(self, update_requested: bool) -> None:
+        handoff = self._handoff
+        if not kernel.probe().rekey_supported:
+            error = KTLSRekeyUnsupportedError(
+                0, f"the peer updated its TLS 1.3 keys (KeyUpdate) but kernel "
+                   f"{kernel.probe().kernel_release} cannot install the next receive key "
+                   "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
+                "KEY_UPDATE_UNSUPPORTED")
+            self._failure = error
+            self._event("KeyUpdate received; this kernel cannot rekey")
+            try:
+                self._send_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
+            except OSError:
+                pass
+            raise error
+        self._rx_secret = keys.tls13_next_secret(self._rx_secret, handoff.hash_name)
+        kernel.rekey(self._fd, Direction.RX,
+                     keys.tls13_traffic_keys(self._rx_secret, handoff.cipher, handoff.hash_name, 0))
+        self._event("KeyUpdate received: RX rekeyed")
+        if update_requested:
+            self._update_tx_keys(request_peer=False)
+
+    def _update_tx_keys(self, request_peer: bool) -> None:
+        handoff = self._handoff
+        kernel.send_record(self._fd, ContentType.HANDSHAKE, records.key_update_message(request_peer))
+        self._tx_secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
+        kernel.rekey(self._fd, Direction.TX,
+                     keys.tls13_traffic_keys(self._tx_secret, handoff.cipher, handoff.hash_name, 0))
+        self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
+
+    def key_update(self, request_peer: bool = False) -> None:
+        """Send a TLS 1.3 KeyUpdate and move our sending direction to the next key."""
+        self._ensure_handshake()
+        with self._lock:
+            if self._handshake.protocol_version != keys.TLS_1_3_VERSION:
+                raise ValueError("KeyUpdate exists in TLS 1.3 only")
+            if not self._tx_kernel:
+                self._handshake.key_update(request_peer)
+                return
+            if not kernel.probe().rekey_supported:
+                raise KTLSRekeyUnsupportedError(
+                    0, f"kernel {kernel.probe().kernel_release} cannot replace TLS 1.3 keys "
+                       "(needs Linux 6.14+); nothing was sent", "KEY_UPDATE_UNSUPPORTED")
+            self._update_tx_keys(request_peer)
+
+    def recv_record(self, bufsize: int = MAX_RECORD):
+        """The next record as (content_type, payload), without any built-in handling."""
+        self._ensure_handshake()
+        if not self._rx_kernel:
+            raise ValueError("recv_record needs the kernel to carry the receive direction "
+                             f"({self._status.rx_reason})")
+        buffer = bytearray(max(bufsize, 1))
+        deadline = self._deadline()
+        while True:
+            try:
+                record = kernel.recv_record_into(self._fd, buffer)
+                return record.content_type, bytes(buffer[: record.length])
+            except BlockingIOError:
+                self._wait(WANT_READ, deadline, "read")
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def write(self, data) -> int:
+        self._ensure_handshake()
+        self._raise_if_failed()
+        if self._tx_kernel:
+            return self._kernel_write(data)
+        deadline = self._deadline()
+        while True:
+            count = self._handshake.write(data)
+            if count >= 0:
+                return count
+            self._wait(-count, deadline, "write")
+
+    def _kernel_write(self, data) -> int:
+        sock = self.owner
+        try:
+            return _socket.socket.send(sock, data)
+        except BlockingIOError:
+            raise errors.want_write_error() from None
+        except TimeoutError:
+            raise _timed_out("write") from None
+
+    def sendfile(self, file, offset: int, count):
+        """Bytes sent through the kernel path, or None when this connection cannot sendfile."""
+        self._ensure_handshake()
+        if self._tx_kernel:
+            return _socket.socket.sendfile(self.owner, file, offset, count)
+        if self.policy is Policy.AFTER_CCS and self._status.tx:
+            return self._openssl_sendfile(file, offset, count)
+        return None
+
+    def _openssl_sendfile(self, file, offset: int, count):
+        size = os.fstat(file.fileno()).st_size - offset
+        if count is not None:
+            size = min(size, count)
+        total = 0
+        deadline = self._deadline()
+        while total < size:
+            sent = self._handshake.sendfile(file.fileno(), offset + total, size - total)
+            if sent < 0:
+                self._wait(-sent, deadline, "write")
+                continue
+            if sent == 0:
+                break
+            total += sent
+        file.seek(offset + total)
+        return total
+
+    def pending(self) -> int:
+        if self._rx_kernel:
+            return len(self._leftover)
+        return self._handshake.pending()
+
+    # --- shutdown ----------------------------------------------------------------------------------
+
+    def shutdown(self):
+        """Send close_notify and wait for the peer's (CPython's unwrap); returns the socket."""
+        sock = self.owner
+        if not (self._tx_kernel or self._rx_kernel):
+            self._openssl_shutdown()
+            return sock
+        if not self._sent_close:
+            if self._tx_kernel:
+                self._kernel_send_blocking(ContentType.ALERT, CLOSE_NOTIFY)
+            else:
+                self._handshake.shutdown_step()
+            self._sent_close = True
+            self._event("close_notify sent")
+        deadline = self._deadline()
+        while not self._peer_closed:
+            scratch = bytearray(MAX_RECORD)
+            try:
+                record = kernel.recv_record_into(self._fd, scratch)
+            except BlockingIOError:
+                self._wait(WANT_READ, deadline, "read")
+                continue
+            if record.content_type == 0 and record.length == 0:
+                raise errors.eof_error()
+            if record.content_type == ContentType.APPLICATION_DATA:
+                continue  # data in flight while closing is discarded, as OpenSSL does
+            self._handle_control(record.content_type, bytes(scratch[: record.length]))
+        return sock
+
+    def _kernel_send_blocking(self, content_type: int, payload: bytes) -> None:
+        deadline = self._deadline()
+        while True:
+            try:
+                kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                self._wait(WANT_WRITE, deadline, "write")
+
+    def _openssl_shutdown(self) -> None:
+        deadline = self._deadline()
+        zeros = 0
+        while True:
+            result = self._handshake.shutdown_step()
+            if result > 0:
+                return
+            if result == 0:
+                zeros += 1
+                if zeros > 1:
+                    return
+                continue
+            self._wait(-result, deadline, "read" if -result == WANT_READ else "write")
+
+    # --- information (what _ssl._SSLSocket offers) --------------------------------------------------
+
+    def version(self):
+        return self._handshake.version()
+
+    def cipher(self):
+        return self._handshake.cipher()
+
+    def shared_ciphers(self):
+        return self._handshake.shared_ciphers()
+
+    def compression(self):
+        return self._handshake.compression()
+
+    def selected_alpn_protocol(self):
+        return self._handshake.selected_alpn_protocol()
+
+    def get_channel_binding(self, cb_type="tls-unique"):
+        return self._handshake.channel_binding(cb_type)
+
+    def getpeercert(self, binary_form=False):
+        if not self._handshake.is_finished:
+            raise ValueError("handshake not done yet")
+        der = self._handshake.peer_certificate_der()
+        if der is None:
+            return None
+        if binary_form:
+            return der
+        if not self._handshake.verify_mode() & lib.SSL_VERIFY_PEER:
+            return {}  # CPython: a certificate that was not verified is not decoded
+        from .certificate import decode_certificate
+        return decode_certificate(der)
+
+    def get_verified_chain(self):
+        return self._handshake.verified_chain()
+
+    def get_unverified_chain(self):
+        return self._handshake.unverified_chain()
+
+    def verify_client_post_handshake(self):
+        if self._rx_kernel or self._tx_kernel:
+            raise KernelTLSError(0, "post-handshake client authentication under kernel TLS is not "
+                                    "supported yet (use ktls_policy=Policy.USERSPACE for connections "
+                                    "that need it)", "POST_HANDSHAKE_AUTH_UNSUPPORTED")
+        self._handshake.verify_client_post_handshake()
+
+    @property
+    def session(self):
+        return self._handshake.get_session()
+
+    @session.setter
+    def session(self, value):
+        self._handshake.set_session(value)
+
+    @property
+    def session_reused(self):
+        return self._handshake.session_reused
+
+    @property
+    def context(self):
+        return self._context
+
+    @context.setter
+    def context(self, value):
+        self._handshake.set_context(value)
+        self._context = value
+
+
+class KTLSSocket(ssl.SSLSocket):
+    """ssl.SSLSocket whose record layer is the kernel once the handshake is verified.
+
+    Created by ktls_ossl.SSLContext.wrap_socket. Everything ssl.SSLSocket offers works the same;
+    in addition: ``ktls`` (where each direction runs, and why), ``ktls_events`` (the audit trail),
+    ``recv_record`` (records without built-in handling) and ``key_update`` (TLS 1.3).
+    """
+
+    @property
+    def ktls(self) -> KTLSStatus | None:
+        connection = self._sslobj
+        return connection.status if connection is not None else None
+
+    @property
+    def ktls_events(self) -> list[tuple[str, str]]:
+        connection = self._sslobj
+        return list(connection.events) if connection is not None else []
+
+    def recv_record(self, bufsize: int = MAX_RECORD):
+        self._checkClosed()
+        if self._sslobj is None:
+            raise ValueError("Read on closed or unwrapped SSL socket.")
+        return self._sslobj.recv_record(bufsize)
+
+    def key_update(self, request_peer: bool = False) -> None:
+        if self._sslobj is None:
+            raise ValueError("No SSL wrapper around " + str(self))
+        self._sslobj.key_update(request_peer)
+
+    def sendfile(self, file, offset=0, count=None):
+        """With TX in the kernel this is os.sendfile: the kernel encrypts the file's pages."""
+        if self._sslobj is not None:
+            sent = self._sslobj.sendfile(file, offset, count)
+            if sent is not None:
+                return sent
+            return self._sendfile_use_send(file, offset, count)
+        return super().sendfile(file, offset, count)
+
+    def get_verified_chain(self):
+        """The verified chain, leaf first, as DER bytes."""
+        self._checkClosed()
+        return self._sslobj.get_verified_chain() if self._sslobj is not None else None
+
+    def get_unverified_chain(self):
+        """The chain the peer sent, leaf first, as DER bytes."""
+        self._checkClosed()
+        return self._sslobj.get_unverified_chain() if self._sslobj is not None else None
+
+
+__all__ = ["Connection", "KTLSSocket", "KTLSStatus", "Session"]

@@ -1,0 +1,167 @@
+"""control.py: every non-data record has one defined outcome (pure decisions, no sockets)."""
+import _ssl
+
+import pytest
+
+from ktls_ossl import control
+from ktls_ossl.control import Action, ControlState
+from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION
+from ktls_ossl.records import AlertDescription, ContentType, build_handshake, key_update_message
+
+
+def client(version=TLS_1_3_VERSION, **kwargs):
+    return ControlState(version, server_side=False, **kwargs)
+
+
+def server(version=TLS_1_3_VERSION, **kwargs):
+    return ControlState(version, server_side=True, **kwargs)
+
+
+def only(decisions):
+    assert len(decisions) == 1, decisions
+    return decisions[0]
+
+
+def test_every_failure_reason_is_an_openssl_name():
+    """The reasons surface as ssl.SSLError.reason: they must be names CPython knows."""
+    known = set(_ssl.err_codes_to_names.values())
+    import inspect
+    source = inspect.getsource(control)
+    import re
+    reasons = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', source))
+    assert reasons and reasons <= known, reasons - known
+
+
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("level", [1, 2])
+def test_close_notify_closes_at_any_level(version, level):
+    decision = only(control.decide(client(version), ContentType.ALERT, bytes([level, 0])))
+    assert decision.action is Action.CLOSE
+
+
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+def test_fatal_alert_is_the_peers_error(version):
+    decision = only(control.decide(client(version), ContentType.ALERT, b"\x02\x30"))
+    assert decision.action is Action.PEER_ALERT
+    assert decision.alert.description == AlertDescription.unknown_ca
+
+
+def test_tls13_treats_warning_level_alerts_as_fatal():
+    decision = only(control.decide(client(), ContentType.ALERT, b"\x01\x2a"))
+    assert decision.action is Action.PEER_ALERT
+
+
+def test_tls13_user_canceled_is_tolerated():
+    assert only(control.decide(client(), ContentType.ALERT, b"\x01\x5a")).action is Action.IGNORE
+
+
+def test_tls12_warnings_are_tolerated_up_to_openssls_limit():
+    state = client(TLS_1_2_VERSION)
+    for _ in range(control.MAX_CONSECUTIVE_WARNING_ALERTS):
+        assert only(control.decide(state, ContentType.ALERT, b"\x01\x2a")).action is Action.IGNORE
+    decision = only(control.decide(state, ContentType.ALERT, b"\x01\x2a"))
+    assert (decision.action, decision.reason) == (Action.FAIL, "TOO_MANY_WARN_ALERTS")
+    assert decision.alert.description == AlertDescription.unexpected_message
+
+
+def test_tls12_data_resets_the_warning_count():
+    state = client(TLS_1_2_VERSION)
+    for _ in range(3 * control.MAX_CONSECUTIVE_WARNING_ALERTS):
+        assert only(control.decide(state, ContentType.ALERT, b"\x01\x2a")).action is Action.IGNORE
+        if state.warning_alerts == control.MAX_CONSECUTIVE_WARNING_ALERTS:
+            state.saw_application_data()
+
+
+def test_tls12_no_renegotiation_without_asking_is_a_failure():
+    decision = only(control.decide(client(TLS_1_2_VERSION), ContentType.ALERT, b"\x01\x64"))
+    assert (decision.action, decision.reason) == (Action.FAIL, "NO_RENEGOTIATION")
+    assert decision.alert.description == AlertDescription.handshake_failure
+
+
+@pytest.mark.parametrize("payload, reason", [(b"\x02", "INVALID_ALERT"), (b"\x02\x28\x00", "INVALID_ALERT"),
+                                             (b"\x07\x28", "UNKNOWN_ALERT_TYPE")])
+def test_malformed_alerts(payload, reason):
+    decision = only(control.decide(client(), ContentType.ALERT, payload))
+    assert (decision.action, decision.reason) == (Action.FAIL, reason)
+    assert decision.alert.is_fatal
+
+
+def test_tls13_session_tickets_reach_the_client_only():
+    ticket = build_handshake(4, b"\x00\x00\x1c\x20" + bytes(20))
+    decision = only(control.decide(client(), ContentType.HANDSHAKE, ticket))
+    assert decision.action is Action.SESSION_TICKET and decision.handshake.body == ticket[4:]
+    decision = only(control.decide(server(), ContentType.HANDSHAKE, ticket))
+    assert (decision.action, decision.reason) == (Action.FAIL, "UNEXPECTED_MESSAGE")
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_tls13_key_update(requested):
+    decision = only(control.decide(server(), ContentType.HANDSHAKE, key_update_message(requested)))
+    assert decision.action is Action.KEY_UPDATE and decision.update_requested is requested
+
+
+@pytest.mark.parametrize("body", [b"", b"\x02", b"\x00\x00"])
+def test_tls13_malformed_key_update(body):
+    decision = only(control.decide(client(), ContentType.HANDSHAKE, build_handshake(24, body)))
+    assert (decision.action, decision.reason) == (Action.FAIL, "BAD_KEY_UPDATE")
+
+
+def test_several_messages_in_one_record_and_one_message_over_records():
+    state = client()
+    both = key_update_message(False) + build_handshake(4, bytes(30))
+    assert [d.action for d in control.decide(state, ContentType.HANDSHAKE, both)] == [
+        Action.KEY_UPDATE, Action.SESSION_TICKET]
+    ticket = build_handshake(4, bytes(100))
+    assert control.decide(state, ContentType.HANDSHAKE, ticket[:50]) == []
+    assert state.handshake_buffer == ticket[:50]
+    assert only(control.decide(state, ContentType.HANDSHAKE, ticket[50:])).action is Action.SESSION_TICKET
+    assert state.handshake_buffer == b""
+
+
+def test_data_inside_a_fragmented_handshake_message_is_refused():
+    state = client()
+    control.decide(state, ContentType.HANDSHAKE, build_handshake(4, bytes(100))[:10])
+    decision = control.interleaving_violation(state)
+    assert (decision.action, decision.reason) == (Action.FAIL, "UNEXPECTED_RECORD")
+    decision = only(control.decide(state, ContentType.ALERT, b"\x01\x00"))
+    assert decision.reason == "UNEXPECTED_RECORD"
+
+
+def test_oversized_handshake_message_is_refused_before_buffering_it():
+    decision = only(control.decide(client(), ContentType.HANDSHAKE, b"\x04\xff\xff\xff" + bytes(10)))
+    assert (decision.action, decision.reason) == (Action.FAIL, "EXCESSIVE_MESSAGE_SIZE")
+
+
+def test_tls13_certificate_request_needs_post_handshake_auth():
+    request = build_handshake(13, b"\x00\x00\x00")
+    assert only(control.decide(client(post_handshake_auth=True), ContentType.HANDSHAKE, request)).action \
+        is Action.CERTIFICATE_REQUEST
+    assert only(control.decide(client(), ContentType.HANDSHAKE, request)).reason == "UNEXPECTED_MESSAGE"
+
+
+def test_tls12_renegotiation_attempts_are_refused_with_a_warning():
+    decision = only(control.decide(client(TLS_1_2_VERSION), ContentType.HANDSHAKE, b"\x00\x00\x00\x00"))
+    assert decision.action is Action.REFUSE_RENEGOTIATION
+    assert (decision.alert.level, decision.alert.description) == (1, AlertDescription.no_renegotiation)
+    hello = build_handshake(1, bytes(60))
+    assert only(control.decide(server(TLS_1_2_VERSION), ContentType.HANDSHAKE, hello)).action \
+        is Action.REFUSE_RENEGOTIATION
+    assert only(control.decide(client(TLS_1_2_VERSION), ContentType.HANDSHAKE, hello)).reason == "UNEXPECTED_MESSAGE"
+    assert only(control.decide(client(TLS_1_2_VERSION), ContentType.HANDSHAKE, b"\x00\x00\x00\x01\x00")).reason \
+        == "BAD_LENGTH"
+
+
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("message", [2, 11, 15, 20, 99])
+def test_other_post_handshake_messages_are_unexpected(version, message):
+    decision = only(control.decide(client(version), ContentType.HANDSHAKE, build_handshake(message, b"x")))
+    assert (decision.action, decision.reason) == (Action.FAIL, "UNEXPECTED_MESSAGE")
+    assert decision.alert.description == AlertDescription.unexpected_message
+
+
+@pytest.mark.parametrize("content_type, payload", [(ContentType.CHANGE_CIPHER_SPEC, b"\x01"), (24, b"hb"),
+                                                    (99, b""), (ContentType.HANDSHAKE, b"")])
+def test_other_records_fail_with_unexpected_message(content_type, payload):
+    decision = only(control.decide(client(), content_type, payload))
+    assert decision.action is Action.FAIL
+    assert decision.alert.description == AlertDescription.unexpected_message

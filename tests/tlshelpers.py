@@ -1,0 +1,155 @@
+"""Helpers for tests that run real TLS connections over loopback."""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+
+import ktls_ossl
+from ktls_ossl import kernel
+from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
+
+from .conftest import loopback_pair
+
+VERSION_RANGE = {TLS_1_2_VERSION: ssl.TLSVersion.TLSv1_2, TLS_1_3_VERSION: ssl.TLSVersion.TLSv1_3}
+
+# (TLS 1.2 cipher string for ECDSA certificates, TLS 1.3 suite) per kernel cipher.
+SUITES = {
+    (TLS_1_2_VERSION, KernelCipher.AES_GCM_128): "ECDHE-ECDSA-AES128-GCM-SHA256",
+    (TLS_1_2_VERSION, KernelCipher.AES_GCM_256): "ECDHE-ECDSA-AES256-GCM-SHA384",
+    (TLS_1_2_VERSION, KernelCipher.CHACHA20_POLY1305): "ECDHE-ECDSA-CHACHA20-POLY1305",
+    (TLS_1_2_VERSION, KernelCipher.AES_CCM_128): "ECDHE-ECDSA-AES128-CCM",
+    (TLS_1_3_VERSION, KernelCipher.AES_GCM_128): "TLS_AES_128_GCM_SHA256",
+    (TLS_1_3_VERSION, KernelCipher.AES_GCM_256): "TLS_AES_256_GCM_SHA384",
+    (TLS_1_3_VERSION, KernelCipher.CHACHA20_POLY1305): "TLS_CHACHA20_POLY1305_SHA256",
+    (TLS_1_3_VERSION, KernelCipher.AES_CCM_128): "TLS_AES_128_CCM_SHA256",
+}
+COMBINATIONS = list(SUITES)
+COMBINATION_IDS = [f"{'tls12' if v == TLS_1_2_VERSION else 'tls13'}-{c.name.lower()}" for v, c in COMBINATIONS]
+
+
+def pin(ctx, version: int, cipher: KernelCipher):
+    """Restrict a context (ours or CPython's) to one version and kernel cipher."""
+    ctx.minimum_version = ctx.maximum_version = VERSION_RANGE[version]
+    suite = SUITES[(version, cipher)]
+    if version == TLS_1_2_VERSION:
+        ctx.set_ciphers(suite)
+    elif isinstance(ctx, ktls_ossl.SSLContext):
+        ctx.set_ciphersuites(suite)
+    elif cipher is KernelCipher.AES_CCM_128:
+        raise ValueError("CPython's ssl cannot enable TLS 1.3 CCM suites")
+    return ctx
+
+
+def server_context(cert, *, ours=True, version=None, cipher=None, **settings):
+    ctx = (ktls_ossl.SSLContext if ours else ssl.SSLContext)(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.chain_path, cert.key_path)
+    if version is not None:
+        pin(ctx, version, cipher)
+    for name, value in settings.items():
+        setattr(ctx, name, value)
+    return ctx
+
+
+def client_context(ca_path, *, ours=True, version=None, cipher=None, **settings):
+    ctx = (ktls_ossl.SSLContext if ours else ssl.SSLContext)(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca_path)
+    if version is not None:
+        pin(ctx, version, cipher)
+    for name, value in settings.items():
+        setattr(ctx, name, value)
+    return ctx
+
+
+@dataclass
+class Pair:
+    client: ssl.SSLSocket
+    server: ssl.SSLSocket
+
+    def close(self):
+        for sock in (self.client, self.server):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def tls_pair(client_ctx, server_ctx, *, server_hostname="localhost", timeout=10.0,
+             client_kwargs=None, server_kwargs=None) -> Pair:
+    """Handshake client and server over loopback (the server in a thread); raises what the client
+    raised, else what the server raised."""
+    raw_client, raw_server = loopback_pair()
+    raw_client.settimeout(timeout)
+    raw_server.settimeout(timeout)
+    result = {}
+
+    def serve():
+        try:
+            result["server"] = server_ctx.wrap_socket(raw_server, server_side=True, **(server_kwargs or {}))
+        except BaseException as exc:
+            result["server_error"] = exc
+            raw_server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        client = client_ctx.wrap_socket(raw_client, server_hostname=server_hostname, **(client_kwargs or {}))
+    except BaseException:
+        thread.join(timeout)
+        raw_client.close()
+        if "server" in result:
+            result["server"].close()
+        raise
+    thread.join(timeout)
+    if "server_error" in result:
+        client.close()
+        raise result["server_error"]
+    return Pair(client, result["server"])
+
+
+def expect_ktls(sock) -> None:
+    """On a kernel with TLS both directions must be in the kernel; elsewhere the reason says why."""
+    status = sock.ktls
+    if kernel.probe().ulp_available:
+        assert status.tx and status.rx, str(status)
+        assert status.tx_reason is None and status.rx_reason is None
+    else:
+        assert not status.tx and not status.rx
+        assert "modprobe tls" in status.rx_reason and "modprobe tls" in status.tx_reason
+
+
+def recv_exactly(sock, size: int) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 20))
+        if not chunk:
+            raise AssertionError(f"EOF with {remaining} of {size} bytes missing")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def in_thread(function, *args):
+    """Run function(*args) in a thread; join() re-raises its exception and returns its result."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def join(timeout=30.0):
+        thread.join(timeout)
+        if thread.is_alive():
+            raise AssertionError(f"{function.__name__} did not finish in {timeout} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    return join
