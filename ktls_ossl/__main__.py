@@ -1,11 +1,14 @@
-"""Command line: ``python -m ktls_ossl probe [--json]``."""
+"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo``."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 from . import OPENSSL_VERSION, kernel
+from .handshake import Policy
 
 
 def _probe(args) -> int:
@@ -18,12 +21,80 @@ def _probe(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from . import serve
+
+    cert, key = args.cert, args.key
+    if not cert:
+        cert, key = serve.make_self_signed(tempfile.mkdtemp(prefix="ktls-serve-"), args.hostname)
+        print(f"ktls_ossl: self-signed certificate for {args.hostname}: {cert}", flush=True)
+    context = serve.server_context(cert, key, Policy(args.policy), args.ciphers, args.ciphersuites)
+    if args.echo:
+        server = serve.TLSEchoServer((args.bind, args.port), context, verbose=args.verbose)
+    else:
+        server = serve.HTTPSFileServer((args.bind, args.port), context, args.root, verbose=args.verbose)
+    serve.serve_forever(server, args.port_file)
+    return 0
+
+
+def _fetch(args) -> int:
+    from . import serve
+
+    result = serve.fetch(args.url, cafile=args.cafile, output=args.output, policy=Policy(args.policy))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        rate = result["bytes"] / max(result["seconds"], 1e-9) / 1e6
+        print(f"{result['bytes']} bytes in {result['seconds']:.2f} s ({rate:.1f} MB/s)")
+        print(f"sha256 {result['sha256']}")
+        print(f"client: {result['client_ktls']}")
+        print(f"server: {result['server_ktls']}")
+        print(f"/proc/net/tls_stat changes: {result['tls_stat_delta'] or 'none'}")
+    return 0
+
+
+def _demo(args) -> int:
+    from . import demo
+
+    return demo.transfer(size_mib=args.size_mib)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ktls_ossl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    policies = [p.value for p in Policy]
+
     probe = commands.add_parser("probe", help="show what this kernel's TLS can do")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
     probe.set_defaults(handler=_probe)
+
+    serve = commands.add_parser("serve", help="HTTPS file server (or --echo TLS echo server)")
+    serve.add_argument("--bind", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8443, help="0 picks a free port")
+    serve.add_argument("--root", default=os.getcwd(), help="directory to serve")
+    serve.add_argument("--cert", help="certificate chain (PEM); default: a self-signed one")
+    serve.add_argument("--key", help="private key (PEM)")
+    serve.add_argument("--hostname", default="localhost", help="name for the self-signed certificate")
+    serve.add_argument("--echo", action="store_true", help="echo what clients send instead of HTTP")
+    serve.add_argument("--policy", choices=policies, default=Policy.AFTER_FINISHED.value)
+    serve.add_argument("--ciphers", help="TLS 1.2 cipher string")
+    serve.add_argument("--ciphersuites", help="TLS 1.3 cipher suites")
+    serve.add_argument("--port-file", help="write the bound port here once listening")
+    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.set_defaults(handler=_serve)
+
+    fetch = commands.add_parser("fetch", help="download an https:// URL with ktls_ossl")
+    fetch.add_argument("url")
+    fetch.add_argument("--cafile", help="trust this CA (default: the system's)")
+    fetch.add_argument("--output", "-o", help="write the body here")
+    fetch.add_argument("--policy", choices=policies, default=Policy.AFTER_FINISHED.value)
+    fetch.add_argument("--json", action="store_true")
+    fetch.set_defaults(handler=_fetch)
+
+    demo = commands.add_parser("demo", help="HTTPS transfer of a large file with sendfile, checked end to end")
+    demo.add_argument("--size-mib", type=int, default=256)
+    demo.set_defaults(handler=_demo)
+
     args = parser.parse_args(argv)
     return args.handler(args)
 

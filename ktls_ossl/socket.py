@@ -48,10 +48,13 @@ class KTLSStatus:
         return self.tx and self.rx
 
     def __str__(self) -> str:
-        def side(name, on, reason):
-            return f"{name}=kernel" if on else f"{name}=userspace ({reason})"
-        return (f"kTLS[{self.policy.value}] {side('tx', self.tx, self.tx_reason)}, "
-                f"{side('rx', self.rx, self.rx_reason)}, {self.version or '-'} {self.cipher or '-'}, "
+        if self.tx == self.rx and self.tx_reason == self.rx_reason:
+            where = "tx+rx=kernel" if self.tx else f"tx+rx=userspace ({self.tx_reason})"
+        else:
+            where = ", ".join(f"{name}=kernel" if on else f"{name}=userspace ({reason})"
+                              for name, on, reason in (("tx", self.tx, self.tx_reason),
+                                                       ("rx", self.rx, self.rx_reason)))
+        return (f"kTLS[{self.policy.value}] {where}, {self.version or '-'} {self.cipher or '-'}, "
                 f"kernel {self.kernel_release}")
 
 
