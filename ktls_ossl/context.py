@@ -336,6 +336,7 @@ class SSLContext(ssl.SSLContext):
         self._ktls_policy = Policy.AFTER_FINISHED
         self._require_ktls = False
         self._control_record_callback = None
+        self._key_update_records = None
 
         self._set_verify(ssl.CERT_REQUIRED if self._check_hostname else ssl.CERT_NONE)
         lib.SSL_CTX_set_options(self._ssl_ctx, _DEFAULT_OPTIONS)
@@ -388,6 +389,18 @@ class SSLContext(ssl.SSLContext):
         if not isinstance(value, bool):
             raise TypeError(f"require_ktls must be a bool, not {type(value).__name__}")
         self._require_ktls = value
+
+    @property
+    def key_update_records(self) -> int | None:
+        """Send a TLS 1.3 KeyUpdate after this many records under one key (None: the cipher's
+        default, well under the AEAD limits of RFC 8446 section 5.5; see ktls_ossl.keys)."""
+        return self._key_update_records
+
+    @key_update_records.setter
+    def key_update_records(self, value) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError("key_update_records must be a positive int or None")
+        self._key_update_records = value
 
     @property
     def control_record_callback(self):

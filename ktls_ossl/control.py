@@ -37,7 +37,8 @@ class Action(enum.Enum):
     REFUSE_RENEGOTIATION = "renegotiation attempt: answer with a no_renegotiation warning"
     SESSION_TICKET = "TLS 1.3 NewSessionTicket"
     KEY_UPDATE = "TLS 1.3 KeyUpdate: install the next receive key"
-    CERTIFICATE_REQUEST = "TLS 1.3 post-handshake CertificateRequest"
+    CERTIFICATE_REQUEST = "TLS 1.3 post-handshake CertificateRequest: to OpenSSL, which answers"
+    CLIENT_AUTHENTICATION = "TLS 1.3 client's answer to our CertificateRequest: to OpenSSL to verify"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ControlState:
     version: int
     server_side: bool
     post_handshake_auth: bool = False  # a client that offered post_handshake_auth
+    # Server side of post-handshake authentication: None, "requested" (CertificateRequest sent) or
+    # "in_progress" (the client's answer has begun; the connection is unverified until it ends).
+    client_auth: str | None = None
     warning_alerts: int = 0
     handshake_buffer: bytes = b""
     records: dict = field(default_factory=dict)  # content type -> count, for introspection
@@ -86,6 +90,18 @@ def interleaving_violation(state: ControlState) -> Decision | None:
     return None
 
 
+def data_refused(state: ControlState) -> Decision | None:
+    """Application data may not be delivered while a post-handshake handshake message is
+    incomplete or the client's post-handshake authentication has begun but not been accepted."""
+    violation = interleaving_violation(state)
+    if violation:
+        return violation
+    if state.client_auth == "in_progress":
+        return _fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
+                     "application data inside the client's post-handshake authentication")
+    return None
+
+
 def decide(state: ControlState, content_type: int, payload: bytes) -> list[Decision]:
     """The decisions for one non-data record, in order. Stops at the first failure."""
     state.records[content_type] = state.records.get(content_type, 0) + 1
@@ -100,6 +116,9 @@ def decide(state: ControlState, content_type: int, payload: bytes) -> list[Decis
         return [_fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
                       "ChangeCipherSpec after the handshake")]
     if content_type == ContentType.APPLICATION_DATA:
+        refused = data_refused(state)
+        if refused:
+            return [refused]
         state.saw_application_data()
         return []
     return [_fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
@@ -172,6 +191,10 @@ def _decide_message(state: ControlState, message: HandshakeMessage) -> Decision:
             return Decision(Action.KEY_UPDATE, handshake=message)
         if kind == HandshakeType.certificate_request and not state.server_side and state.post_handshake_auth:
             return Decision(Action.CERTIFICATE_REQUEST, handshake=message)
+        if state.server_side and state.client_auth is not None and kind in (
+                HandshakeType.certificate, HandshakeType.certificate_verify, HandshakeType.finished):
+            state.client_auth = "in_progress"
+            return Decision(Action.CLIENT_AUTHENTICATION, handshake=message)
     else:
         if kind == HandshakeType.hello_request and not state.server_side:
             if message.body:

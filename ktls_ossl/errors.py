@@ -160,3 +160,8 @@ class KTLSRecordError(KernelTLSError):
 
 class KTLSKeyExpiredError(KernelTLSError):
     """The peer's KeyUpdate paused reception until the next key is installed (EKEYEXPIRED)."""
+
+
+class KTLSKeyLimitError(KernelTLSError):
+    """Sending more would exceed the AEAD usage limit of the current key, and the kernel cannot
+    update keys (RFC 8446 section 5.5): close the connection and open a new one."""

@@ -17,7 +17,7 @@ import ssl
 import weakref
 from dataclasses import dataclass
 
-from . import errors, keys
+from . import errors, keys, records
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
 
@@ -468,13 +468,78 @@ class Handshake:
     def _forget_handshake_secrets(self) -> None:
         self._secrets.clear()
 
-    def detach_from_socket(self, rx: bool, tx: bool) -> None:
-        """After the kernel took over a direction, OpenSSL must never touch the fd for it again:
-        give it memory BIOs (post-handshake messages come back to it through them)."""
-        if rx:
-            lib.SSL_set0_rbio(self.ssl, lib.BIO_new(lib.BIO_s_mem()))
+    def detach_from_socket(self, handoff: Handoff, *, tx: bool) -> None:
+        """The kernel took over: OpenSSL must never touch the fd again (for TX only when the kernel
+        took TX too). It gets memory BIOs, through which post-handshake messages reach it.
+
+        OpenSSL still believes it owns the record layer, so a message is given to it protected
+        under OpenSSL's own current read keys and sequence number (it has seen none of the records
+        the kernel decrypted since), and what it writes is unprotected with its own write state
+        before the kernel sends it. These two RecordProtection objects mirror OpenSSL's state.
+        """
+        rbio = lib.BIO_new(lib.BIO_s_mem())
+        lib.BIO_set_mem_eof_return(rbio, -1)  # empty means "no more yet", not EOF
+        lib.SSL_set0_rbio(self.ssl, rbio)
+        self._openssl_read_state = records.RecordProtection(handoff.rx)
+        self._openssl_write_state = None
         if tx:
-            lib.SSL_set0_wbio(self.ssl, lib.BIO_new(lib.BIO_s_mem()))
+            wbio = lib.BIO_new(lib.BIO_s_mem())
+            lib.BIO_set_mem_eof_return(wbio, -1)
+            lib.SSL_set0_wbio(self.ssl, wbio)
+            self._openssl_write_state = records.RecordProtection(handoff.tx)
+
+    def feed(self, content_type: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """Give OpenSSL one post-handshake record's plaintext; return what it answers, as
+        (content type, plaintext) records for the kernel to send. OpenSSL's verdict is final: a
+        rejected message raises OpenSSL's error (after its alert has been collected for sending,
+        available as ``exc.ktls_outgoing``)."""
+        record = self._openssl_read_state.seal(content_type, payload)
+        lib.BIO_write(lib.SSL_get_rbio(self.ssl), record, len(record))
+        lib.ERR_clear_error()
+        scratch = ffi.new("unsigned char[1]")
+        count = ffi.new("size_t *")
+        result = lib.SSL_read_ex(self.ssl, scratch, 1, count)
+        if result == 1:
+            raise errors.local_protocol_error("UNEXPECTED_RECORD", "OpenSSL produced application data "
+                                              "from a post-handshake message")
+        try:
+            self.wants_or_raise(result)
+        except BaseException as exc:
+            exc.ktls_outgoing = self.drain_output()
+            raise
+        return self.drain_output()
+
+    def emit(self) -> list[tuple[int, bytes]]:
+        """Let OpenSSL write what it has queued (e.g. a CertificateRequest) and return it."""
+        lib.ERR_clear_error()
+        result = lib.SSL_do_handshake(self.ssl)
+        if result != 1:
+            try:
+                self.wants_or_raise(result)
+            except BaseException as exc:
+                exc.ktls_outgoing = self.drain_output()
+                raise
+        return self.drain_output()
+
+    def drain_output(self) -> list[tuple[int, bytes]]:
+        """Records OpenSSL wrote to its memory BIO, unprotected with OpenSSL's write state."""
+        if self._openssl_write_state is None:
+            return []  # OpenSSL writes to the socket itself (TX not in the kernel)
+        wbio = lib.SSL_get_wbio(self.ssl)
+        pending = lib.BIO_ctrl_pending(wbio)
+        if not pending:
+            return []
+        buffer = ffi.new("unsigned char[]", pending)
+        got = lib.BIO_read(wbio, buffer, pending)
+        whole, rest = records.split_records(bytes(ffi.buffer(buffer, max(got, 0))))
+        if rest:
+            raise errors.local_protocol_error("LENGTH_MISMATCH", "OpenSSL wrote a partial record")
+        return [self._openssl_write_state.open(header.pack() + body) for header, body in whole]
+
+    @property
+    def in_handshake(self) -> bool:
+        """OpenSSL is inside a (post-)handshake exchange that has not completed."""
+        return bool(lib.SSL_in_init(self.ssl))
 
     def openssl_offload(self) -> tuple[bool, bool]:
         """(TX, RX) that OpenSSL's own kTLS (SSL_OP_ENABLE_KTLS) put in the kernel."""

@@ -82,6 +82,18 @@ _BULK_TO_KERNEL = {
 }
 
 
+# Records one key may protect (RFC 8446 section 5.5: 2^24.5 full-size records for AES-GCM; AES-CCM
+# with 16-byte tags is held to the same bound; ChaCha20-Poly1305's 2^62 is out of reach).
+AEAD_RECORD_LIMITS = {
+    KernelCipher.AES_GCM_128: int(2 ** 24.5),
+    KernelCipher.AES_GCM_256: int(2 ** 24.5),
+    KernelCipher.AES_CCM_128: int(2 ** 24.5),
+    KernelCipher.CHACHA20_POLY1305: 2 ** 62,
+}
+# When to update keys on our own initiative: well before the limit.
+DEFAULT_KEY_UPDATE_RECORDS = {cipher: limit // 2 for cipher, limit in AEAD_RECORD_LIMITS.items()}
+
+
 class UnsupportedCipher(ValueError):
     """The negotiated suite has no kernel cipher; the caller falls back to user space."""
 

@@ -8,6 +8,7 @@ timeout bounds each call, non-blocking calls raise SSLWantReadError/SSLWantWrite
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import socket as _socket
@@ -41,6 +42,11 @@ class KTLSStatus:
     cipher: str | None = None
     version: str | None = None
     kernel_release: str = os.uname().release
+    # TLS 1.3 under kTLS: whether this kernel can replace keys (KeyUpdate), how often it did,
+    # and whether the TX key reached the proactive update threshold without a way to update.
+    rekey_supported: bool | None = None
+    key_updates: int = 0
+    key_limit_reached: bool = False
 
     @property
     def active(self) -> bool:
@@ -89,6 +95,12 @@ class Connection:
         self._sent_close = False
         self._failure: BaseException | None = None
         self.tickets_received = 0
+        self.key_updates = 0
+        self._key_update_after = None
+        # An upper bound of the records sent under the current TX key (each send() closes at
+        # least one record, and one per 16 KiB), refreshed from the kernel's rec_seq near limits.
+        self._tx_records_bound = 0
+        self.key_limit_reached = False
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -199,8 +211,11 @@ class Connection:
                     self._event(f"TX installed in the kernel at record {handoff.tx.seq}")
                 except KernelTLSError as exc:
                     tx_reason = str(exc)
-            self._handshake.detach_from_socket(rx=True, tx=self._tx_kernel)
+            self._handshake.detach_from_socket(handoff, tx=self._tx_kernel)
             self._handoff = handoff
+            self._key_update_after = (self._context.key_update_records
+                                      or keys.DEFAULT_KEY_UPDATE_RECORDS[handoff.cipher])
+            self._tx_records_bound = handoff.tx.seq
             self._tx_secret, self._rx_secret = handoff.tx_secret, handoff.rx_secret
             self._control = ControlState(handoff.version, self.server_side,
                                          post_handshake_auth=bool(self._context.post_handshake_auth))
@@ -212,13 +227,20 @@ class Connection:
             tx_reason = rx_reason = str(exc)
             cipher_label = cipher_name
             self._event(f"kernel handoff not possible: {exc}")
+        rekey = None
+        if self._rx_kernel:
+            rekey = self._handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
         self._status = KTLSStatus(self.policy, self._tx_kernel, self._rx_kernel,
                                   None if self._tx_kernel else tx_reason,
-                                  None if self._rx_kernel else rx_reason, cipher_label, version)
+                                  None if self._rx_kernel else rx_reason, cipher_label, version,
+                                  rekey_supported=rekey)
 
     @property
     def status(self) -> KTLSStatus:
-        return self._status
+        if not (self.key_updates or self.key_limit_reached):
+            return self._status
+        return dataclasses.replace(self._status, key_updates=self.key_updates,
+                                   key_limit_reached=self.key_limit_reached)
 
     def _ensure_handshake(self) -> None:
         if not self._done:
@@ -291,9 +313,9 @@ class Connection:
             if content_type == ContentType.APPLICATION_DATA:
                 if record.length == 0:
                     continue  # an empty data record carries nothing (and is legal)
-                violation = control.interleaving_violation(self._control)
-                if violation:
-                    self._fail(violation)
+                refused = control.data_refused(self._control)
+                if refused:
+                    self._fail(refused)
                 self._control.warning_alerts = 0
                 if direct:
                     return record.length
@@ -335,16 +357,39 @@ class Connection:
             self._send_alert(decision.alert)
             self._event(decision.message)
         elif action is Action.SESSION_TICKET:
+            self._to_openssl(decision)
             self.tickets_received += 1
-            self._event("NewSessionTicket received")
+            self._event("NewSessionTicket accepted by OpenSSL")
         elif action is Action.KEY_UPDATE:
             self._peer_key_update(decision.update_requested)
         elif action is Action.CERTIFICATE_REQUEST:
-            self._fail(control.Decision(
-                Action.FAIL, Alert(AlertLevel.FATAL, AlertDescription.internal_error),
-                "POST_HANDSHAKE_AUTH_UNSUPPORTED",
-                "post-handshake client authentication under kernel TLS is not supported yet "
-                "(use ktls_policy=Policy.USERSPACE for connections that need it)"))
+            self._to_openssl(decision)
+            self._event("post-handshake CertificateRequest answered by OpenSSL")
+        elif action is Action.CLIENT_AUTHENTICATION:
+            self._to_openssl(decision)
+            if not self._handshake.in_handshake:
+                self._control.client_auth = None
+                self._event("client authenticated after the handshake")
+
+    def _to_openssl(self, decision: control.Decision) -> None:
+        """OpenSSL processes the message (it owns sessions, the key schedule and certificate
+        checks); its answer goes out through the kernel. A rejection fails the connection."""
+        try:
+            answer = self._handshake.feed(ContentType.HANDSHAKE, decision.handshake.pack())
+        except BaseException as exc:
+            for content_type, payload in getattr(exc, "ktls_outgoing", []):
+                try:
+                    self._kernel_send_blocking(content_type, payload)
+                except OSError:
+                    break
+            self._failure = exc
+            self._event(f"OpenSSL rejected a post-handshake message: {exc}")
+            raise
+        self._send_openssl_answer(answer)
+
+    def _send_openssl_answer(self, answer) -> None:
+        for content_type, payload in answer:
+            self._kernel_send_blocking(content_type, payload)
 
     def _fail(self, decision: control.Decision):
         if decision.alert is not None:
@@ -385,11 +430,39 @@ class Connection:
 
     def _update_tx_keys(self, request_peer: bool) -> None:
         handoff = self._handoff
-        kernel.send_record(self._fd, ContentType.HANDSHAKE, records.key_update_message(request_peer))
+        self._kernel_send_blocking(ContentType.HANDSHAKE, records.key_update_message(request_peer))
         self._tx_secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
         kernel.rekey(self._fd, Direction.TX,
                      keys.tls13_traffic_keys(self._tx_secret, handoff.cipher, handoff.hash_name, 0))
+        self._tx_records_bound = 0
+        self.key_updates += 1
         self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
+
+    def _count_sent(self, records_bound: int) -> None:
+        """Proactive key update (RFC 8446 5.5) before the current TX key has protected too many
+        records; where the kernel cannot rekey, refuse to exceed the AEAD limit itself."""
+        self._tx_records_bound += records_bound
+        if self._tx_records_bound < self._key_update_after:
+            return
+        # The bound is loose; the kernel's rec_seq is exact.
+        self._tx_records_bound = kernel.read_crypto_info(self._fd, Direction.TX).seq
+        if self._tx_records_bound < self._key_update_after:
+            return
+        if self._handoff.version == keys.TLS_1_3_VERSION and kernel.probe().rekey_supported:
+            with self._lock:
+                self._update_tx_keys(request_peer=False)
+            return
+        if not self.key_limit_reached:
+            self.key_limit_reached = True
+            self._event(f"{self._tx_records_bound} records under one key and the kernel cannot "
+                        "update keys: close this connection soon")
+
+    def _check_key_limit(self) -> None:
+        if self.key_limit_reached and self._tx_records_bound >= keys.AEAD_RECORD_LIMITS[self._handoff.cipher]:
+            raise errors.KTLSKeyLimitError(
+                0, f"{self._tx_records_bound} records were sent under one key, the limit of "
+                   f"{self._handoff.cipher.display_name} (RFC 8446 5.5), and this kernel cannot update "
+                   "keys; nothing more is sent on this connection", "KEY_USAGE_LIMIT")
 
     def key_update(self, request_peer: bool = False) -> None:
         """Send a TLS 1.3 KeyUpdate and move our sending direction to the next key."""
@@ -436,19 +509,24 @@ class Connection:
             self._wait(-count, deadline, "write")
 
     def _kernel_write(self, data) -> int:
-        sock = self.owner
+        self._check_key_limit()
         try:
-            return _socket.socket.send(sock, data)
+            sent = _socket.socket.send(self.owner, data)
         except BlockingIOError:
             raise errors.want_write_error() from None
         except TimeoutError:
             raise _timed_out("write") from None
+        self._count_sent(sent // MAX_RECORD + 1)
+        return sent
 
     def sendfile(self, file, offset: int, count):
         """Bytes sent through the kernel path, or None when this connection cannot sendfile."""
         self._ensure_handshake()
         if self._tx_kernel:
-            return _socket.socket.sendfile(self.owner, file, offset, count)
+            self._check_key_limit()
+            sent = _socket.socket.sendfile(self.owner, file, offset, count)
+            self._count_sent(sent // MAX_RECORD + 1)
+            return sent
         if self.policy is Policy.AFTER_CCS and self._status.tx:
             return self._openssl_sendfile(file, offset, count)
         return None
@@ -568,11 +646,18 @@ class Connection:
         return self._handshake.unverified_chain()
 
     def verify_client_post_handshake(self):
-        if self._rx_kernel or self._tx_kernel:
-            raise KernelTLSError(0, "post-handshake client authentication under kernel TLS is not "
-                                    "supported yet (use ktls_policy=Policy.USERSPACE for connections "
-                                    "that need it)", "POST_HANDSHAKE_AUTH_UNSUPPORTED")
+        """Ask the client for a certificate now (TLS 1.3). Under kTLS the CertificateRequest goes
+        out at once; the client's answer is checked by OpenSSL when it arrives, and no data that
+        follows it is delivered before OpenSSL has accepted it."""
         self._handshake.verify_client_post_handshake()
+        if self._rx_kernel:
+            with self._lock:
+                if self._tx_kernel:
+                    self._send_openssl_answer(self._handshake.emit())
+                else:
+                    self._handshake.emit()
+                self._control.client_auth = "requested"
+                self._event("post-handshake CertificateRequest sent")
 
     @property
     def session(self):

@@ -576,3 +576,113 @@ def test_key_update_both_ways_or_the_specific_error(pair_factory):
     after = kernel.tls_stat()
     assert after["TlsTxRekeyOk"] - stats["TlsTxRekeyOk"] == 3
     assert after["TlsRxRekeyOk"] - stats["TlsRxRekeyOk"] == 3
+
+
+# --- SNI, ALPN and key logging on live connections -------------------------------------------------------
+
+@pytest.mark.ktls_or_fallback
+def test_sni_callback_switches_the_certificate(server_cert, pki):
+    other = pki.issue("other.example", dns=["other.example"])
+    default_ctx = server_context(server_cert)
+    other_ctx = server_context(other)
+    seen = []
+
+    def choose(sslsocket, server_name, context):
+        seen.append((type(sslsocket), server_name, context is default_ctx))
+        if server_name == "other.example":
+            sslsocket.context = other_ctx
+
+    default_ctx.sni_callback = choose
+    for name, expected_cn in (("other.example", "other.example"), ("localhost", "localhost")):
+        pair = tls_pair(client_context(pki.ca_path), default_ctx, server_hostname=name)
+        try:
+            subject = dict(item[0] for item in pair.client.getpeercert()["subject"])
+            assert subject["commonName"] == expected_cn
+            assert (pair.server.context is other_ctx) == (name == "other.example")
+            expect_ktls(pair.server)
+            round_trip(pair.client, pair.server, 20000)
+        finally:
+            pair.close()
+    assert seen == [(ktls_ossl.KTLSSocket, "other.example", True), (ktls_ossl.KTLSSocket, "localhost", True)]
+
+
+def test_sni_callback_alert_and_exception(server_cert, pki):
+    server_ctx = server_context(server_cert)
+    server_ctx.sni_callback = lambda sock, name, ctx: ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+    with pytest.raises(ssl.SSLError) as info:
+        tls_pair(client_context(pki.ca_path), server_ctx).close()
+    assert info.value.reason == "TLSV1_UNRECOGNIZED_NAME"
+
+    def broken(sock, name, ctx):
+        raise ZeroDivisionError("in the callback")
+
+    server_ctx.sni_callback = broken
+    raw_client, raw_server = loopback_pair()
+    join = in_thread(server_ctx.wrap_socket, raw_server, True)
+    with pytest.raises(ssl.SSLError):
+        client_context(pki.ca_path).wrap_socket(raw_client, server_hostname="localhost")
+    with pytest.raises(ZeroDivisionError, match="in the callback"):
+        join()
+    raw_client.close()
+    raw_server.close()
+
+
+@pytest.mark.ktls_or_fallback
+def test_alpn_without_overlap_selects_nothing(server_cert, pki):
+    server_ctx, client_ctx = server_context(server_cert), client_context(pki.ca_path)
+    server_ctx.set_alpn_protocols(["h2"])
+    client_ctx.set_alpn_protocols(["http/1.1"])
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        assert pair.client.selected_alpn_protocol() is None
+        assert pair.server.selected_alpn_protocol() is None
+        round_trip(pair.client, pair.server, 100)
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("version, cipher", [(TLS_1_2_VERSION, KernelCipher.AES_GCM_256),
+                                             (TLS_1_3_VERSION, KernelCipher.CHACHA20_POLY1305)],
+                         ids=["tls12", "tls13"])
+def test_handoff_keys_are_the_keys_openssl_negotiated(server_cert, pki, tmp_path, version, cipher):
+    """Our client's kernel keys equal what the peer (CPython's ssl, i.e. OpenSSL) logged."""
+    from ktls_ossl import keys as key_schedule
+    keylog = tmp_path / "peer.keylog"
+    server_ctx = server_context(server_cert, ours=False, version=version, cipher=cipher)
+    server_ctx.keylog_filename = str(keylog)
+    client_ctx = client_context(pki.ca_path, version=version, cipher=cipher)
+    client_ctx.keylog_filename = str(tmp_path / "ours.keylog")
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        round_trip(pair.client, pair.server, 1000)
+        peer_lines = [line.split() for line in keylog.read_text().splitlines() if not line.startswith("#")]
+        peer = {label: bytes.fromhex(secret) for label, _, secret in peer_lines}
+        ours = [line.split() for line in (tmp_path / "ours.keylog").read_text().splitlines()
+                if not line.startswith("#")]
+        assert {label for label, _, _ in ours} == set(peer)  # our keylog_filename works as CPython's
+        hash_name = "sha384" if cipher is KernelCipher.AES_GCM_256 else "sha256"
+        if version == TLS_1_3_VERSION:
+            expected_tx = key_schedule.tls13_traffic_keys(peer["CLIENT_TRAFFIC_SECRET_0"], cipher, hash_name)
+            expected_rx = key_schedule.tls13_traffic_keys(peer["SERVER_TRAFFIC_SECRET_0"], cipher, hash_name)
+        else:
+            client_random = bytes.fromhex(peer_lines[0][1])
+            handshake = pair.client._sslobj._handshake
+            from ktls_ossl._ossl import ffi, lib
+            server_random = ffi.new("unsigned char[32]")
+            lib.SSL_get_server_random(handshake.ssl, server_random, 32)
+            expected_tx, expected_rx = key_schedule.tls12_connection_keys(
+                peer["CLIENT_RANDOM"], client_random, bytes(server_random), cipher, hash_name,
+                server_side=False, tx_seq=1, rx_seq=1)
+        if pair.client.ktls.rx:
+            installed_tx = kernel.read_crypto_info(pair.client, kernel.Direction.TX)
+            installed_rx = kernel.read_crypto_info(pair.client, kernel.Direction.RX)
+            assert (installed_tx.key, installed_tx.salt) == (expected_tx.key, expected_tx.salt)
+            assert (installed_rx.key, installed_rx.salt) == (expected_rx.key, expected_rx.salt)
+            if version == TLS_1_3_VERSION or cipher is KernelCipher.CHACHA20_POLY1305:
+                assert installed_tx.iv == expected_tx.iv and installed_rx.iv == expected_rx.iv
+        handoff = pair.client._sslobj._handoff
+        if handoff is not None:
+            assert (handoff.tx.key, handoff.rx.key) == (expected_tx.key, expected_rx.key)
+    finally:
+        pair.close()

@@ -1,0 +1,238 @@
+"""Post-handshake messages under kTLS: tickets into OpenSSL, KeyUpdate both ways, proactive key
+updates, post-handshake client authentication, renegotiation refused."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import ssl
+
+import pytest
+
+import ktls_ossl
+from ktls_ossl import kernel, keys
+from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
+
+from .tlshelpers import client_context, expect_ktls, in_thread, recv_exactly, server_context, tls_pair
+
+
+def exchange(pair, size=1000):
+    """Data both ways (which also makes each side process what is queued before it)."""
+    for sender, receiver in ((pair.server, pair.client), (pair.client, pair.server)):
+        payload = os.urandom(size)
+        join = in_thread(sender.sendall, payload)
+        assert recv_exactly(receiver, size) == payload
+        join()
+
+
+# --- TLS 1.3 NewSessionTicket: processed by OpenSSL, resumable ------------------------------------------
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("tickets", [1, 3])
+def test_tls13_tickets_make_the_session_resumable(server_cert, pki, tickets):
+    server_ctx = server_context(server_cert, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_128,
+                                num_tickets=tickets)
+    client_ctx = client_context(pki.ca_path, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_128)
+    first = tls_pair(client_ctx, server_ctx)
+    try:
+        expect_ktls(first.client)
+        exchange(first)  # the client meets the tickets in the kernel's stream and hands them to OpenSSL
+        session = first.client.session
+        assert session.has_ticket and session.resumable
+        if first.client.ktls.rx:
+            assert first.client._sslobj.tickets_received == tickets
+        assert not first.client.session_reused
+    finally:
+        first.close()
+    second = tls_pair(client_ctx, server_ctx, client_kwargs={"session": session})
+    try:
+        assert second.client.session_reused and second.server.session_reused
+        expect_ktls(second.client)
+        expect_ktls(second.server)
+        exchange(second, 70000)
+    finally:
+        second.close()
+
+
+@pytest.mark.ktls
+def test_garbage_ticket_is_rejected_by_openssl(server_cert, pki):
+    pair = tls_pair(client_context(pki.ca_path, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_128),
+                    server_context(server_cert, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_128,
+                                   num_tickets=0))
+    try:
+        kernel.send_record(pair.server, 22, b"\x04\x00\x00\x05\x00\x00\x00\x01\x02")
+        pair.server.sendall(b"not delivered")
+        with pytest.raises(ssl.SSLError) as info:
+            pair.client.recv(100)
+        assert info.value.library == "SSL" and info.value.reason in ("LENGTH_MISMATCH", "BAD_LENGTH")
+        # OpenSSL's alert went out through the kernel.
+        content_type, alert = kernel.recv_record(pair.server, 100)
+        assert content_type == 21 and alert[0] == 2
+    finally:
+        pair.close()
+
+
+# --- KeyUpdate and proactive key updates ---------------------------------------------------------------
+
+def _stream_both_ways(pair, total, chunk):
+    payloads = {}
+    joins = []
+    for name, sender in (("c2s", pair.client), ("s2c", pair.server)):
+        payload = os.urandom(total)
+        payloads[name] = payload
+
+        def send(sock=sender, data=payload):
+            for offset in range(0, len(data), chunk):
+                sock.sendall(data[offset:offset + chunk])
+
+        joins.append(in_thread(send))
+    got = {"c2s": in_thread(recv_exactly, pair.server, total), "s2c": in_thread(recv_exactly, pair.client, total)}
+    for name in ("c2s", "s2c"):
+        assert hashlib.sha256(got[name](60)).digest() == hashlib.sha256(payloads[name]).digest()
+    for join in joins:
+        join(60)
+
+
+@pytest.mark.ktls
+@pytest.mark.parametrize("cipher", [KernelCipher.AES_GCM_128, KernelCipher.CHACHA20_POLY1305])
+def test_proactive_key_updates_keep_data_intact(server_cert, pki, cipher):
+    threshold = 40
+    pair = tls_pair(client_context(pki.ca_path, version=TLS_1_3_VERSION, cipher=cipher, key_update_records=threshold),
+                    server_context(server_cert, version=TLS_1_3_VERSION, cipher=cipher, key_update_records=threshold))
+    try:
+        before = kernel.tls_stat()
+        _stream_both_ways(pair, 2 << 20, 8192)  # 256 records each way, more than 6 thresholds
+        for sock in (pair.client, pair.server):
+            status = sock.ktls
+            if kernel.probe().rekey_supported:
+                assert status.rekey_supported and status.key_updates >= 5 and not status.key_limit_reached
+            else:
+                assert status.rekey_supported is False and status.key_updates == 0 and status.key_limit_reached
+        if kernel.probe().rekey_supported:
+            after = kernel.tls_stat()
+            assert after["TlsTxRekeyOk"] - before["TlsTxRekeyOk"] >= 10
+            assert after["TlsRxRekeyOk"] - before["TlsRxRekeyOk"] == after["TlsTxRekeyOk"] - before["TlsTxRekeyOk"]
+        exchange(pair)
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls
+def test_without_kernel_rekey_the_aead_limit_is_never_exceeded(server_cert, pki, monkeypatch):
+    without_rekey = dataclasses.replace(kernel.probe(), rekey_supported=False)
+    monkeypatch.setattr(kernel, "probe", lambda refresh=False: without_rekey)
+    cipher = KernelCipher.AES_GCM_128
+    monkeypatch.setitem(keys.AEAD_RECORD_LIMITS, cipher, 60)
+    pair = tls_pair(client_context(pki.ca_path, version=TLS_1_3_VERSION, cipher=cipher, key_update_records=30),
+                    server_context(server_cert, version=TLS_1_3_VERSION, cipher=cipher))
+    try:
+        join = in_thread(recv_exactly, pair.server, 45 * 100)
+        for _ in range(45):
+            pair.client.sendall(b"r" * 100)
+        assert pair.client.ktls.key_limit_reached
+        assert join() == b"r" * 4500
+        with pytest.raises(ktls_ossl.KTLSKeyLimitError) as info:
+            for _ in range(30):
+                pair.client.sendall(b"r" * 100)
+        assert info.value.reason == "KEY_USAGE_LIMIT"
+        assert kernel.read_crypto_info(pair.client, kernel.Direction.TX).seq <= 60
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls_or_fallback
+def test_key_update_is_tls13_only(server_cert, pki):
+    pair = tls_pair(client_context(pki.ca_path, version=TLS_1_2_VERSION, cipher=KernelCipher.AES_GCM_128),
+                    server_context(server_cert, version=TLS_1_2_VERSION, cipher=KernelCipher.AES_GCM_128))
+    try:
+        with pytest.raises(ValueError, match="TLS 1.3 only"):
+            pair.client.key_update()
+    finally:
+        pair.close()
+
+
+# --- post-handshake client authentication (TLS 1.3) ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client_cert(pki):
+    return pki.issue("client.example", client=True)
+
+
+def _pha_contexts(server_cert, pki, client_cert, *, client_ours=True, server_ours=True, with_cert=True):
+    server_ctx = server_context(server_cert, ours=server_ours, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_256)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.post_handshake_auth = True
+    server_ctx.load_verify_locations(pki.ca_path)
+    client_ctx = client_context(pki.ca_path, ours=client_ours, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_256)
+    client_ctx.post_handshake_auth = True
+    if with_cert:
+        client_ctx.load_cert_chain(client_cert.chain_path, client_cert.key_path)
+    return client_ctx, server_ctx
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("client_ours, server_ours", [(True, True), (True, False), (False, True)],
+                         ids=["ours-ours", "ours-cpython_server", "cpython_client-ours"])
+def test_post_handshake_authentication(server_cert, pki, client_cert, client_ours, server_ours):
+    client_ctx, server_ctx = _pha_contexts(server_cert, pki, client_cert, client_ours=client_ours,
+                                           server_ours=server_ours)
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        assert pair.server.getpeercert() is None
+        pair.server.verify_client_post_handshake()
+        pair.server.sendall(b"please authenticate")
+        assert recv_exactly(pair.client, 19) == b"please authenticate"  # the client answers here
+        pair.client.sendall(b"here I am")
+        assert recv_exactly(pair.server, 9) == b"here I am"  # OpenSSL accepted the certificate first
+        subject = dict(item[0] for item in pair.server.getpeercert()["subject"])
+        assert subject["commonName"] == "client.example"
+        for sock, ours in ((pair.client, client_ours), (pair.server, server_ours)):
+            if ours:
+                expect_ktls(sock)
+        exchange(pair, 50000)
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls_or_fallback
+def test_post_handshake_authentication_without_a_certificate_fails_the_server_read(server_cert, pki, client_cert):
+    client_ctx, server_ctx = _pha_contexts(server_cert, pki, client_cert, with_cert=False)
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        pair.server.verify_client_post_handshake()
+        pair.server.sendall(b"who are you")
+        assert recv_exactly(pair.client, 11) == b"who are you"
+        pair.client.sendall(b"nobody")
+        with pytest.raises(ssl.SSLError) as info:
+            pair.server.recv(100)
+        assert info.value.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE"
+        with pytest.raises(ssl.SSLError) as info:
+            pair.client.recv(100)
+        assert info.value.reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE")
+    finally:
+        pair.close()
+
+
+def test_verify_client_post_handshake_needs_a_server_and_tls13(server_cert, pki, client_cert):
+    client_ctx, server_ctx = _pha_contexts(server_cert, pki, client_cert)
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        with pytest.raises(ssl.SSLError):
+            pair.client.verify_client_post_handshake()
+    finally:
+        pair.close()
+
+
+# --- TLS 1.2 renegotiation stays refused --------------------------------------------------------------------
+
+@pytest.mark.ktls
+def test_tls12_client_hello_after_the_handshake_is_refused(server_cert, pki):
+    pair = tls_pair(client_context(pki.ca_path, version=TLS_1_2_VERSION, cipher=KernelCipher.AES_GCM_256),
+                    server_context(server_cert, version=TLS_1_2_VERSION, cipher=KernelCipher.AES_GCM_256))
+    try:
+        kernel.send_record(pair.client, 22, b"\x01\x00\x00\x04\x03\x03\x00\x00")
+        pair.client.sendall(b"still here")
+        assert pair.server.recv(100) == b"still here"
+        assert kernel.recv_record(pair.client, 100) == (21, b"\x01\x64")  # no_renegotiation warning
+    finally:
+        pair.close()
