@@ -502,17 +502,16 @@ class Handshake:
         if result == 1:
             raise errors.local_protocol_error("UNEXPECTED_RECORD", "OpenSSL produced application data "
                                               "from a post-handshake message")
-        try:
-            self.wants_or_raise(result)
-        except BaseException as exc:
-            exc.ktls_outgoing = self.drain_output()
-            raise
-        return self.drain_output()
+        return self._answer(result)
 
     def emit(self) -> list[tuple[int, bytes]]:
         """Let OpenSSL write what it has queued (e.g. a CertificateRequest) and return it."""
         lib.ERR_clear_error()
-        result = lib.SSL_do_handshake(self.ssl)
+        return self._answer(lib.SSL_do_handshake(self.ssl))
+
+    def _answer(self, result: int) -> list[tuple[int, bytes]]:
+        """What OpenSSL wrote after a call that ended in ``result``; its error, if it failed, with
+        the alert it queued attached as ``ktls_outgoing`` so that the alert still goes out."""
         if result != 1:
             try:
                 self.wants_or_raise(result)

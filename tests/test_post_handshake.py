@@ -25,21 +25,21 @@ def exchange(pair, size=1000):
         join()
 
 
-# --- TLS 1.3 NewSessionTicket: processed by OpenSSL, resumable ------------------------------------------
+# --- sessions: TLS 1.2 resumption, TLS 1.3 NewSessionTicket processed by OpenSSL ----------------------
 
 @pytest.mark.ktls_or_fallback
-@pytest.mark.parametrize("tickets", [1, 3])
-def test_tls13_tickets_make_the_session_resumable(server_cert, pki, tickets):
-    server_ctx = server_context(server_cert, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_128,
-                                num_tickets=tickets)
-    client_ctx = client_context(pki.ca_path, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_128)
+@pytest.mark.parametrize("version, tickets", [(TLS_1_2_VERSION, 2), (TLS_1_3_VERSION, 1), (TLS_1_3_VERSION, 3)],
+                         ids=["tls12", "tls13-1-ticket", "tls13-3-tickets"])
+def test_sessions_resume_under_ktls(server_cert, pki, version, tickets):
+    server_ctx = server_context(server_cert, version=version, cipher=KernelCipher.AES_GCM_128, num_tickets=tickets)
+    client_ctx = client_context(pki.ca_path, version=version, cipher=KernelCipher.AES_GCM_128)
     first = tls_pair(client_ctx, server_ctx)
     try:
         expect_ktls(first.client)
-        exchange(first)  # the client meets the tickets in the kernel's stream and hands them to OpenSSL
+        exchange(first)  # a TLS 1.3 client meets the tickets in the kernel's stream, hands them to OpenSSL
         session = first.client.session
         assert session.has_ticket and session.resumable
-        if first.client.ktls.rx:
+        if first.client.ktls.rx and version == TLS_1_3_VERSION:
             assert first.client._sslobj.tickets_received == tickets
         assert not first.client.session_reused
     finally:

@@ -97,6 +97,25 @@ ssize_t ktls_send_record(int, const void *, size_t, unsigned char, int);
 """
 
 CUSTOMIZATIONS = """
+/* Room for exactly one record-type cmsg, aligned for struct cmsghdr. */
+union record_control {
+    char buf[CMSG_SPACE(sizeof(unsigned char))];
+    struct cmsghdr align;
+};
+
+static void init_record_msg(struct msghdr *msg, struct iovec *iov, void *buf, size_t len,
+                            union record_control *control)
+{
+    iov->iov_base = buf;
+    iov->iov_len = len;
+    memset(msg, 0, sizeof(*msg));
+    memset(control, 0, sizeof(*control));
+    msg->msg_iov = iov;
+    msg->msg_iovlen = 1;
+    msg->msg_control = control->buf;
+    msg->msg_controllen = sizeof(control->buf);
+}
+
 /* One recvmsg with room for the TLS_GET_RECORD_TYPE cmsg.
  * Returns the byte count (0 may be an empty control record: look at *record_type) or -errno.
  * *record_type is 0 when no record-type cmsg came (e.g. no TLS_RX on the socket).
@@ -104,23 +123,13 @@ CUSTOMIZATIONS = """
 static ssize_t ktls_recv_record(int fd, void *buf, size_t len, int flags,
                                 unsigned char *record_type, int *msg_flags)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(unsigned char))];
-        struct cmsghdr align;
-    } control;
+    union record_control control;
     struct iovec iov;
     struct msghdr msg;
     struct cmsghdr *cmsg;
     ssize_t n;
 
-    iov.iov_base = buf;
-    iov.iov_len = len;
-    memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
-
+    init_record_msg(&msg, &iov, buf, len, &control);
     *record_type = 0;
     *msg_flags = 0;
     n = recvmsg(fd, &msg, flags);
@@ -140,23 +149,13 @@ static ssize_t ktls_recv_record(int fd, void *buf, size_t len, int flags,
 static ssize_t ktls_send_record(int fd, const void *buf, size_t len,
                                 unsigned char record_type, int flags)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(unsigned char))];
-        struct cmsghdr align;
-    } control;
+    union record_control control;
     struct iovec iov;
     struct msghdr msg;
     struct cmsghdr *cmsg;
     ssize_t n;
 
-    iov.iov_base = (void *)buf;
-    iov.iov_len = len;
-    memset(&msg, 0, sizeof(msg));
-    memset(&control, 0, sizeof(control));
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
+    init_record_msg(&msg, &iov, (void *)buf, len, &control);
     cmsg = CMSG_FIRSTHDR(&msg);
     cmsg->cmsg_level = SOL_TLS;
     cmsg->cmsg_type = TLS_SET_RECORD_TYPE;
