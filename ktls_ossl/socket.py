@@ -83,6 +83,9 @@ class Connection:
                                     owner=owner, session=session)
         self.events = self._handshake.events
         self._lock = threading.RLock()
+        # Every record the kernel sends for us goes out under this lock, so that no data record
+        # can slip between a KeyUpdate message and the TX key change that must follow it.
+        self._tx_lock = threading.RLock()
         self._done = False
         self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
         self._tx_kernel = self._rx_kernel = False
@@ -430,11 +433,12 @@ class Connection:
 
     def _update_tx_keys(self, request_peer: bool) -> None:
         handoff = self._handoff
-        self._kernel_send_blocking(ContentType.HANDSHAKE, records.key_update_message(request_peer))
-        self._tx_secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
-        kernel.rekey(self._fd, Direction.TX,
-                     keys.tls13_traffic_keys(self._tx_secret, handoff.cipher, handoff.hash_name, 0))
-        self._tx_records_bound = 0
+        with self._tx_lock:
+            self._kernel_send_blocking(ContentType.HANDSHAKE, records.key_update_message(request_peer))
+            self._tx_secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
+            kernel.rekey(self._fd, Direction.TX,
+                         keys.tls13_traffic_keys(self._tx_secret, handoff.cipher, handoff.hash_name, 0))
+            self._tx_records_bound = 0
         self.key_updates += 1
         self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
 
@@ -511,7 +515,8 @@ class Connection:
     def _kernel_write(self, data) -> int:
         self._check_key_limit()
         try:
-            sent = _socket.socket.send(self.owner, data)
+            with self._tx_lock:
+                sent = _socket.socket.send(self.owner, data)
         except BlockingIOError:
             raise errors.want_write_error() from None
         except TimeoutError:
@@ -524,7 +529,8 @@ class Connection:
         self._ensure_handshake()
         if self._tx_kernel:
             self._check_key_limit()
-            sent = _socket.socket.sendfile(self.owner, file, offset, count)
+            with self._tx_lock:
+                sent = _socket.socket.sendfile(self.owner, file, offset, count)
             self._count_sent(sent // MAX_RECORD + 1)
             return sent
         if self.policy is Policy.AFTER_CCS and self._status.tx:
@@ -587,7 +593,8 @@ class Connection:
         deadline = self._deadline()
         while True:
             try:
-                kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
+                with self._tx_lock:
+                    kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
                 return
             except BlockingIOError:
                 self._wait(WANT_WRITE, deadline, "write")

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 import ssl
+import time
 
 import pytest
 
@@ -234,5 +235,50 @@ def test_tls12_client_hello_after_the_handshake_is_refused(server_cert, pki):
         pair.client.sendall(b"still here")
         assert pair.server.recv(100) == b"still here"
         assert kernel.recv_record(pair.client, 100) == (21, b"\x01\x64")  # no_renegotiation warning
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls
+def test_requested_key_updates_while_another_thread_streams(server_cert, pki, monkeypatch):
+    """The client's reader thread answers KeyUpdates (rekeying TX) while its writer thread streams:
+    no data record may slip between the KeyUpdate message and the key change."""
+    real_rekey = kernel.rekey
+
+    def slow_rekey(sock, direction, keys):
+        if direction is kernel.Direction.TX:
+            time.sleep(0.02)  # widen the window in which another thread could send
+        real_rekey(sock, direction, keys)
+
+    monkeypatch.setattr(kernel, "rekey", slow_rekey)
+    cipher = KernelCipher.AES_GCM_128
+    pair = tls_pair(client_context(pki.ca_path, version=TLS_1_3_VERSION, cipher=cipher),
+                    server_context(server_cert, version=TLS_1_3_VERSION, cipher=cipher))
+    try:
+        if not kernel.probe().rekey_supported:
+            with pytest.raises(ktls_ossl.KTLSRekeyUnsupportedError):
+                pair.server.key_update(request_peer=True)
+            return
+        upstream = os.urandom(4 << 20)
+
+        def stream():
+            for offset in range(0, len(upstream), 4096):
+                pair.client.sendall(upstream[offset:offset + 4096])
+
+        def read_downstream():
+            return recv_exactly(pair.client, 20 * 1000)
+
+        writer = in_thread(stream)
+        reader = in_thread(read_downstream)
+        received = bytearray()
+        for round_number in range(20):
+            pair.server.key_update(request_peer=True)
+            pair.server.sendall(bytes([round_number]) * 1000)
+            received += pair.server.recv(65536)
+        received += recv_exactly(pair.server, len(upstream) - len(received))
+        writer(60)
+        assert reader(60) == b"".join(bytes([n]) * 1000 for n in range(20))
+        assert hashlib.sha256(bytes(received)).digest() == hashlib.sha256(upstream).digest()
+        assert pair.client.ktls.key_updates >= 1 and pair.server.ktls.key_updates == 20
     finally:
         pair.close()
