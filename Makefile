@@ -4,7 +4,7 @@ VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
 KERNELS ?= 6.1,7.2
 
-.PHONY: all deps venv demo test test-host test-vm prepare-vm clean
+.PHONY: all deps venv demo test test-host test-vm prepare-vm bench security-doc clean
 
 all: test
 
@@ -36,6 +36,18 @@ test-host: venv
 
 test-vm: venv prepare-vm
 	$(VENV_PYTHON) scripts/run-tests --no-host --kernels $(KERNELS)
+
+# Host + each VM kernel, then docs/BENCHMARKS.md; BENCH_ARGS=--quick|--full|... go to every run.
+bench: venv prepare-vm
+	@$(VENV_PYTHON) -c 'import matplotlib' 2>/dev/null || $(VENV_PYTHON) -m pip install -q -e '.[test,bench]' \
+		|| echo "make bench: matplotlib could not be installed; the chart will be skipped"
+	$(VENV_PYTHON) scripts/bench --kernels $(KERNELS) -- $(BENCH_ARGS)
+
+# The hostile-peer suite on the host and each VM kernel, re-recording its outcomes, then
+# docs/security-outcomes.json and the table in docs/SECURITY.md (make test fails where they differ).
+security-doc: venv prepare-vm
+	KTLS_SECURITY_UPDATE=1 $(VENV_PYTHON) scripts/run-tests --kernels $(KERNELS) -- tests/security
+	$(VENV_PYTHON) scripts/security-table --write
 
 clean:
 	rm -rf build test-results ktls_ossl/*.so *.egg-info

@@ -18,6 +18,7 @@ setup(
     install_requires=["cffi>=1.15", "cryptography>=41"],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "bench": ["matplotlib>=3.5"],  # the PNG chart of `python -m ktls_ossl bench` (optional)
     },
     cffi_modules=["cffi_build/build_ossl.py:ffibuilder"],
     entry_points={"console_scripts": ["ktls-ossl=ktls_ossl.__main__:main"]},

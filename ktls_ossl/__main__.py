@@ -1,4 +1,4 @@
-"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo``."""
+"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +30,8 @@ def _serve(args) -> int:
         print(f"ktls_ossl: self-signed certificate for {args.hostname}: {cert}", flush=True)
     context = serve.server_context(cert, key, Policy(args.policy), args.ciphers, args.ciphersuites)
     if args.echo:
-        server = serve.TLSEchoServer((args.bind, args.port), context, verbose=args.verbose)
+        server = serve.TLSEchoServer((args.bind, args.port), context, verbose=args.verbose,
+                                     read_path=args.echo_read, write_path=args.echo_write)
     else:
         server = serve.HTTPSFileServer((args.bind, args.port), context, args.root, verbose=args.verbose)
     serve.serve_forever(server, args.port_file)
@@ -59,6 +60,12 @@ def _demo(args) -> int:
     return demo.transfer(size_mib=args.size_mib)
 
 
+def _bench(args) -> int:
+    from . import bench
+
+    return bench.main(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ktls_ossl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +83,10 @@ def main(argv=None) -> int:
     serve.add_argument("--key", help="private key (PEM)")
     serve.add_argument("--hostname", default="localhost", help="name for the self-signed certificate")
     serve.add_argument("--echo", action="store_true", help="echo what clients send instead of HTTP")
+    serve.add_argument("--echo-read", choices=["recv_into", "recv", "makefile"], default="recv_into",
+                       help="how the echo server reads (socket I/O path)")
+    serve.add_argument("--echo-write", choices=["sendall", "send", "makefile"], default="sendall",
+                       help="how the echo server writes (socket I/O path)")
     serve.add_argument("--policy", choices=policies, default=Policy.AFTER_FINISHED.value)
     serve.add_argument("--ciphers", help="TLS 1.2 cipher string")
     serve.add_argument("--ciphersuites", help="TLS 1.3 cipher suites")
@@ -94,6 +105,11 @@ def main(argv=None) -> int:
     demo = commands.add_parser("demo", help="HTTPS transfer of a large file with sendfile, checked end to end")
     demo.add_argument("--size-mib", type=int, default=256)
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks against CPython ssl and OpenSSL's own kTLS")
+    from .bench import add_arguments
+    add_arguments(bench)
+    bench.set_defaults(handler=_bench)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import os
 import ssl
 import weakref
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from . import errors, keys, records
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
+
+# The audit trail of every connection (what Handshake.record_event keeps in sock.ktls_events).
+log = logging.getLogger("ktls_ossl")
 
 
 class Policy(enum.Enum):
@@ -39,6 +43,7 @@ WANT_READ = lib.SSL_ERROR_WANT_READ
 WANT_WRITE = lib.SSL_ERROR_WANT_WRITE
 
 _FINISHED = 20
+_KEY_UPDATE = 24
 _CHANGE_CIPHER_SPEC = lib.SSL3_RT_CHANGE_CIPHER_SPEC
 _HANDSHAKE = lib.SSL3_RT_HANDSHAKE
 _ALERT = lib.SSL3_RT_ALERT
@@ -180,6 +185,10 @@ class Handshake:
         self.records = [0, 0]
         self.finished_received = False
         self.events: list[tuple[str, str]] = []
+        self._label = f"{'server' if server_side else 'client'} fd={fd}"
+        # Called as observer(write_p, content_type, data) from inside OpenSSL's message callback,
+        # after the record accounting: the moment to sample what the kernel holds.
+        self.observers: list = []
         self.callback_error: BaseException | None = None
 
         if lib.SSL_set_fd(self.ssl, fd) != 1:
@@ -257,9 +266,19 @@ class Handshake:
                 if direction is Direction.RX:
                     self.finished_received = True
                 self._event("finished " + ("sent" if write_p else "received"))
+            elif ffi.cast("unsigned char *", buf)[0] == _KEY_UPDATE:
+                self._event("KeyUpdate " + ("sent" if write_p else "received") + " by OpenSSL")
         elif content_type == _ALERT and length >= 2:
             data = ffi.cast("unsigned char *", buf)
             self._event(f"alert {'sent' if write_p else 'received'} level={data[0]} description={data[1]}")
+        if self.observers and content_type != _RECORD_HEADER:
+            data = bytes(ffi.buffer(buf, length)) if length > 0 else b""
+            for observer in list(self.observers):
+                try:
+                    observer(write_p, content_type, data)
+                except BaseException as exc:  # a callback cannot raise: reported by the caller
+                    if self.callback_error is None:
+                        self.callback_error = exc
 
     def _on_servername(self, alert) -> int:
         callback = self.context.sni_callback
@@ -291,7 +310,13 @@ class Handshake:
         return lib.SSL_TLSEXT_ERR_ALERT_FATAL
 
     def _event(self, what: str) -> None:
-        self.events.append(("openssl", what))
+        self.record_event("openssl", what)
+
+    def record_event(self, source: str, what: str) -> None:
+        """One entry of the connection's audit trail: kept in order (sock.ktls_events) and logged
+        to the "ktls_ossl" logger."""
+        self.events.append((source, what))
+        log.info("%s %s: %s", self._label, source, what)
 
     @property
     def owner(self):
@@ -344,18 +369,21 @@ class Handshake:
     def read_into(self, buffer, nbytes: int) -> int:
         """SSL_read_ex into ``buffer``: the byte count, or -WANT_READ/-WANT_WRITE; raises on error."""
         lib.ERR_clear_error()
-        target = ffi.from_buffer(buffer, require_writable=True)
         count = ffi.new("size_t *")
-        if lib.SSL_read_ex(self.ssl, target, min(nbytes, len(target)), count) == 1:
+        # Released before anything is raised: a kept exception must not pin the caller's buffer.
+        with ffi.from_buffer(buffer, require_writable=True) as target:
+            ok = lib.SSL_read_ex(self.ssl, target, min(nbytes, len(target)), count)
+        if ok == 1:
             return count[0]
         return -self.wants_or_raise(0)
 
     def write(self, data) -> int:
         """SSL_write_ex of ``data``: bytes written, or -WANT_READ/-WANT_WRITE; raises on error."""
         lib.ERR_clear_error()
-        source = ffi.from_buffer(data)
         count = ffi.new("size_t *")
-        if lib.SSL_write_ex(self.ssl, source, len(source), count) == 1:
+        with ffi.from_buffer(data) as source:  # released before anything is raised
+            ok = lib.SSL_write_ex(self.ssl, source, len(source), count)
+        if ok == 1:
             return count[0]
         return -self.wants_or_raise(0)
 

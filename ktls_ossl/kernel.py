@@ -240,15 +240,18 @@ def recv_record_into(sock, buffer, flags: int = 0) -> ReceivedRecord:
     handlers run in between.
     """
     fd = _fileno(sock)
-    view = ffi.from_buffer(buffer, require_writable=True)
     record_type = ffi.new("unsigned char *")
     msg_flags = ffi.new("int *")
-    while True:
-        n = lib.ktls_recv_record(fd, view, len(view), flags, record_type, msg_flags)
-        if n >= 0:
-            return ReceivedRecord(record_type[0], n, msg_flags[0])
-        if -n != errno.EINTR:
-            raise _receive_error(-n)
+    # The caller's buffer is released before anything is raised: a kept exception's traceback must
+    # not hold an export of it (in a reference cycle that crashed the garbage collector).
+    with ffi.from_buffer(buffer, require_writable=True) as view:
+        while True:
+            n = lib.ktls_recv_record(fd, view, len(view), flags, record_type, msg_flags)
+            if n >= 0 or -n != errno.EINTR:
+                break
+    if n >= 0:
+        return ReceivedRecord(record_type[0], n, msg_flags[0])
+    raise _receive_error(-n)
 
 
 def recv_record(sock, bufsize: int = MAX_RECORD_PLAINTEXT, flags: int = 0) -> tuple[int, bytes]:
@@ -263,19 +266,21 @@ def send_record(sock, content_type: int, data, flags: int = 0) -> int:
     if not 0 < content_type < 256:
         raise ValueError(f"invalid TLS content type {content_type}")
     fd = _fileno(sock)
-    payload = ffi.from_buffer(data)
-    if len(payload) == 0 and content_type != ContentType.APPLICATION_DATA:
+    with ffi.from_buffer(data) as payload:  # released before anything is raised (see above)
+        empty_control = len(payload) == 0 and content_type != ContentType.APPLICATION_DATA
+        while not empty_control:
+            n = lib.ktls_send_record(fd, payload, len(payload), content_type, flags)
+            if n >= 0 or -n != errno.EINTR:
+                break
+    if empty_control:
         # The kernel sends nothing for an empty sendmsg, and TLS forbids empty control records.
         raise ValueError("a control record cannot be empty")
-    while True:
-        n = lib.ktls_send_record(fd, payload, len(payload), content_type, flags)
-        if n >= 0:
-            return n
-        if -n != errno.EINTR:
-            err = -n
-            if err == errno.EINVAL and flags & lib.MSG_MORE:
-                raise ValueError("MSG_MORE cannot be combined with a record type")
-            raise OSError(err, os.strerror(err))
+    if n >= 0:
+        return n
+    err = -n
+    if err == errno.EINVAL and flags & lib.MSG_MORE:
+        raise ValueError("MSG_MORE cannot be combined with a record type")
+    raise OSError(err, os.strerror(err))
 
 
 # --- Counters -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass
 
 from . import control, errors, kernel, keys, records
-from ._ossl import lib
+from ._ossl import ffi, lib
 from .control import Action, ControlState
 from .errors import KernelTLSError, KTLSRekeyUnsupportedError, KTLSUnavailableError
 from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, Policy, Session
@@ -64,6 +64,10 @@ class KTLSStatus:
                 f"kernel {self.kernel_release}")
 
 
+def _openssl_version() -> str:
+    return ffi.string(lib.OpenSSL_version(lib.OPENSSL_VERSION)).decode("ascii")
+
+
 def _timed_out(operation: str) -> TimeoutError:
     return TimeoutError(f"The {operation} operation timed out")
 
@@ -98,6 +102,13 @@ class Connection:
         self._sent_close = False
         self._failure: BaseException | None = None
         self.tickets_received = 0
+        self._delivered_any = False
+        # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel so far, and why sending is
+        # impossible once OpenSSL moved its TLS 1.3 write key without the kernel (KeyUpdate).
+        self._openssl_offload = (False, False)
+        self._openssl_tx_stale: BaseException | None = None
+        observe = weakref.WeakMethod(self._observe_handshake)
+        self._handshake.observers.append(lambda *args: observe() and observe()(*args))
         self.key_updates = 0
         self._key_update_after = None
         # An upper bound of the records sent under the current TX key (each send() closes at
@@ -115,7 +126,45 @@ class Connection:
         return sock
 
     def _event(self, what: str) -> None:
-        self.events.append(("ktls", what))
+        self._handshake.record_event("ktls", what)
+
+    def _observe_handshake(self, write_p: int, content_type: int, data: bytes) -> None:
+        """Called from inside OpenSSL's message callback: samples the kernel at the moments that
+        matter for the audit trail (the peer's Finished, OpenSSL's own key installations)."""
+        if self.policy is Policy.AFTER_CCS:
+            self._note_openssl_offload()
+        if content_type != ContentType.HANDSHAKE or not data:
+            return
+        if data[0] == records.HandshakeType.finished and not write_p and not self._done:
+            try:
+                held = kernel.read_crypto_info(self._fd, Direction.RX)
+                rx = f"installed, {held.seq} record(s) already decrypted by the kernel"
+            except KernelTLSError:
+                rx = "none"
+            self._event(f"peer Finished received (not yet verified); kernel RX key: {rx}")
+        elif (data[0] == records.HandshakeType.key_update and self.policy is Policy.AFTER_CCS
+              and self._openssl_offload[0] and self._openssl_tx_stale is None
+              and (write_p or data[4:5] == b"\x01")):
+            why = "OpenSSL sent a KeyUpdate" if write_p else "the peer requested a KeyUpdate"
+            self._openssl_tx_stale = self._openssl_rekey_error(why)
+            self._event(f"{why}; OpenSSL's kTLS cannot move the kernel's TX key: sending disabled")
+
+    def _note_openssl_offload(self) -> None:
+        """Where OpenSSL's own kTLS installed keys, as soon as the next message shows it."""
+        tx, rx = self._handshake.openssl_offload()
+        if tx and not self._openssl_offload[0]:
+            self._event("TX installed in the kernel by OpenSSL")
+        if rx and not self._openssl_offload[1]:
+            self._event("RX installed in the kernel by OpenSSL")
+        self._openssl_offload = (tx, rx)
+
+    def _openssl_rekey_error(self, why: str, outcome: str = "so nothing more can be sent on this "
+                             "connection") -> KTLSRekeyUnsupportedError:
+        return KTLSRekeyUnsupportedError(
+            0, f"{why}, but OpenSSL's own kernel TLS (Policy.AFTER_CCS, {_openssl_version()}) cannot "
+               f"replace the kernel's TLS 1.3 send key, {outcome} (Policy.AFTER_FINISHED updates keys "
+               "where the kernel can, Linux 6.14+)",
+            "KEY_UPDATE_UNSUPPORTED")
 
     def _deadline(self):
         timeout = self.owner.gettimeout()
@@ -148,12 +197,26 @@ class Connection:
                 return
             self._check_required_before_handshake()
             deadline = self._deadline()
+            if self._failure is not None:
+                raise self._failure  # a failed handshake stays failed (not a stale errno later)
             self._event("handshake started")
-            while True:
-                want = self._handshake.step()
-                if want == 0:
-                    break
-                self._wait(want, deadline, "handshake")
+            try:
+                while True:
+                    try:
+                        want = self._handshake.step()
+                    except Exception as exc:
+                        self._failure = exc
+                        self._event(f"handshake failed: {exc}")
+                        raise
+                    if want == 0:
+                        break
+                    self._wait(want, deadline, "handshake")
+            except BaseException as exc:
+                if self.policy is Policy.AFTER_CCS:
+                    self._note_openssl_offload()  # keys OpenSSL installed with no message since
+                if isinstance(exc, TimeoutError):
+                    self._event("handshake timed out")
+                raise
             self._event("handshake complete: peer Finished verified")
             self._after_handshake()
             self._done = True
@@ -175,8 +238,12 @@ class Connection:
             reason = "ktls_policy is USERSPACE"
             self._status = KTLSStatus(self.policy, False, False, reason, reason, cipher_name, version)
         elif self.policy is Policy.AFTER_CCS:
-            tx, rx = self._handshake.openssl_offload()
-            missing = "OpenSSL did not offload this direction (kernel, cipher or protocol unsupported)"
+            self._note_openssl_offload()
+            tx, rx = self._openssl_offload
+            report = kernel.probe()
+            missing = (report.ulp_message if not report.ulp_available else
+                       f"{_openssl_version()} kept this direction in user space (its kTLS covers less "
+                       "than the kernel's, e.g. OpenSSL 3.0 never offloads TLS 1.3 reception)")
             self._status = KTLSStatus(self.policy, tx, rx, None if tx else missing, None if rx else missing,
                                       cipher_name, version)
             self._event(f"OpenSSL kTLS offload: tx={tx} rx={rx}")
@@ -273,8 +340,13 @@ class Connection:
         self._ensure_handshake()
         self._raise_if_failed()
         if self._rx_kernel:
-            return self._kernel_read(view, nbytes)
-        return self._openssl_read(view, nbytes)
+            count = self._kernel_read(view, nbytes)
+        else:
+            count = self._openssl_read(view, nbytes)
+        if count and not self._delivered_any:
+            self._delivered_any = True
+            self._event(f"first application data delivered ({count} bytes)")
+        return count
 
     def _openssl_read(self, view, nbytes: int) -> int:
         deadline = self._deadline()
@@ -311,6 +383,10 @@ class Connection:
             except KernelTLSError as exc:
                 self._failure = exc
                 self._event(f"kernel refused a record: {exc.reason}")
+                raise
+            except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
+                self._failure = exc
+                self._event(f"connection lost: {exc}")
                 raise
             content_type = record.content_type
             if content_type == ContentType.APPLICATION_DATA:
@@ -474,6 +550,8 @@ class Connection:
         with self._lock:
             if self._handshake.protocol_version != keys.TLS_1_3_VERSION:
                 raise ValueError("KeyUpdate exists in TLS 1.3 only")
+            if self.policy is Policy.AFTER_CCS and self._openssl_offload[0]:
+                raise self._openssl_rekey_error("a KeyUpdate was asked for", "so nothing was sent")
             if not self._tx_kernel:
                 self._handshake.key_update(request_peer)
                 return
@@ -503,6 +581,8 @@ class Connection:
     def write(self, data) -> int:
         self._ensure_handshake()
         self._raise_if_failed()
+        if self._openssl_tx_stale is not None:
+            raise self._openssl_tx_stale
         if self._tx_kernel:
             return self._kernel_write(data)
         deadline = self._deadline()
@@ -534,6 +614,8 @@ class Connection:
             self._count_sent(sent // MAX_RECORD + 1)
             return sent
         if self.policy is Policy.AFTER_CCS and self._status.tx:
+            if self._openssl_tx_stale is not None:
+                raise self._openssl_tx_stale
             return self._openssl_sendfile(file, offset, count)
         return None
 
@@ -703,8 +785,27 @@ class KTLSSocket(ssl.SSLSocket):
 
     @property
     def ktls_events(self) -> list[tuple[str, str]]:
+        """The audit trail, in order; still readable after close() and unwrap()."""
+        connection = self._sslobj or getattr(self, "_ktls_unwrapped", None)
+        if connection is not None:
+            return list(connection.events)
+        return list(getattr(self, "_ktls_trail", ()))
+
+    def unwrap(self):
         connection = self._sslobj
-        return list(connection.events) if connection is not None else []
+        result = super().unwrap()
+        if connection is not None:
+            connection._event("unwrapped: TLS ended, the TCP socket stays open")
+            self._ktls_unwrapped = connection
+        return result
+
+    def _real_close(self):
+        connection = self._sslobj or getattr(self, "_ktls_unwrapped", None)
+        if connection is not None:
+            connection._event("socket closed")
+            self._ktls_trail = connection.events  # only the trail outlives the connection
+            self._ktls_unwrapped = None
+        super()._real_close()
 
     def recv_record(self, bufsize: int = MAX_RECORD):
         self._checkClosed()

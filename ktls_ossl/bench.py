@@ -1,0 +1,1324 @@
+"""Benchmarks: ktls_ossl against CPython's ssl and OpenSSL's own kTLS, in one run on one kernel.
+
+``python -m ktls_ossl bench`` measures six contenders on five workloads and prints a Markdown
+report (``--json`` / ``--markdown`` / ``--chart`` write the JSON, the report and a PNG chart):
+
+contenders (both ends of every connection are the same contender)
+    ktls-after-finished  ktls_ossl, Policy.AFTER_FINISHED (exact keys after the verified Finished)
+    ktls-after-ccs       ktls_ossl, Policy.AFTER_CCS (OpenSSL's own kTLS; sendfile is SSL_sendfile)
+    ktls-userspace       ktls_ossl, Policy.USERSPACE (OpenSSL record layer through ktls_ossl)
+    cpython-ssl          CPython's ssl module
+    cpython-ssl-ktls     CPython's ssl with SSL_OP_ENABLE_KTLS (1 << 3) in ``options``
+    tcp                  plain TCP, no TLS (the ceiling)
+
+workloads
+    bulk       one-way transfer, sendall -> recv_into: throughput, user/system CPU s per GiB per end
+    file       a file sent with sock.sendfile() (ktls_ossl: os.sendfile on a kTLS socket, or
+               SSL_sendfile under AFTER_CCS; CPython 3.11: read + send), received with recv_into
+    handshake  full handshakes per second, TLS 1.2 and 1.3 x ECDSA P-256 and RSA-2048, counting
+               connect + handshake (+ the key handoff) + one byte each way + close
+    latency    100-byte request/response round trips: p50, p99
+    memory     RSS per idle established connection (each end), N connections at once
+
+The data workloads (bulk, file, latency, memory) run in TLS 1.2 and TLS 1.3 (--data-tls), both
+with AES-256-GCM. Sizes and counts come from presets (--quick, default, --full; smaller under
+User-Mode Linux, where kernel crypto is generic C) and every one can be overridden.
+
+Every run of a workload forks two fresh processes, one per end, each measuring its own CPU time
+(getrusage) around the measured phase only (never the handshake of a data workload). Every figure
+is the median of ``--runs`` runs, with min and max. Ratios are computed from the medians of this
+same run: against CPython's ssl, and against OpenSSL's own kTLS (CPython ssl + SSL_OP_ENABLE_KTLS;
+for the file workload SSL_sendfile, i.e. ktls-after-ccs, which CPython 3.11 cannot reach).
+
+Where each end's record layer ran is checked on the socket (getsockopt SOL_TLS TLS_TX / TLS_RX),
+not assumed: on a kernel without the tls module the AFTER_FINISHED and AFTER_CCS rows are labelled
+as the user-space fallback they are.
+
+Traffic goes only to 127.0.0.1; every child process is bounded in time and killed on overrun.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import resource
+import select
+import shutil
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+from . import OPENSSL_VERSION, kernel
+from .handshake import Policy
+
+SCHEMA = "ktls_ossl-bench/1"
+SSL_OP_ENABLE_KTLS = 1 << 3
+MIB = 1 << 20
+GIB = 1 << 30
+HOST = "127.0.0.1"
+SERVER_NAME = "localhost"
+
+# --- contenders ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    name: str
+    label: str
+    library: str  # "ktls_ossl", "cpython" or "tcp"
+    policy: Policy | None = None
+    openssl_ktls: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.library != "tcp"
+
+
+CONTENDERS = (
+    Contender("ktls-after-finished", "ktls_ossl AFTER_FINISHED", "ktls_ossl", Policy.AFTER_FINISHED),
+    Contender("ktls-after-ccs", "ktls_ossl AFTER_CCS (OpenSSL kTLS)", "ktls_ossl", Policy.AFTER_CCS),
+    Contender("ktls-userspace", "ktls_ossl USERSPACE", "ktls_ossl", Policy.USERSPACE),
+    Contender("cpython-ssl", "CPython ssl", "cpython"),
+    Contender("cpython-ssl-ktls", "CPython ssl + OpenSSL kTLS", "cpython", openssl_ktls=True),
+    Contender("tcp", "plain TCP (no TLS)", "tcp"),
+)
+CONTENDER_NAMES = tuple(c.name for c in CONTENDERS)
+BY_NAME = {c.name: c for c in CONTENDERS}
+CPYTHON_REFERENCE = "cpython-ssl"
+# "OpenSSL's own kTLS" per workload: CPython's C path with SSL_OP_ENABLE_KTLS, except for files,
+# where OpenSSL's kTLS path is SSL_sendfile, which only ktls_ossl's AFTER_CCS calls.
+OPENSSL_KTLS_REFERENCE = {"bulk": "cpython-ssl-ktls", "file": "ktls-after-ccs",
+                          "handshake": "cpython-ssl-ktls", "latency": "cpython-ssl-ktls",
+                          "memory": "cpython-ssl-ktls"}
+
+WORKLOADS = ("bulk", "file", "handshake", "latency", "memory")
+WORKLOAD_TITLES = {
+    "bulk": "Bulk one-way transfer (sendall -> recv_into)",
+    "file": "File transfer (sendfile -> recv_into)",
+    "handshake": "Handshakes per second",
+    "latency": "Request/response latency, 100-byte messages",
+    "memory": "Memory per idle established connection",
+}
+
+# (metric key, column title, higher is better, shown with its ratios)
+METRICS = {
+    "bulk": [("throughput_mib_s", "MiB/s", True, True),
+             ("sender_user_s_per_gib", "sender user s/GiB", False, True),
+             ("sender_sys_s_per_gib", "sender sys s/GiB", False, False),
+             ("receiver_user_s_per_gib", "receiver user s/GiB", False, True),
+             ("receiver_sys_s_per_gib", "receiver sys s/GiB", False, False)],
+    # Under UML all of a guest process's CPU time is accounted as user time (sys stays 0), so only
+    # the total per end means something there.
+    "bulk-uml": [("throughput_mib_s", "MiB/s", True, True),
+                 ("sender_cpu_s_per_gib", "sender CPU s/GiB (user+sys)", False, True),
+                 ("receiver_cpu_s_per_gib", "receiver CPU s/GiB (user+sys)", False, True)],
+    "handshake": [("handshakes_per_s", "handshakes/s", True, True),
+                  ("client_cpu_ms", "client CPU ms/hs", False, False),
+                  ("server_cpu_ms", "server CPU ms/hs", False, False)],
+    "latency": [("p50_us", "p50 µs", False, True),
+                ("p99_us", "p99 µs", False, True),
+                ("client_cpu_us", "client CPU µs/rt", False, False),
+                ("server_cpu_us", "server CPU µs/rt", False, False)],
+    "memory": [("server_rss_kib", "server RSS KiB/conn", False, True),
+               ("client_rss_kib", "client RSS KiB/conn", False, True),
+               ("kernel_slab_kib", "kernel slab KiB/conn (both ends, system-wide)", False, False)],
+}
+METRICS["file"] = METRICS["bulk"]
+METRICS["file-uml"] = METRICS["bulk-uml"]
+
+
+def table_metrics(workload: str, uml: bool) -> list:
+    return METRICS.get(f"{workload}-uml", METRICS[workload]) if uml else METRICS[workload]
+
+# --- settings ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Settings:
+    preset: str = "default"
+    runs: int = 3
+    warmup: int = 1  # unmeasured runs at the start of each workload (cold caches, first forks)
+    bulk_mib: int = 256
+    file_mib: int = 256
+    chunk_kib: int = 1024
+    handshake_seconds: float = 1.0
+    latency_count: int = 2000
+    connections: int = 1000
+    data_tls: tuple = ("1.2", "1.3")  # TLS versions of the data workloads (bulk, file, latency, memory)
+    workloads: tuple = WORKLOADS
+    contenders: tuple = CONTENDER_NAMES
+    handshake_versions: tuple = ("1.2", "1.3")
+    handshake_keys: tuple = ("ecdsa", "rsa")
+    file_dir: str | None = None
+    trial_timeout: float = 300.0
+
+
+# Chosen so that the default run takes a few minutes on a 2-core machine, and that `make bench`
+# (host + two UML kernels) stays near ten minutes. Under UML the kernel's AES-GCM is generic C
+# (~40 MiB/s) and every system call costs tens of microseconds, so sizes and counts are smaller.
+PRESETS = {
+    ("quick", False): dict(runs=1, warmup=0, bulk_mib=8, file_mib=8, handshake_seconds=0.15, latency_count=200,
+                           connections=20),
+    ("default", False): dict(runs=3, bulk_mib=256, file_mib=256, handshake_seconds=1.0,
+                             latency_count=2000, connections=1000),
+    ("full", False): dict(runs=5, bulk_mib=256, file_mib=256, handshake_seconds=3.0, latency_count=10000,
+                          connections=1000),
+    ("quick", True): dict(runs=1, warmup=0, bulk_mib=2, file_mib=2, handshake_seconds=0.1, latency_count=50,
+                          connections=10),
+    ("default", True): dict(runs=3, bulk_mib=32, file_mib=32, handshake_seconds=0.6, latency_count=300,
+                            connections=50),
+    ("full", True): dict(runs=3, bulk_mib=256, file_mib=256, handshake_seconds=2.0, latency_count=2000,
+                         connections=1000),
+}
+
+
+def in_uml() -> bool:
+    """Running under User-Mode Linux (scripts/ktls-vm)?"""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return "User Mode Linux" in info.read(4096)
+    except OSError:
+        return False
+
+
+def make_settings(preset: str = "default", uml: bool | None = None, **overrides) -> Settings:
+    uml = in_uml() if uml is None else uml
+    values = dict(PRESETS[(preset, uml)])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(preset=preset, **values)
+
+
+# --- measurement helpers (run in the child processes) -------------------------------------------
+
+
+def _cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _meminfo_kib(name: str) -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _kernel_direction(sock, optname: int) -> bool:
+    """Does the kernel hold keys for this direction of the socket? (4-byte header only: no key.)"""
+    try:
+        socket.socket.getsockopt(sock, kernel.SOL_TLS, optname, 4)
+        return True
+    except OSError:
+        return False
+
+
+def _record_layer(sock) -> dict:
+    """Where one end's record layer runs, checked on the socket, plus what the library says."""
+    info = {"tx_kernel": _kernel_direction(sock, kernel.Direction.TX.optname),
+            "rx_kernel": _kernel_direction(sock, kernel.Direction.RX.optname)}
+    if isinstance(sock, ssl.SSLSocket):
+        info["version"] = sock.version()
+        cipher = sock.cipher()
+        info["cipher"] = cipher[0] if cipher else None
+    status = getattr(sock, "ktls", None)
+    if status is not None:
+        info["ktls"] = {"tx": status.tx, "rx": status.rx, "tx_reason": status.tx_reason,
+                        "rx_reason": status.rx_reason, "text": str(status)}
+    return info
+
+
+def _release_free_heap() -> None:
+    """Collect garbage and give free heap pages back to the kernel (glibc malloc_trim), so that an
+    RSS baseline does not include free memory inherited from the parent at fork, which later
+    allocations would reuse without growing RSS."""
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _raise_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            raise RuntimeError(f"RLIMIT_NOFILE hard limit {hard} is below the {needed} descriptors "
+                               "needed: lower --connections")
+
+
+# --- certificates ------------------------------------------------------------------------------
+
+
+def make_pki(directory: str) -> dict:
+    """A CA and a leaf for 'localhost'/127.0.0.1 per key type: {kind: {ca, chain, key}}."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    def new_key(kind):
+        if kind == "rsa":
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    result = {}
+    for kind in ("ecdsa", "rsa"):
+        ca_key, leaf_key = new_key(kind), new_key(kind)
+        ca = (x509.CertificateBuilder().subject_name(name(f"ktls_ossl bench CA {kind}"))
+              .issuer_name(name(f"ktls_ossl bench CA {kind}")).public_key(ca_key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        leaf = (x509.CertificateBuilder().subject_name(name(SERVER_NAME)).issuer_name(ca.subject)
+                .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName(SERVER_NAME), x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(ca_key, hashes.SHA256()))
+        pem = serialization.Encoding.PEM
+        paths = {"ca": os.path.join(directory, f"ca-{kind}.pem"),
+                 "chain": os.path.join(directory, f"leaf-{kind}.chain.pem"),
+                 "key": os.path.join(directory, f"leaf-{kind}.key")}
+        with open(paths["ca"], "wb") as out:
+            out.write(ca.public_bytes(pem))
+        with open(paths["chain"], "wb") as out:
+            out.write(leaf.public_bytes(pem) + ca.public_bytes(pem))
+        with open(paths["key"], "wb") as out:
+            out.write(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+        result[kind] = paths
+    return result
+
+
+# TLS 1.2 suites per certificate key: AES-256-GCM, the suite TLS 1.3 negotiates by default (and
+# CPython's ssl cannot choose TLS 1.3 suites), so both versions move data with the same cipher.
+TLS12_SUITES = {"ecdsa": "ECDHE-ECDSA-AES256-GCM-SHA384", "rsa": "ECDHE-RSA-AES256-GCM-SHA384"}
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def make_context(contender: Contender, server_side: bool, pki: dict, key: str, version: str):
+    """The contender's SSLContext for one end (None for plain TCP)."""
+    if not contender.tls:
+        return None
+    if contender.library == "ktls_ossl":
+        from .context import SSLContext
+        factory = SSLContext
+    else:
+        factory = ssl.SSLContext
+    ctx = factory(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    if server_side:
+        ctx.load_cert_chain(pki[key]["chain"], pki[key]["key"])
+    else:
+        ctx.load_verify_locations(pki[key]["ca"])
+    ctx.minimum_version = ctx.maximum_version = TLS_VERSIONS[version]
+    if version == "1.2":
+        ctx.set_ciphers(TLS12_SUITES[key])
+    if contender.policy is not None:
+        ctx.ktls_policy = contender.policy
+    if contender.openssl_ktls:
+        ctx.options |= SSL_OP_ENABLE_KTLS
+    return ctx
+
+
+# --- the two ends of one run -----------------------------------------------------------------------
+
+
+class Endpoint:
+    """What a child process gets: its role, the contender's contexts, the listener or the port."""
+
+    def __init__(self, role, contender, params, pki, listener, port, control):
+        self.role = role
+        self.contender = contender
+        self.params = params
+        self.pki = pki
+        self.listener = listener
+        self.port = port
+        self.control = control
+        self._contexts = {}
+
+    def context(self, key="ecdsa", version=None):
+        version = version or self.params["data_tls"]
+        if version not in TLS_VERSIONS:
+            version = "1.3"  # plain TCP rows carry no TLS version
+        if (key, version) not in self._contexts:
+            self._contexts[key, version] = make_context(self.contender, self.role == "server", self.pki,
+                                                        key, version)
+        return self._contexts[key, version]
+
+    # Sockets are blocking (the fastest mode for every contender); a run that hangs is killed by
+    # the parent after --timeout.
+    def accept(self, key="ecdsa", version=None, nodelay=True):
+        raw, _ = self.listener.accept()
+        raw.settimeout(None)
+        if nodelay:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = self.context(key, version)
+        return raw if ctx is None else ctx.wrap_socket(raw, server_side=True)
+
+    def connect(self, key="ecdsa", version=None, nodelay=True):
+        raw = socket.create_connection((HOST, self.port), timeout=self.params["io_timeout"])
+        raw.settimeout(None)
+        if nodelay:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = self.context(key, version)
+        if ctx is None:
+            return raw
+        try:
+            return ctx.wrap_socket(raw, server_hostname=SERVER_NAME)
+        except BaseException:
+            raw.close()
+            raise
+
+
+def _recv_exactly(sock, view, size: int) -> None:
+    got = 0
+    while got < size:
+        count = sock.recv_into(view[got:size], size - got)
+        if not count:
+            raise EOFError(f"connection closed after {got} of {size} bytes")
+        got += count
+
+
+def _receive_all(sock, size: int, chunk: int) -> int:
+    buffer = bytearray(chunk)
+    got = 0
+    while got < size:
+        count = sock.recv_into(buffer)
+        if not count:
+            raise EOFError(f"connection closed after {got} of {size} bytes")
+        got += count
+    return got
+
+
+def _data_result(start, cpu0, size, sock) -> dict:
+    elapsed = time.perf_counter() - start
+    user, system = _cpu()
+    return {"seconds": elapsed, "bytes": size, "user": user - cpu0[0], "sys": system - cpu0[1],
+            "record_layer": _record_layer(sock)}
+
+
+def bulk_server(end: Endpoint) -> dict:
+    """Sender: sendall of ``size`` bytes in chunks, then the receiver's one-byte acknowledgement."""
+    size, chunk = end.params["bulk_bytes"], end.params["chunk"]
+    source = memoryview(bytearray(os.urandom(min(chunk, size))))
+    with end.accept() as sock:
+        cpu0, start = _cpu(), time.perf_counter()
+        remaining = size
+        while remaining:
+            count = min(len(source), remaining)
+            sock.sendall(source[:count])
+            remaining -= count
+        if sock.recv(1) != b"k":
+            raise RuntimeError("no acknowledgement from the receiver")
+        return _data_result(start, cpu0, size, sock)
+
+
+def _receiver(end: Endpoint, size: int) -> dict:
+    with end.connect() as sock:
+        cpu0, start = _cpu(), time.perf_counter()
+        _receive_all(sock, size, end.params["chunk"])
+        sock.sendall(b"k")
+        return _data_result(start, cpu0, size, sock)
+
+
+def bulk_client(end: Endpoint) -> dict:
+    return _receiver(end, end.params["bulk_bytes"])
+
+
+def file_server(end: Endpoint) -> dict:
+    """Sender: sock.sendfile() of the whole file (each library's own sendfile)."""
+    path, size = end.params["file_path"], end.params["file_bytes"]
+    with open(path, "rb") as source, end.accept() as sock:
+        cpu0, start = _cpu(), time.perf_counter()
+        sent = sock.sendfile(source)
+        if sent != size:
+            raise RuntimeError(f"sendfile sent {sent} of {size} bytes")
+        if sock.recv(1) != b"k":
+            raise RuntimeError("no acknowledgement from the receiver")
+        return _data_result(start, cpu0, size, sock)
+
+
+def file_client(end: Endpoint) -> dict:
+    return _receiver(end, end.params["file_bytes"])
+
+
+def latency_server(end: Endpoint) -> dict:
+    size, total = end.params["message"], end.params["latency_total"]
+    buffer = memoryview(bytearray(size))
+    with end.accept(nodelay=True) as sock:
+        cpu0 = _cpu()
+        for _ in range(total):
+            _recv_exactly(sock, buffer, size)
+            sock.sendall(buffer)
+        user, system = _cpu()
+        return {"cpu": user + system - sum(cpu0), "record_layer": _record_layer(sock)}
+
+
+def latency_client(end: Endpoint) -> dict:
+    size, total, warmup = end.params["message"], end.params["latency_total"], end.params["latency_warmup"]
+    request = os.urandom(size)
+    buffer = memoryview(bytearray(size))
+    samples = []
+    clock = time.perf_counter_ns
+    with end.connect(nodelay=True) as sock:
+        for index in range(total):
+            if index == warmup:
+                cpu0 = _cpu()
+            started = clock()
+            sock.sendall(request)
+            _recv_exactly(sock, buffer, size)
+            samples.append(clock() - started)
+            if buffer != request:
+                raise RuntimeError("the echo differs from the request")
+        user, system = _cpu()
+        measured = sorted(samples[warmup:])
+        return {"samples_ns": measured, "cpu": user + system - sum(cpu0), "record_layer": _record_layer(sock)}
+
+
+def _handshake_variant(end: Endpoint):
+    return end.params["hs_key"], end.params["hs_version"]
+
+
+def handshake_server(end: Endpoint) -> dict:
+    """Accept, handshake (and hand keys to the kernel), send one byte, close; until told to stop."""
+    key, version = _handshake_variant(end)
+    end.context(key, version)
+    count, layer = 0, None
+    cpu0 = last = _cpu()
+    while True:
+        ready, _, _ = select.select([end.listener, end.control], [], [], end.params["io_timeout"])
+        if end.control in ready or not ready:
+            break
+        with end.accept(key, version, nodelay=True) as sock:
+            sock.sendall(b"k")
+            if sock.recv(1) != b"c":
+                raise RuntimeError("no byte from the client after the handshake")
+            if layer is None:
+                layer = _record_layer(sock)
+        count += 1
+        last = _cpu()
+    return {"count": count, "cpu": sum(last) - sum(cpu0), "record_layer": layer}
+
+
+def handshake_client(end: Endpoint) -> dict:
+    key, version = _handshake_variant(end)
+    end.context(key, version)
+    duration, minimum = end.params["hs_seconds"], end.params["hs_minimum"]
+    count, layer = 0, None
+    cpu0, start = _cpu(), time.perf_counter()
+    while True:
+        with end.connect(key, version, nodelay=True) as sock:
+            if sock.recv(1) != b"k":
+                raise RuntimeError("no byte from the server after the handshake")
+            if layer is None:
+                layer = _record_layer(sock)
+            sock.sendall(b"c")
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= duration and count >= minimum:
+            break
+    user, system = _cpu()
+    return {"count": count, "seconds": elapsed, "cpu": user + system - sum(cpu0), "record_layer": layer}
+
+
+def _memory_end(end: Endpoint, open_one) -> dict:
+    count = end.params["connections"]
+    _raise_nofile(count + 64)
+    # One connection first, so that everything lazily set up on first use is already in the baseline.
+    open_one().close()
+    _release_free_heap()
+    rss0, slab0 = _rss_kib(), _meminfo_kib("Slab")
+    kept = [open_one() for _ in range(count)]
+    gc.collect()
+    rss1, slab1 = _rss_kib(), _meminfo_kib("Slab")
+    result = {"rss_kib": (rss1 - rss0) / count, "record_layer": _record_layer(kept[-1]),
+              "slab_kib": None if slab0 is None or slab1 is None else (slab1 - slab0) / count}
+    # Stay established and idle until the other end has measured too.
+    end.control.send(("measured", result))
+    end.control.recv()
+    for sock in kept:
+        sock.close()
+    return result
+
+
+def memory_server(end: Endpoint) -> dict:
+    return _memory_end(end, end.accept)
+
+
+def memory_client(end: Endpoint) -> dict:
+    return _memory_end(end, end.connect)
+
+
+ROLES = {
+    "bulk": (bulk_server, bulk_client),
+    "file": (file_server, file_client),
+    "latency": (latency_server, latency_client),
+    "handshake": (handshake_server, handshake_client),
+    "memory": (memory_server, memory_client),
+}
+
+
+def _child(role, workload, contender, params, pki, listener, port, control) -> None:
+    try:
+        if role == "client":
+            listener.close()
+            listener = None
+        end = Endpoint(role, contender, params, pki, listener, port, control)
+        server_fn, client_fn = ROLES[workload]
+        result = (server_fn if role == "server" else client_fn)(end)
+        control.send(("done", result))
+    except BaseException:
+        try:
+            control.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        control.close()
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def run_trial(workload: str, contender: Contender, params: dict, pki: dict, timeout: float) -> dict:
+    """One run: a server process and a client process on 127.0.0.1; returns both results."""
+    mp = multiprocessing.get_context("fork")
+    listener = socket.create_server((HOST, 0), backlog=min(4096, socket.SOMAXCONN))
+    port = listener.getsockname()[1]
+    pipes = {role: mp.Pipe() for role in ("server", "client")}
+    processes = {}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        for role in ("server", "client"):
+            processes[role] = mp.Process(
+                target=_child, name=f"bench-{workload}-{contender.name}-{role}", daemon=True,
+                args=(role, workload, contender, params, pki, listener, port, pipes[role][1]))
+            processes[role].start()
+            pipes[role][1].close()
+        listener.close()
+        results = _collect(workload, pipes, processes, timeout)
+    finally:
+        listener.close()
+        for process in processes.values():
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        for parent_end, child_end in pipes.values():
+            parent_end.close()
+            child_end.close()
+    return results
+
+
+def _collect(workload, pipes, processes, timeout) -> dict:
+    deadline = time.monotonic() + timeout
+    results, measured = {}, {}
+    waiting = {pipes[role][0]: role for role in pipes}
+    while waiting:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"{workload}: no result within {timeout:.0f} s "
+                             f"(still waiting for {', '.join(sorted(waiting.values()))})")
+        for conn in multiprocessing.connection.wait(list(waiting), timeout=min(remaining, 1.0)):
+            role = waiting[conn]
+            try:
+                kind, payload = conn.recv()
+            except EOFError:
+                raise BenchError(f"{workload}: the {role} process died "
+                                 f"(exit code {processes[role].exitcode})") from None
+            if kind == "error":
+                raise BenchError(f"{workload}: the {role} failed:\n{payload}")
+            if kind == "measured":  # memory: both ends hold their connections until both measured
+                measured[role] = payload
+                if len(measured) == 2:
+                    for other in pipes:
+                        pipes[other][0].send("release")
+                continue
+            results[role] = payload
+            del waiting[conn]
+            if workload == "handshake" and role == "client":
+                pipes["server"][0].send("stop")
+    return results
+
+
+# --- per-run metrics ------------------------------------------------------------------------------
+
+
+def _percentile(sorted_values, fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def run_metrics(workload: str, results: dict) -> dict:
+    server, client = results["server"], results["client"]
+    if workload in ("bulk", "file"):
+        gib = server["bytes"] / GIB
+        return {"throughput_mib_s": server["bytes"] / MIB / server["seconds"],
+                "sender_user_s_per_gib": server["user"] / gib, "sender_sys_s_per_gib": server["sys"] / gib,
+                "receiver_user_s_per_gib": client["user"] / gib, "receiver_sys_s_per_gib": client["sys"] / gib,
+                "sender_cpu_s_per_gib": (server["user"] + server["sys"]) / gib,
+                "receiver_cpu_s_per_gib": (client["user"] + client["sys"]) / gib}
+    if workload == "handshake":
+        count = client["count"]
+        return {"handshakes_per_s": count / client["seconds"], "client_cpu_ms": client["cpu"] * 1e3 / count,
+                "server_cpu_ms": server["cpu"] * 1e3 / max(server["count"], 1)}
+    if workload == "latency":
+        samples = client["samples_ns"]
+        count = len(samples)
+        return {"p50_us": _percentile(samples, 0.50) / 1e3, "p99_us": _percentile(samples, 0.99) / 1e3,
+                "client_cpu_us": client["cpu"] * 1e6 / count, "server_cpu_us": server["cpu"] * 1e6 / count}
+    if workload == "memory":
+        metrics = {"server_rss_kib": server["rss_kib"], "client_rss_kib": client["rss_kib"]}
+        if server.get("slab_kib") is not None:
+            metrics["kernel_slab_kib"] = server["slab_kib"]
+        return metrics
+    raise ValueError(workload)
+
+
+def summarize(values: list[float]) -> dict:
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return {"median": None, "min": None, "max": None, "runs": values}
+    return {"median": statistics.median(clean), "min": min(clean), "max": max(clean), "runs": values}
+
+
+def _layer_summary(results: dict) -> dict:
+    return {role: results[role].get("record_layer") for role in ("server", "client")}
+
+
+def describe_layer(layers: dict, sender: str = "server") -> str:
+    """'kernel' / 'user space' / 'no TLS' per end: sender / receiver (server / client)."""
+    def one(layer):
+        if layer is None:
+            return "?"
+        if "version" not in layer:
+            return "no TLS"
+        tx, rx = layer["tx_kernel"], layer["rx_kernel"]
+        if tx and rx:
+            return "kernel"
+        if tx or rx:
+            return "kernel TX" if tx else "kernel RX"
+        return "user space"
+    receiver = "client" if sender == "server" else "server"
+    return f"{one(layers.get(sender))} / {one(layers.get(receiver))}"
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One line on stderr saying what is running (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.done = 0
+        self.started = time.monotonic()
+        self.tty = enabled and sys.stderr.isatty()
+
+    def step(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        line = f"bench [{self.label}] {self.done}/{self.total} {elapsed:4.0f}s  {text}"
+        if self.tty:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            sys.stderr.write("\r\033[K" + line[:width])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\r\033[K")
+        if self.enabled:
+            sys.stderr.write(f"bench [{self.label}] {self.total} runs in {time.monotonic() - self.started:.0f} s\n")
+            sys.stderr.flush()
+
+
+def _cases(workload: str, settings: Settings, contenders) -> list[tuple[Contender, dict]]:
+    """(contender, variant) pairs of a workload, grouped by variant so that rows compare down a table."""
+    if workload == "handshake":
+        variants = [{"hs_version": v, "hs_key": k} for v in settings.handshake_versions
+                    for k in settings.handshake_keys]
+        cases = [(c, v) for v in variants for c in contenders if c.tls]
+        return cases + [(c, {"hs_version": "-", "hs_key": "ecdsa"}) for c in contenders if not c.tls]
+    return [(c, {"data_tls": v}) for v in settings.data_tls for c in contenders]
+
+
+def _variant_label(variant: dict) -> str:
+    if "data_tls" in variant:
+        return f"TLS {variant['data_tls']}"
+    if variant.get("hs_version") == "-":
+        return "TCP connect only"
+    return f"TLS {variant['hs_version']} {'ECDSA P-256' if variant['hs_key'] == 'ecdsa' else 'RSA-2048'}"
+
+
+def _make_file(directory: str, size: int) -> str:
+    path = os.path.join(directory, "bench-payload.bin")
+    block = os.urandom(MIB)
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            count = min(len(block), remaining)
+            out.write(block[:count])
+            remaining -= count
+    with open(path, "rb") as warm:  # in the page cache before the first run
+        while warm.read(4 * MIB):
+            pass
+    return path
+
+
+def _file_directory(settings: Settings) -> str:
+    if settings.file_dir:
+        return settings.file_dir
+    shm = "/dev/shm"
+    try:
+        if os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * settings.file_mib * MIB:
+            return shm
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    host_line = None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and cpu == "unknown":
+                    cpu = value.strip()
+                elif key == "host" and host_line is None:  # UML: the host's uname
+                    host_line = value.strip()
+    except OSError:
+        pass
+    report = kernel.probe()
+    uml = in_uml()
+    return {
+        "kernel_label": os.environ.get("KTLS_VM_KERNEL") or ("uml" if uml else "host"),
+        "kernel_release": os.uname().release,
+        "uml": uml,
+        "uml_host": host_line,
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_mib": (_meminfo_kib("MemTotal") or 0) // 1024,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "openssl_ktls_ossl": OPENSSL_VERSION,
+        "openssl_cpython": ssl.OPENSSL_VERSION,
+        "ktls_available": report.ulp_available,
+        "ktls_unavailable_reason": None if report.ulp_available else report.ulp_message,
+    }
+
+
+def run(settings: Settings, progress: bool = True) -> dict:
+    """Run every selected workload for every selected contender; returns the JSON document."""
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    started = time.monotonic()
+    info = machine_info()  # also runs (and caches) the kTLS probe before any child is forked
+    contenders = [BY_NAME[name] for name in settings.contenders]
+    plan = [case for w in settings.workloads for case in _cases(w, settings, contenders)]
+    bar = Progress(len(plan) * settings.runs + len(settings.workloads) * settings.warmup,
+                   info["kernel_label"], progress)
+    document = {"schema": SCHEMA, "started": started_at.isoformat(timespec="seconds"), "machine": info,
+                "settings": dataclasses.asdict(settings), "contenders": [
+                    {"name": c.name, "label": c.label} for c in contenders],
+                "references": {"cpython": CPYTHON_REFERENCE, "openssl_ktls": OPENSSL_KTLS_REFERENCE},
+                "workloads": {}}
+    scratch = tempfile.mkdtemp(prefix="ktls-bench-")
+    file_dir = None
+    try:
+        pki = make_pki(scratch)
+        params = {"data_tls": settings.data_tls[0], "chunk": settings.chunk_kib * 1024, "message": 100,
+                  "bulk_bytes": settings.bulk_mib * MIB, "file_bytes": settings.file_mib * MIB,
+                  "latency_total": settings.latency_count + max(10, settings.latency_count // 10),
+                  "latency_warmup": max(10, settings.latency_count // 10),
+                  "hs_seconds": settings.handshake_seconds, "hs_minimum": 3,
+                  "connections": settings.connections, "io_timeout": min(60.0, settings.trial_timeout)}
+        if "file" in settings.workloads:
+            file_dir = tempfile.mkdtemp(prefix="ktls-bench-", dir=_file_directory(settings))
+            params["file_path"] = _make_file(file_dir, params["file_bytes"])
+        for workload in settings.workloads:
+            rows = _measure_workload(workload, contenders, settings, params, pki, bar)
+            document["workloads"][workload] = {"title": WORKLOAD_TITLES[workload], "rows": rows,
+                                               "detail": _workload_detail(workload, settings)}
+            add_ratios(document, workload)
+    finally:
+        bar.finish()
+        shutil.rmtree(scratch, ignore_errors=True)
+        if file_dir:
+            shutil.rmtree(file_dir, ignore_errors=True)
+    document["seconds"] = time.monotonic() - started
+    document["targets"] = evaluate_targets(document)
+    return document
+
+
+def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[dict]:
+    """All runs of one workload, interleaved (run 1 of every contender, then run 2, ...) so that
+    a disturbance on the machine spreads over the contenders instead of hitting one of them."""
+    cases = _cases(workload, settings, contenders)
+    runs = [[] for _ in cases]
+    layers = [None] * len(cases)
+    failures = [None] * len(cases)
+    for index in range(settings.warmup):
+        contender, variant = cases[0]
+        bar.step(f"{workload} warm-up {index + 1}/{settings.warmup}: {contender.name}")
+        try:
+            run_trial(workload, contender, dict(params, **variant), pki, settings.trial_timeout)
+        except BenchError:
+            pass  # the measured runs will report it
+    for index in range(settings.runs):
+        for case, (contender, variant) in enumerate(cases):
+            label = _variant_label(variant)
+            bar.step(f"{workload} run {index + 1}/{settings.runs}: {label + ' ' if label else ''}{contender.name}")
+            if failures[case]:
+                continue
+            try:
+                results = run_trial(workload, contender, dict(params, **variant), pki, settings.trial_timeout)
+            except BenchError as exc:
+                failures[case] = str(exc)
+                continue
+            runs[case].append(run_metrics(workload, results))
+            layers[case] = _layer_summary(results)
+    rows = []
+    for case, (contender, variant) in enumerate(cases):
+        label = _variant_label(variant)
+        keys = runs[case][0] if runs[case] else {}
+        row = {"contender": contender.name, "label": contender.label, "variant": variant or None,
+               "variant_label": label or None, "record_layer": layers[case],
+               "record_layer_text": describe_layer(layers[case]) if layers[case] else None,
+               "metrics": {key: summarize([r.get(key) for r in runs[case]]) for key in keys}}
+        if failures[case]:
+            row["error"] = failures[case]
+        rows.append(row)
+    return rows
+
+
+def _workload_detail(workload: str, settings: Settings) -> str:
+    tls = ("AES-256-GCM in both TLS versions (TLS 1.2: ECDHE-ECDSA-AES256-GCM-SHA384, TLS 1.3: "
+           "TLS_AES_256_GCM_SHA384), ECDSA P-256 certificate")
+    if workload == "bulk":
+        return (f"{settings.bulk_mib} MiB one way, sendall of {settings.chunk_kib} KiB chunks -> "
+                f"recv_into a {settings.chunk_kib} KiB buffer; {tls}")
+    if workload == "file":
+        return (f"{settings.file_mib} MiB file (page cache) with sock.sendfile() -> recv_into; {tls}. "
+                "ktls_ossl: os.sendfile with TX in the kernel, SSL_sendfile under AFTER_CCS, else read + "
+                "send; CPython 3.11's SSLSocket.sendfile always reads + sends")
+    if workload == "handshake":
+        return (f"sequential full handshakes for {settings.handshake_seconds:g} s per run: TCP connect, "
+                "handshake with certificate verification, the key handoff (ktls_ossl AFTER_FINISHED), "
+                "one byte of application data each way (so that neither end closes before the other "
+                "has handed off: the kernel attaches the tls ULP to established connections only), "
+                "close; default cipher per version; TCP_NODELAY on both "
+                "ends (without it, OpenSSL's kTLS option stalls every TLS 1.2 handshake for about 40 ms: "
+                "it writes ChangeCipherSpec and Finished in separate segments, so Nagle waits for the "
+                "peer's delayed ACK)")
+    if workload == "latency":
+        return (f"{settings.latency_count} round trips of 100 bytes each way (after "
+                f"{max(10, settings.latency_count // 10)} unmeasured ones), one connection; {tls}")
+    return (f"{settings.connections} idle established connections at once; RSS growth of each end's "
+            f"process divided by the count; {tls}")
+
+
+# --- ratios and targets ------------------------------------------------------------------------------
+
+
+def _row(document, workload, contender, variant):
+    for row in document["workloads"].get(workload, {}).get("rows", []):
+        if row["contender"] == contender and row["variant"] == variant:
+            return row
+    return None
+
+
+def _median(row, key):
+    if row is None or row.get("error"):
+        return None
+    return row["metrics"].get(key, {}).get("median")
+
+
+def add_ratios(document: dict, workload: str) -> None:
+    """ratio = this row's median / the reference row's median (same run, same variant)."""
+    references = {"cpython": CPYTHON_REFERENCE, "openssl_ktls": OPENSSL_KTLS_REFERENCE[workload]}
+    for row in document["workloads"][workload]["rows"]:
+        row["ratios"] = {}
+        for name, reference in references.items():
+            ref = _row(document, workload, reference, row["variant"])
+            ratios = {}
+            for key in row["metrics"]:
+                mine, theirs = _median(row, key), _median(ref, key)
+                if mine is not None and theirs:
+                    ratios[key] = mine / theirs
+            row["ratios"][name] = {"reference": reference, "values": ratios}
+
+
+def _fully_kernel(row) -> bool:
+    layers = (row or {}).get("record_layer") or {}
+    ends = [layers.get("server"), layers.get("client")]
+    return all(end and end.get("tx_kernel") and end.get("rx_kernel") for end in ends)
+
+
+def evaluate_targets(document: dict) -> list[dict]:
+    """The issue's targets, evaluated on this run (reported, never asserted)."""
+    out = []
+    uml = document["machine"]["uml"]
+
+    def add(name, goal, row, name_ref, key, ok, notes=()):
+        value = None
+        if row is not None and not row.get("error"):
+            value = row.get("ratios", {}).get(name_ref, {}).get("values", {}).get(key)
+        notes = [n for n in notes if n]
+        met = None if value is None else ok(value)
+        if row is not None and not _fully_kernel(row):
+            notes = ["n/a: AFTER_FINISHED fell back to user space here"]
+            met = None
+        out.append({"target": name, "goal": goal, "value": value, "met": met, "note": "; ".join(notes)})
+
+    def rows(workload):
+        data = document["workloads"].get(workload) or {}
+        return [r for r in data.get("rows", []) if r["contender"] == "ktls-after-finished"]
+
+    def reference_note(workload, row):
+        ref = _row(document, workload, OPENSSL_KTLS_REFERENCE[workload], row["variant"])
+        if ref is not None and _fully_kernel(row) and not _fully_kernel(ref):
+            return f"the OpenSSL kTLS reference ran {ref.get('record_layer_text')} (server / client)"
+        return ""
+
+    for workload in ("bulk", "file"):
+        for row in rows(workload):
+            add(f"{workload} {row['variant_label']}: AFTER_FINISHED throughput vs OpenSSL kTLS "
+                f"({OPENSSL_KTLS_REFERENCE[workload]})", ">= 1.00x", row, "openssl_ktls", "throughput_mib_s",
+                lambda v: v >= 1.0, [reference_note(workload, row)])
+    for row in rows("file"):
+        if uml:
+            add(f"file {row['variant_label']}: AFTER_FINISHED sender CPU/GiB vs CPython ssl "
+                "(user+sys: UML cannot split them)", "user CPU <= 0.10x", row, "cpython",
+                "sender_cpu_s_per_gib", lambda v: None,
+                ["n/a: a proxy only, it includes the kernel's encryption (generic C under UML), "
+                 "which the target leaves out"])
+        else:
+            add(f"file {row['variant_label']}: AFTER_FINISHED sender user CPU/GiB vs CPython ssl", "<= 0.10x",
+                row, "cpython", "sender_user_s_per_gib", lambda v: v <= 0.10)
+    for row in rows("handshake"):
+        add(f"handshake {row['variant_label']}: AFTER_FINISHED (with handoff) vs CPython ssl", ">= 0.95x",
+            row, "cpython", "handshakes_per_s", lambda v: v >= 0.95)
+    for row in rows("latency"):
+        for key in ("p50_us", "p99_us"):
+            add(f"latency {row['variant_label']} {key[:3]}: AFTER_FINISHED vs CPython ssl", "<= 1.00x",
+                row, "cpython", key, lambda v: v <= 1.0)
+    return out
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _cell(metric: dict | None) -> str:
+    if not metric or metric.get("median") is None:
+        return "-"
+    median, low, high = metric["median"], metric["min"], metric["max"]
+    if len([v for v in metric["runs"] if v is not None]) <= 1:
+        return _fmt(median)
+    return f"{_fmt(median)} ({_fmt(low)}–{_fmt(high)})"
+
+
+def _ratio_cell(row, name, key) -> str:
+    value = row.get("ratios", {}).get(name, {}).get("values", {}).get(key)
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def kernel_title(machine: dict) -> str:
+    if machine["uml"]:
+        return f"VM kernel {machine['kernel_label']} (User-Mode Linux, Linux {machine['kernel_release']})"
+    return f"Host kernel (Linux {machine['kernel_release']})"
+
+
+def render_markdown(document: dict, heading: str = "##") -> str:
+    machine, settings = document["machine"], document["settings"]
+    lines = [f"{heading} {kernel_title(machine)}", ""]
+    if machine["ktls_available"]:
+        lines.append("kTLS available: the kernel rows below were carried by the kernel where the "
+                     "'record layer' column says so (checked with getsockopt on each socket).")
+    else:
+        lines.append(f"**No kTLS on this kernel** ({machine['ktls_unavailable_reason']}): the "
+                     "AFTER_FINISHED, AFTER_CCS and CPython+kTLS rows fell back to user-space OpenSSL "
+                     "and are labelled so; they measure the fallback, not kernel TLS.")
+    cpu = machine["cpu"] + (f" (UML guest; host: {machine['uml_host']})" if machine["uml"] else "")
+    lines += ["", f"- machine: {cpu}, {machine['cpus']} CPU(s), {machine['memory_mib']} MiB; "
+                  f"{machine['machine']}, Python {machine['python']}",
+              f"- OpenSSL: {machine['openssl_ktls_ossl']} (ktls_ossl), {machine['openssl_cpython']} (CPython ssl)",
+              f"- run: {document['started']}, preset `{settings['preset']}`, {settings['runs']} run(s) per "
+              f"figure (after {settings['warmup']} unmeasured warm-up run(s) per workload), "
+              f"{document.get('seconds', 0):.0f} s; figures are median (min–max)",
+              "- every run: a fresh server process and client process (each measures its own CPU with "
+              "getrusage), one connection on 127.0.0.1, blocking sockets, TCP_NODELAY on both ends", ""]
+    if machine["uml"]:
+        lines += ["Under UML the kernel's crypto is generic C and system calls are slow: compare the "
+                  "contenders of this section with each other (ratios), never with another kernel's "
+                  "figures. UML accounts all of a guest process's CPU time as user time (system time "
+                  "stays 0), so CPU is shown as user+sys per end, and that total includes the kernel's "
+                  "encryption on the kTLS rows.", ""]
+    for index, workload in enumerate(WORKLOADS, 1):
+        data = document["workloads"].get(workload)
+        if not data:
+            continue
+        lines += [f"{heading}# {index}. {data['title']}", "", data["detail"] + ".", ""]
+        metrics = table_metrics(workload, machine["uml"])
+        columns = ["contender", "TLS" if workload != "handshake" else "variant"]
+        columns.append("record layer (server / client)")
+        for key, title, _, with_ratio in metrics:
+            columns.append(title)
+            if with_ratio:
+                columns.append("× CPython ssl / × OpenSSL kTLS")
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for row in data["rows"]:
+            cells = [row["label"], row["variant_label"] or "-"]
+            if row.get("error"):
+                cells.append("FAILED")
+                cells += ["-"] * (len(columns) - len(cells))
+                lines.append("| " + " | ".join(cells) + " |")
+                continue
+            cells.append(row["record_layer_text"] or "-")
+            for key, _, _, with_ratio in metrics:
+                cells.append(_cell(row["metrics"].get(key)))
+                if with_ratio:
+                    cells.append(f"{_ratio_cell(row, 'cpython', key)} / {_ratio_cell(row, 'openssl_ktls', key)}")
+            lines.append("| " + " | ".join(cells) + " |")
+        errors = [row for row in data["rows"] if row.get("error")]
+        for row in errors:
+            first = row["error"].strip().splitlines()[-1]
+            lines.append(f"\n{row['label']} {row['variant_label'] or ''}: failed: `{first}`")
+        notes = {
+            "bulk": "Ratios: this row's median / the median of the reference in the same TLS version "
+                    "(throughput: higher is better; CPU: lower is better). OpenSSL kTLS reference: CPython "
+                    "ssl + SSL_OP_ENABLE_KTLS. OpenSSL 3.0 offloads only the sending direction of TLS 1.3 "
+                    "to the kernel (the record layer column shows 'kernel TX'); TLS 1.2 is offloaded both "
+                    "ways, so TLS 1.2 is the like-for-like comparison of the kernel data paths. Plain TCP "
+                    "rows ran with each TLS version's set of runs.",
+            "file": "OpenSSL kTLS reference: ktls_ossl AFTER_CCS, whose sendfile is OpenSSL's SSL_sendfile.",
+            "handshake": "One connection at a time; CPU ms per handshake is each end's process CPU "
+                         "divided by the handshakes it completed.",
+            "latency": "Lower is better.",
+            "memory": "RSS is user-space memory only: keys and record state that kTLS keeps in the "
+                      "kernel show in the slab column (system-wide /proc/meminfo Slab growth, both "
+                      "ends together; noisy on a shared host, and it stayed at 0 under the 7.2 UML kernel, whose "
+                      "slab caches absorbed the growth: there 0 means 'not measured').",
+        }
+        lines += ["", notes[workload], ""]
+    targets = document.get("targets") or []
+    if targets:
+        lines += [f"{heading}# Targets", "", "| target | goal | this run | met |", "|---|---|---|---|"]
+        for target in targets:
+            value = "-" if target["value"] is None else f"{target['value']:.2f}x"
+            met = {True: "yes", False: "no", None: "-"}[target["met"]]
+            if target["note"]:
+                met += f" ({target['note']})"
+            lines.append(f"| {target['target']} | {target['goal']} | {value} | {met} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+CHART_GROUPS = [("bulk", "throughput_mib_s", "bulk: MiB/s (higher is better)"),
+                ("bulk", "cpu", "bulk: CPU s/GiB (lower is better)"),
+                ("file", "throughput_mib_s", "file (sendfile): MiB/s"),
+                ("file", "cpu", "file (sendfile): CPU s/GiB")]
+CPU_PARTS = [("sender_user_s_per_gib", "sender user"), ("sender_sys_s_per_gib", "sender sys"),
+             ("receiver_user_s_per_gib", "receiver user"), ("receiver_sys_s_per_gib", "receiver sys")]
+CPU_PARTS_UML = [("sender_cpu_s_per_gib", "sender (user+sys)"), ("receiver_cpu_s_per_gib", "receiver (user+sys)")]
+
+
+def render_chart(documents: list[dict], path: str) -> bool:
+    """A PNG with throughput and CPU per GiB for each run (one row of panels per kernel).
+
+    Returns False, with a note on stderr, when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.stderr.write("bench: matplotlib is not installed (pip install 'ktls_ossl[bench]'); "
+                         f"chart {path} skipped\n")
+        return False
+    documents = [d for d in documents if any(w in d["workloads"] for w in ("bulk", "file"))]
+    if not documents:
+        return False
+    figure, axes = plt.subplots(len(documents), 4, figsize=(26, 6 * len(documents)), squeeze=False)
+    colors = ["#4c72b0", "#a6bddb", "#dd8452", "#fdd0a2"]
+    for row_axes, document in zip(axes, documents):
+        title = kernel_title(document["machine"])
+        if not document["machine"]["ktls_available"]:
+            title += " - no kTLS: kernel rows fell back to user space"
+        for ax, (workload, metric, label) in zip(row_axes, CHART_GROUPS):
+            data = document["workloads"].get(workload)
+            ax.set_title(f"{label}\n{title}", fontsize=9)
+            if not data:
+                ax.set_axis_off()
+                continue
+            rows = [r for r in data["rows"] if not r.get("error") and r["contender"] != "tcp"]
+            ceiling = [r["metrics"][metric]["median"] for r in data["rows"]
+                       if r["contender"] == "tcp" and not r.get("error") and metric in r["metrics"]]
+            if ceiling:  # plain TCP would dwarf the TLS bars: its figure goes in the title instead
+                ax.set_title(f"{label} - plain TCP (not drawn): {_fmt(max(ceiling))}\n{title}", fontsize=9)
+            names = [f"{r['contender']} {r['variant_label'] if r['contender'] != 'tcp' else ''}"
+                     f"\n[{r['record_layer_text']}]" for r in rows]
+            positions = range(len(rows))
+            if metric == "cpu":
+                bottom = [0.0] * len(rows)
+                parts = CPU_PARTS_UML if document["machine"]["uml"] else CPU_PARTS
+                for (key, part), color in zip(parts, colors[::2] if len(parts) == 2 else colors):
+                    values = [(r["metrics"].get(key) or {}).get("median") or 0.0 for r in rows]
+                    ax.bar(positions, values, bottom=bottom, color=color, label=part)
+                    bottom = [b + v for b, v in zip(bottom, values)]
+                ax.legend(fontsize=7)
+                ax.set_ylabel("CPU seconds per GiB")
+            else:
+                medians = [r["metrics"][metric]["median"] for r in rows]
+                low = [m - r["metrics"][metric]["min"] for m, r in zip(medians, rows)]
+                high = [r["metrics"][metric]["max"] - m for m, r in zip(medians, rows)]
+                ax.bar(positions, medians, yerr=[low, high], capsize=3, color="#4c72b0")
+                ax.set_ylabel("MiB/s (median, min-max)")
+            ax.set_xticks(list(positions))
+            ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return True
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def _csv(choices):
+    def parse(text):
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return values
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                      help="CI smoke run: tiny sizes, one run each (seconds)")
+    size.add_argument("--full", dest="preset", action="store_const", const="full",
+                      help="real numbers: full sizes, more runs, longer handshake and latency runs")
+    parser.set_defaults(preset="default")
+    parser.add_argument("--runs", type=int, help="runs per figure (median, min, max)")
+    parser.add_argument("--warmup", type=int, help="unmeasured runs before each workload")
+    parser.add_argument("--bulk-mib", type=int, help="bulk transfer size")
+    parser.add_argument("--file-mib", type=int, help="file size for the sendfile workload")
+    parser.add_argument("--chunk-kib", type=int, help="sendall chunk and recv_into buffer (default 1024)")
+    parser.add_argument("--handshake-seconds", type=float, help="duration of each handshake run")
+    parser.add_argument("--latency-count", type=int, help="measured round trips per latency run")
+    parser.add_argument("--connections", type=int, help="idle connections for the memory workload")
+    parser.add_argument("--data-tls", type=_csv(tuple(TLS_VERSIONS)),
+                        help="TLS versions of bulk, file, latency and memory (default 1.2,1.3)")
+    parser.add_argument("--workloads", type=_csv(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--contenders", type=_csv(CONTENDER_NAMES),
+                        help=f"subset of {','.join(CONTENDER_NAMES)}")
+    parser.add_argument("--file-dir", help="where the sendfile payload is written (default /dev/shm)")
+    parser.add_argument("--timeout", type=float, dest="trial_timeout", help="limit per run, seconds")
+    parser.add_argument("--uml", choices=("auto", "yes", "no"), default="auto",
+                        help="use the User-Mode Linux defaults (auto: when running under UML)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the Markdown report here too")
+    parser.add_argument("--chart", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def settings_from_args(args) -> Settings:
+    uml = {"auto": None, "yes": True, "no": False}[args.uml]
+    return make_settings(args.preset, uml, runs=args.runs, warmup=args.warmup, bulk_mib=args.bulk_mib, file_mib=args.file_mib,
+                         chunk_kib=args.chunk_kib, handshake_seconds=args.handshake_seconds,
+                         latency_count=args.latency_count, connections=args.connections,
+                         data_tls=args.data_tls, workloads=args.workloads, contenders=args.contenders,
+                         file_dir=args.file_dir, trial_timeout=args.trial_timeout)
+
+
+def main(args) -> int:
+    settings = settings_from_args(args)
+    for name in ("runs", "bulk_mib", "file_mib", "chunk_kib", "latency_count", "connections"):
+        if getattr(settings, name) < 1:
+            raise SystemExit(f"bench: --{name.replace('_', '-')} must be at least 1")
+    document = run(settings, progress=not args.no_progress)
+    text = render_markdown(document)
+    print(text)
+    if args.json:
+        _write(args.json, json.dumps(document, indent=1) + "\n")
+    if args.markdown:
+        _write(args.markdown, text + "\n")
+    if args.chart:
+        render_chart([document], args.chart)
+    failed = [row for data in document["workloads"].values() for row in data["rows"] if row.get("error")]
+    return 1 if failed else 0
+
+
+def _write(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(path + ".tmp", path)
+
+
+__all__ = ["CONTENDERS", "WORKLOADS", "Settings", "make_settings", "run", "render_markdown",
+           "render_chart", "add_arguments", "main"]

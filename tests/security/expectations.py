@@ -1,0 +1,110 @@
+"""What each hostile case must produce, written down by hand (the behaviour specification).
+
+``path`` is who judged the records after the handshake: "kernel" (ktls_ossl's kernel read path and
+control-record handler: Policy.AFTER_FINISHED with RX in the kernel) or "openssl" (OpenSSL's own
+record layer: Policy.AFTER_CCS, with or without its kTLS, or any connection without kernel TLS).
+Handshake-phase cases are always judged by OpenSSL. ``TOLERATED`` marks input the RFCs allow: the
+data behind it must then be delivered, and no error raised.
+"""
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from ktls_ossl import KTLSRecordError, KTLSRekeyUnsupportedError
+
+from .cases import TLS12, TLS13
+
+
+@dataclass(frozen=True)
+class Expect:
+    type: type
+    reason: str | None = None  # ssl.SSLError.reason (None: the error has none)
+    message: str | None = None  # a part of str(error)
+
+    def check(self, error: BaseException | None) -> None:
+        assert error is not None, f"expected {self}, but nothing was raised"
+        assert type(error) is self.type, f"expected {self.type.__name__}, got {type(error).__name__}: {error}"
+        if issubclass(self.type, ssl.SSLError):
+            assert getattr(error, "reason", None) == self.reason, f"expected reason {self.reason}: {error}"
+        if self.message is not None:
+            assert self.message in str(error), f"expected {self.message!r} in {error}"
+
+
+TOLERATED = "tolerated"
+TIMEOUT = Expect(TimeoutError, message="The handshake operation timed out")
+EOF_MESSAGE = "EOF occurred in violation of protocol"
+
+
+def _ssl(reason: str, message: str | None = None) -> Expect:
+    return Expect(ssl.SSLError, reason, message)
+
+
+HANDSHAKE = {
+    "app_data_before_finished": {TLS12: _ssl("DATA_BETWEEN_CCS_AND_FINISHED"), TLS13: _ssl("UNEXPECTED_RECORD")},
+    "finished_wrong": _ssl("DIGEST_CHECK_FAILED", "digest check failed"),
+    "finished_truncated": _ssl("BAD_DIGEST_LENGTH", "bad digest length"),
+    "finished_never_sent": TIMEOUT,
+    "early_ccs": _ssl("UNEXPECTED_MESSAGE", "unexpected message"),
+    "garbage_server_hello": _ssl("WRONG_VERSION_NUMBER", "wrong version number"),
+    "stall_mid_handshake": TIMEOUT,
+}
+
+KERNEL = {
+    "record_too_long": Expect(KTLSRecordError, "ENCRYPTED_LENGTH_TOO_LONG", "EMSGSIZE"),
+    "record_bad_version": Expect(KTLSRecordError, "WRONG_VERSION_NUMBER", "EINVAL"),
+    "bad_auth_tag": Expect(KTLSRecordError, "DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "EBADMSG"),
+    # The kernel drops a partial record at EOF: only the missing close_notify tells.
+    "truncated_record_fin": Expect(ssl.SSLEOFError, None, EOF_MESSAGE),
+    "empty_change_cipher_spec": _ssl("UNEXPECTED_RECORD", "ChangeCipherSpec after the handshake"),
+    "empty_alert": _ssl("INVALID_ALERT", "alert record of 0 bytes"),
+    # Stricter than OpenSSL for TLS 1.2 (RFC 5246 6.2.1 forbids sending it; we refuse it).
+    "empty_handshake": _ssl("BAD_LENGTH", "empty handshake record"),
+    "empty_application_data": TOLERATED,
+    "ccs_after_handshake": _ssl("UNEXPECTED_RECORD", "ChangeCipherSpec after the handshake"),
+    "unknown_content_type": _ssl("UNEXPECTED_RECORD", "record of unknown content type 99"),
+    "hello_request": {TLS12: TOLERATED,  # answered with a no_renegotiation warning
+                      TLS13: _ssl("UNEXPECTED_MESSAGE", "unexpected post-handshake hello_request")},
+    "warning_alert_flood": _ssl("TOO_MANY_WARN_ALERTS", "more than 4 warning alerts in a row"),
+    "key_update_flood": {"rekey": TOLERATED,
+                         "no-rekey": Expect(KTLSRekeyUnsupportedError, "KEY_UPDATE_UNSUPPORTED", "6.14")},
+    "garbage_session_ticket": {TLS12: _ssl("UNEXPECTED_MESSAGE", "unexpected post-handshake new_session_ticket"),
+                               TLS13: _ssl("LENGTH_MISMATCH", "length mismatch")},
+    "tcp_rst_mid_record": Expect(ConnectionResetError, message="Connection reset by peer"),
+}
+
+OPENSSL = {
+    "record_too_long": {TLS12: _ssl("PACKET_LENGTH_TOO_LONG"), TLS13: _ssl("ENCRYPTED_LENGTH_TOO_LONG")},
+    "record_bad_version": _ssl("WRONG_VERSION_NUMBER"),
+    "bad_auth_tag": _ssl("DECRYPTION_FAILED_OR_BAD_RECORD_MAC"),
+    "truncated_record_fin": Expect(ssl.SSLEOFError, "UNEXPECTED_EOF_WHILE_READING", EOF_MESSAGE),
+    "empty_change_cipher_spec": {TLS12: _ssl("CCS_RECEIVED_EARLY"), TLS13: _ssl("BAD_RECORD_TYPE")},
+    "empty_alert": {TLS12: _ssl("INVALID_ALERT"), TLS13: _ssl("BAD_LENGTH")},
+    "empty_handshake": {TLS12: TOLERATED, TLS13: _ssl("BAD_LENGTH")},
+    "empty_application_data": TOLERATED,
+    "ccs_after_handshake": {TLS12: _ssl("CCS_RECEIVED_EARLY"), TLS13: _ssl("BAD_RECORD_TYPE")},
+    "unknown_content_type": {TLS12: _ssl("UNEXPECTED_RECORD"), TLS13: _ssl("BAD_RECORD_TYPE")},
+    # TLS 1.2: OpenSSL refuses renegotiation under its kTLS, and renegotiates without it (as CPython).
+    "hello_request": {TLS12: TOLERATED, TLS13: _ssl("UNEXPECTED_MESSAGE")},
+    "warning_alert_flood": _ssl("TOO_MANY_WARN_ALERTS", "too many warn alerts"),
+    "key_update_flood": TOLERATED,
+    "garbage_session_ticket": {TLS12: _ssl("UNEXPECTED_MESSAGE"), TLS13: _ssl("LENGTH_MISMATCH")},
+    # OpenSSL reports a reset under SSL_read_ex as an EOF (as CPython's ssl does).
+    "tcp_rst_mid_record": Expect(ssl.SSLEOFError, None, EOF_MESSAGE),
+}
+
+
+def expected(case: str, version: int, path: str, *, rekey: bool):
+    """The Expect (or TOLERATED) for one case run."""
+    if case in HANDSHAKE:
+        entry = HANDSHAKE[case]
+    elif path == "kernel":
+        entry = KERNEL[case]
+    else:
+        entry = OPENSSL[case]
+    if isinstance(entry, dict):
+        if version in entry:
+            entry = entry[version]
+        else:
+            entry = entry["rekey" if rekey else "no-rekey"]
+    return entry

@@ -1,0 +1,153 @@
+"""Issue 5: a hostile peer against our client and our server, under both key policies.
+
+Every case, every role it applies to, TLS 1.2 and 1.3, Policy.AFTER_FINISHED and Policy.AFTER_CCS.
+Asserted for each: the specific exception (type, reason, message); no byte reaches the application
+that was not authenticated after a verified handshake; with AFTER_FINISHED no receive key in the
+kernel when the handshake failed (asked of the kernel), while AFTER_CCS shows OpenSSL's key in the
+kernel, measured the same way; no hang (the socket timeout bounds every case); no leaked file
+descriptor; the socket closed, as the peer sees it. The measured outcome must then equal the one
+committed in docs/security-outcomes.json for this kernel, which is what docs/SECURITY.md shows.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ktls_ossl import kernel
+from ktls_ossl.handshake import Policy
+from ktls_ossl.records import ContentType
+
+from .cases import AFTER, BEFORE, FORGED, READY, TLS12, TLS13, Case, variants
+from .expectations import TOLERATED, expected
+from .harness import IO_TIMEOUT, STALL_TIMEOUT, run_case
+from .outcomes import POLICIES, TLS_NAMES, key, kernel_label, load_committed, outcome_of
+
+PARAMS = [pytest.param(case, role, version, policy,
+                       id=f"{case.name}-ours_{role}-tls{TLS_NAMES[version]}-{policy.name.lower()}")
+          for case, role, version in variants() for policy in POLICIES]
+
+# Handshake cases in which a TLS 1.2 peer sent its ChangeCipherSpec: OpenSSL's kTLS has installed
+# the receive key by then, whatever happens to the Finished.
+CCS_SENT = {"app_data_before_finished", "finished_wrong", "finished_truncated", "finished_never_sent"}
+# ... and in which a record sat behind the peer's (forged or missing) Finished.
+FORGED_BEHIND_FINISHED = {"finished_wrong", "finished_truncated"}
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return load_committed()
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("case, our_role, version, policy", PARAMS)
+def test_hostile_peer(case, our_role, version, policy, server_cert, pki, record_outcome, committed):
+    m = run_case(case, our_role, version, policy, server_cert, pki.ca_path)
+    ktls = kernel.probe().ulp_available
+    events = [what for _, what in m.events]
+
+    # No hang: the socket timeout bounds every case, and fires where the peer stalls.
+    if case.stall:
+        assert STALL_TIMEOUT * 0.9 <= m.seconds < STALL_TIMEOUT + 3, m.seconds
+    else:
+        assert m.seconds < IO_TIMEOUT, m.seconds
+    # No leaked descriptor, the socket closed, and the peer saw it closed (not a timeout).
+    assert not m.leaked_fds, f"file descriptors left open: {m.leaked_fds}"
+    assert m.closed
+    assert m.observed is not None and m.observed.end.split()[0] in ("eof", "reset", "closed"), m.observed
+    assert events[-1] == "socket closed"
+
+    # What the application received: only authenticated data after a verified handshake.
+    assert FORGED not in m.delivered
+    path = "kernel" if policy is Policy.AFTER_FINISHED and m.status and m.status.rx else "openssl"
+    if case.phase == "record" and ktls and policy is Policy.AFTER_FINISHED:
+        assert path == "kernel", f"the kernel should carry RX here: {m.status}"
+    expect = expected(case.name, version, path, rekey=bool(kernel.probe().rekey_supported))
+    if expect == TOLERATED:
+        assert m.error is None, f"legitimate input refused: {m.error!r}"
+        assert m.orderly_eof and m.delivered == BEFORE + AFTER
+    else:
+        expect.check(m.error)
+        if case.phase == "handshake":
+            assert m.failed_in == "handshake" and m.delivered == b""
+            assert "handshake complete: peer Finished verified" not in events
+        else:
+            assert m.failed_in == "read" and m.delivered == BEFORE
+        if not isinstance(m.error, TimeoutError):
+            # The failure is final: a later read raises again, it never returns data.
+            assert isinstance(m.second, BaseException), f"read after the failure returned {m.second!r}"
+            if path == "kernel" or case.phase == "handshake":
+                assert type(m.second) is type(m.error) and str(m.second) == str(m.error)
+
+    # Receive keys after a failed handshake, as the kernel reports them.
+    if case.phase == "handshake":
+        assert FORGED not in m.delivered
+        if policy is Policy.AFTER_FINISHED or not ktls:
+            assert m.rx_key is None, f"the kernel holds a receive key after a failed handshake: {m.rx_key}"
+            assert m.rx_installs == 0
+            assert not any("RX installed" in e for e in events)
+            assert FORGED not in m.exposed_plaintext
+            assert all(kind <= 0 for kind, _ in m.fd_records), "the kernel decrypted records"
+        elif version == TLS12 and case.name in CCS_SENT:
+            # OpenSSL's own kTLS: the key went in at ChangeCipherSpec, before the Finished.
+            assert m.rx_key is not None and m.rx_installs == 1
+            installed = events.index("RX installed in the kernel by OpenSSL")
+            ended = next(e for e in events if e.startswith(("handshake failed", "handshake timed out")))
+            assert installed < events.index(ended)
+            if case.name in FORGED_BEHIND_FINISHED:
+                # The kernel decrypted the Finished (record 0) and hands the forged data behind it
+                # to anyone who reads the fd, although the handshake failed.
+                assert m.rx_key.seq == 1
+                assert "peer Finished received (not yet verified); kernel RX key: installed, 1 record(s) " \
+                       "already decrypted by the kernel" in events
+                assert FORGED in m.exposed_plaintext
+        else:
+            assert m.rx_key is None and m.rx_installs == 0
+    elif ktls and policy is Policy.AFTER_FINISHED:
+        assert m.rx_installs == 1 and m.rx_key is not None
+        verified = events.index("handshake complete: peer Finished verified")
+        assert verified < events.index(next(e for e in events if e.startswith("RX installed")))
+
+    # The outcome is the one docs/SECURITY.md documents for this kernel.
+    outcome = outcome_of(m)
+    record_outcome(key(case.name, our_role, version, policy), outcome)
+    if os.environ.get("KTLS_SECURITY_UPDATE") == "1":
+        return
+    label = kernel_label()
+    documented = committed.get(label, {}).get(key(case.name, our_role, version, policy))
+    assert documented == outcome, (
+        f"docs/security-outcomes.json ({label}) says {documented}, this run produced {outcome}: "
+        "if the change is intended, run 'make security-doc' and commit docs/")
+
+
+def _warning_alerts(count):
+    def script(peer, control):
+        peer.complete()
+        peer.recv_app(READY)
+        peer.send_app(BEFORE)
+        for _ in range(count):
+            peer.queue_record(ContentType.ALERT, b"\x01\x5a")  # user_canceled, a warning
+        peer.queue_record(ContentType.APPLICATION_DATA, AFTER)
+        peer.queue_record(ContentType.ALERT, b"\x01\x00")
+        peer.flush()
+    return Case(f"{count}_warning_alerts", f"{count} warning alerts", "record", script)
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("count", [4, 5])
+@pytest.mark.parametrize("version", [TLS12, TLS13], ids=["tls12", "tls13"])
+def test_warning_alert_limit_is_openssls(server_cert, pki, version, count):
+    """The kernel path tolerates exactly as many warning alerts in a row as OpenSSL does (4: its
+    MAX_WARN_ALERT_COUNT of 5 counts the failing one). It tolerated 5 before the fix."""
+    seen = {}
+    for policy in (Policy.AFTER_FINISHED, Policy.USERSPACE):
+        m = run_case(_warning_alerts(count), "client", version, policy, server_cert, pki.ca_path)
+        if policy is Policy.AFTER_FINISHED and kernel.probe().ulp_available:
+            assert m.status.rx
+        assert not m.leaked_fds
+        seen[policy] = (m.error is None, m.delivered, getattr(m.error, "reason", None))
+    assert seen[Policy.AFTER_FINISHED] == seen[Policy.USERSPACE]
+    if count == 4:
+        assert seen[Policy.USERSPACE] == (True, BEFORE + AFTER, None)
+    else:
+        assert seen[Policy.USERSPACE] == (False, BEFORE, "TOO_MANY_WARN_ALERTS")
