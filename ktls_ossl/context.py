@@ -357,9 +357,9 @@ class SSLContext(ssl.SSLContext):
         lib.X509_VERIFY_PARAM_set_flags(params, lib.X509_V_FLAG_TRUSTED_FIRST)
         lib.X509_VERIFY_PARAM_set_hostflags(params, self._hostflags)
         lib.SSL_CTX_set_post_handshake_auth(self._ssl_ctx, 0)
-        # The handshake layer reads secrets and counts records through these, on every context.
+        # The handshake layer reads secrets through this, on every context (it counts records
+        # with a per-connection message callback of its own).
         lib.SSL_CTX_set_keylog_callback(self._ssl_ctx, lib.ktls_keylog_cb)
-        lib.SSL_CTX_set_msg_callback(self._ssl_ctx, lib.ktls_msg_cb)
 
     # --- ktls_ossl's own settings ---------------------------------------------------------------
 

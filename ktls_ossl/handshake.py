@@ -47,7 +47,6 @@ _KEY_UPDATE = 24
 _CHANGE_CIPHER_SPEC = lib.SSL3_RT_CHANGE_CIPHER_SPEC
 _HANDSHAKE = lib.SSL3_RT_HANDSHAKE
 _ALERT = lib.SSL3_RT_ALERT
-_RECORD_HEADER = lib.SSL3_RT_HEADER
 
 
 @dataclass(frozen=True)
@@ -178,11 +177,12 @@ class Handshake:
         self._handle = ffi.new_handle(self)
         lib.SSL_set_app_data(self.ssl, self._handle)
         self._secrets: dict[str, bytes] = {}
-        # Records seen per direction after the last Finished: the kernel's first sequence number
-        # counts from there. (OpenSSL 3 reports a received ChangeCipherSpec to no callback, so
-        # the Finished, which is always the first record under TLS 1.2's new keys, is the marker.)
-        self._since_finished = [0, 0]
-        self.records = [0, 0]
+        # Records per direction, in total and after the last Finished (the kernel's first sequence
+        # number counts from there), counted by a C message callback (cffi_build/callbacks.py).
+        # OpenSSL 3 reports a received ChangeCipherSpec to no callback, so the Finished, always
+        # the first record under TLS 1.2's new keys, is the marker for both versions.
+        self._counts = ffi.new("struct ktls_record_counts *")
+        lib.ktls_count_records(self.ssl, self._counts)
         self.finished_received = False
         self.events: list[tuple[str, str]] = []
         self._label = f"{'server' if server_side else 'client'} fd={fd}"
@@ -252,17 +252,25 @@ class Handshake:
         if len(parts) == 3:
             self._secrets[parts[0].decode("ascii")] = bytes.fromhex(parts[2].decode("ascii"))
 
+    @property
+    def records(self) -> tuple[int, int]:
+        """Records OpenSSL has read and written, indexed by Direction."""
+        return self._counts.records[0], self._counts.records[1]
+
+    def _records_after_finished(self, direction: Direction) -> int:
+        return self._counts.since_finished[int(direction)]
+
+    def stop_counting(self) -> None:
+        """No more per-record callbacks once the handshake is over (they cost a call per record
+        where OpenSSL keeps the record layer)."""
+        lib.ktls_stop_counting(self.ssl)
+
     def _on_message(self, write_p: int, content_type: int, buf, length: int) -> None:
         direction = Direction.TX if write_p else Direction.RX
-        if content_type == _RECORD_HEADER:
-            self.records[direction] += 1
-            self._since_finished[direction] += 1
-        elif content_type == _CHANGE_CIPHER_SPEC:
+        if content_type == _CHANGE_CIPHER_SPEC:
             self._event("change_cipher_spec " + ("sent" if write_p else "received"))
         elif content_type == _HANDSHAKE and length > 0:
             if ffi.cast("unsigned char *", buf)[0] == _FINISHED:
-                # The Finished record was counted by its header callback, which comes first.
-                self._since_finished[direction] = 0
                 if direction is Direction.RX:
                     self.finished_received = True
                 self._event("finished " + ("sent" if write_p else "received"))
@@ -271,7 +279,7 @@ class Handshake:
         elif content_type == _ALERT and length >= 2:
             data = ffi.cast("unsigned char *", buf)
             self._event(f"alert {'sent' if write_p else 'received'} level={data[0]} description={data[1]}")
-        if self.observers and content_type != _RECORD_HEADER:
+        if self.observers:
             data = bytes(ffi.buffer(buf, length)) if length > 0 else b""
             for observer in list(self.observers):
                 try:
@@ -469,8 +477,8 @@ class Handshake:
             rx_secret = self._secrets[f"{theirs}_TRAFFIC_SECRET_0"]
         except KeyError:
             raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets") from None
-        tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self._since_finished[Direction.TX])
-        rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self._since_finished[Direction.RX])
+        tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self._records_after_finished(Direction.TX))
+        rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self._records_after_finished(Direction.RX))
         self._forget_handshake_secrets()
         return Handoff(TLS_1_3_VERSION, cipher, suite, hash_name, tx, rx, tx_secret, rx_secret)
 
@@ -487,8 +495,8 @@ class Handshake:
             bytes(master), bytes(client_random), bytes(server_random), cipher, hash_name,
             server_side=self.server_side,
             # The Finished itself is record 0 of the new TLS 1.2 epoch.
-            tx_seq=self._since_finished[Direction.TX] + 1,
-            rx_seq=self._since_finished[Direction.RX] + 1,
+            tx_seq=self._records_after_finished(Direction.TX) + 1,
+            rx_seq=self._records_after_finished(Direction.RX) + 1,
         )
         self._forget_handshake_secrets()
         return Handoff(TLS_1_2_VERSION, cipher, suite, hash_name, tx, rx)

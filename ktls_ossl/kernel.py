@@ -5,7 +5,6 @@ kTLS socket can produce is turned into a specific exception with advice in one p
 """
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import functools
@@ -67,21 +66,20 @@ def _fileno(sock) -> int:
     return sock if isinstance(sock, int) else sock.fileno()
 
 
-def _socket_view(sock):
-    """A socket object for ``sock``; a bare fd is wrapped around a dup so the caller keeps it."""
-    if isinstance(sock, socket.socket):
-        return contextlib.nullcontext(sock)
-    return socket.socket(fileno=os.dup(sock))
-
-
-def _setsockopt(sock, level: int, optname: int, value) -> None:
-    with _socket_view(sock) as view:
-        socket.socket.setsockopt(view, level, optname, value)
+def _setsockopt(sock, level: int, optname: int, value: bytes) -> None:
+    """setsockopt on the fd itself (no socket object, no dup); raises OSError."""
+    if lib.setsockopt(_fileno(sock), level, optname, value, len(value)) != 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
 
 
 def _getsockopt(sock, level: int, optname: int, size: int) -> bytes:
-    with _socket_view(sock) as view:
-        return socket.socket.getsockopt(view, level, optname, size)
+    buffer = ffi.new("unsigned char[]", size)
+    length = ffi.new("socklen_t *", size)
+    if lib.getsockopt(_fileno(sock), level, optname, buffer, length) != 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
+    return bytes(ffi.buffer(buffer, length[0]))
 
 
 # --- Attaching and installing keys ---------------------------------------------------------------

@@ -8,6 +8,7 @@ timeout bounds each call, non-blocking calls raise SSLWantReadError/SSLWantWrite
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import select
@@ -87,9 +88,11 @@ class Connection:
                                     owner=owner, session=session)
         self.events = self._handshake.events
         self._lock = threading.RLock()
-        # Every record the kernel sends for us goes out under this lock, so that no data record
-        # can slip between a KeyUpdate message and the TX key change that must follow it.
-        self._tx_lock = threading.RLock()
+        # Where the TX key can change (TLS 1.3 on a kernel that rekeys), every record the kernel
+        # sends for us goes out under this lock, so that no data record can slip between a
+        # KeyUpdate message and the key change that must follow it. Elsewhere it is a no-op:
+        # an uncontended lock still costs a clock read per send.
+        self._tx_lock = contextlib.nullcontext()
         self._done = False
         self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
         self._tx_kernel = self._rx_kernel = False
@@ -136,11 +139,14 @@ class Connection:
         if content_type != ContentType.HANDSHAKE or not data:
             return
         if data[0] == records.HandshakeType.finished and not write_p and not self._done:
-            try:
-                held = kernel.read_crypto_info(self._fd, Direction.RX)
-                rx = f"installed, {held.seq} record(s) already decrypted by the kernel"
-            except KernelTLSError:
-                rx = "none"
+            if self.policy is Policy.USERSPACE:
+                rx = "none (policy USERSPACE)"
+            else:
+                try:
+                    held = kernel.read_crypto_info(self._fd, Direction.RX)
+                    rx = f"installed, {held.seq} record(s) already decrypted by the kernel"
+                except KernelTLSError:
+                    rx = "none"
             self._event(f"peer Finished received (not yet verified); kernel RX key: {rx}")
         elif (data[0] == records.HandshakeType.key_update and self.policy is Policy.AFTER_CCS
               and self._openssl_offload[0] and self._openssl_tx_stale is None
@@ -218,6 +224,8 @@ class Connection:
                     self._event("handshake timed out")
                 raise
             self._event("handshake complete: peer Finished verified")
+            if self.policy is not Policy.AFTER_CCS:  # AFTER_CCS watches OpenSSL's KeyUpdates
+                self._handshake.stop_counting()
             self._after_handshake()
             self._done = True
 
@@ -289,7 +297,8 @@ class Connection:
             self._tx_secret, self._rx_secret = handoff.tx_secret, handoff.rx_secret
             self._control = ControlState(handoff.version, self.server_side,
                                          post_handshake_auth=bool(self._context.post_handshake_auth))
-            self._scratch = bytearray(MAX_RECORD)
+            if handoff.version == keys.TLS_1_3_VERSION and report.rekey_supported:
+                self._tx_lock = threading.RLock()
             cipher_label = f"{handoff.cipher.display_name} ({handoff.suite})"
         except (HandoffUnavailable, KernelTLSError) as exc:
             if self._rx_kernel:
@@ -372,7 +381,12 @@ class Connection:
         while True:
             if self._peer_closed:
                 return 0
-            target = view[:nbytes] if direct else self._scratch
+            if direct:
+                target = view[:nbytes]
+            else:
+                if self._scratch is None:  # only connections that do short reads pay for it
+                    self._scratch = bytearray(MAX_RECORD)
+                target = self._scratch
             try:
                 record = kernel.recv_record_into(self._fd, target)
             except BlockingIOError:
@@ -405,7 +419,7 @@ class Connection:
             if content_type == 0:
                 if record.length == 0:
                     self._event("TCP EOF without close_notify")
-                    raise errors.eof_error()
+                    raise errors.unexpected_eof_error()
                 raise KernelTLSError(0, "the kernel returned data without a record type", "NO_RECORD_TYPE")
             self._handle_control(content_type, bytes(target[: record.length]))
 
@@ -665,7 +679,7 @@ class Connection:
                 self._wait(WANT_READ, deadline, "read")
                 continue
             if record.content_type == 0 and record.length == 0:
-                raise errors.eof_error()
+                raise errors.unexpected_eof_error()
             if record.content_type == ContentType.APPLICATION_DATA:
                 continue  # data in flight while closing is discarded, as OpenSSL does
             self._handle_control(record.content_type, bytes(scratch[: record.length]))

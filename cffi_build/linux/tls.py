@@ -33,6 +33,8 @@ static const int TLS_RX_EXPECT_NO_PAD;
 static const int TLS_SET_RECORD_TYPE;
 static const int TLS_GET_RECORD_TYPE;
 
+typedef int... socklen_t;
+
 static const int TLS_1_2_VERSION;
 static const int TLS_1_3_VERSION;
 
@@ -92,6 +94,10 @@ struct tls12_crypto_info_chacha20_poly1305 {
 """
 
 FUNCTIONS = """
+/* Plain libc: the kernel layer sets and reads kTLS options on a bare fd, no socket object needed. */
+int setsockopt(int, int, int, const void *, socklen_t);
+int getsockopt(int, int, int, void *, socklen_t *);
+
 ssize_t ktls_recv_record(int, void *, size_t, int, unsigned char *, int *);
 ssize_t ktls_send_record(int, const void *, size_t, unsigned char, int);
 """
