@@ -38,15 +38,21 @@ def error_names(code: int) -> tuple[str | None, str | None]:
     return _LIB_NAMES.get(lib_code), _REASON_NAMES.get((lib_code, reason_code))
 
 
-def alert_reason(description: int) -> tuple[str, str]:
+def alert_reason(description: int) -> tuple[str | None, str]:
     """(reason name, text) for a TLS alert as OpenSSL reports a received one,
-    e.g. (42) -> ("SSLV3_ALERT_BAD_CERTIFICATE", "sslv3 alert bad certificate")."""
+    e.g. (42) -> ("SSLV3_ALERT_BAD_CERTIFICATE", "sslv3 alert bad certificate").
+
+    The text is OpenSSL's own string for reason 1000 + description (what CPython prints, e.g.
+    "tlsv13 alert certificate required"); the name is None where CPython's table has none (as
+    CPython reports it, e.g. no_application_protocol)."""
     name = _REASON_NAMES.get((lib.ERR_LIB_SSL, SSL_R_ALERT_BASE + description))
-    text = _text(lib.SSL_alert_desc_string_long(description))
-    if name is None:
-        name = f"TLSV1_ALERT_{description}"
-    prefix = "sslv3 alert" if name.startswith("SSLV3") else "tlsv1 alert"
-    return name, f"{prefix} {(text or str(description)).lower()}"
+    # ERR_PACK(ERR_LIB_SSL, 0, reason): library in bits 23..30, reason below.
+    text = _text(lib.ERR_reason_error_string((lib.ERR_LIB_SSL << 23) | (SSL_R_ALERT_BASE + description)))
+    if text is None:
+        long_name = _text(lib.SSL_alert_desc_string_long(description))
+        prefix = "sslv3 alert" if name and name.startswith("SSLV3") else "tlsv1 alert"
+        text = f"{prefix} {(long_name or str(description)).lower()}"
+    return name, text
 
 
 def _make(exc_type, code: int, message: str, library, reason, **attributes):
@@ -102,6 +108,13 @@ def ssl_error_from_code(code: int, *, verify_result: int | None = None, hostname
 
 def eof_error() -> ssl.SSLEOFError:
     return _make(ssl.SSLEOFError, ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol", None, None)
+
+
+def unexpected_eof_error() -> ssl.SSLEOFError:
+    """TCP EOF without close_notify, as OpenSSL 3 reports it (SSL_R_UNEXPECTED_EOF_WHILE_READING)
+    and CPython words it: what a user-space connection raises for the same event."""
+    return _make(ssl.SSLEOFError, ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol", "SSL",
+                 _REASON_NAMES.get((lib.ERR_LIB_SSL, SSL_R_UNEXPECTED_EOF_WHILE_READING), "UNEXPECTED_EOF_WHILE_READING"))
 
 
 def zero_return_error() -> ssl.SSLZeroReturnError:

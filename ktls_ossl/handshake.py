@@ -166,6 +166,7 @@ class Handshake:
     def __init__(self, context, fd: int, *, server_side: bool, server_hostname: str | None,
                  policy: Policy, owner=None, session=None):
         self.context = context
+        self._session_context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.policy = policy
@@ -660,10 +661,30 @@ class Handshake:
     # --- sessions ------------------------------------------------------------------------------
 
     def get_session(self) -> Session | None:
-        pointer = lib.SSL_get1_session(self.ssl)
-        if pointer == ffi.NULL:
+        """A copy of the current session. A copy, as CPython makes one: OpenSSL marks the session
+        object itself unresumable when a connection is freed without a close_notify sent, and a
+        session handed to the application must not change under it when that happens."""
+        current = lib.SSL_get_session(self.ssl)
+        if current == ffi.NULL:
             return None
-        return Session(pointer, self.context)
+        length = lib.i2d_SSL_SESSION(current, ffi.NULL)
+        if length <= 0:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+        encoded = ffi.new("unsigned char[]", length)
+        lib.i2d_SSL_SESSION(current, ffi.new("unsigned char **", encoded))
+        copy = lib.d2i_SSL_SESSION(ffi.NULL, ffi.new("const unsigned char **", encoded), length)
+        if copy == ffi.NULL:
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+        return Session(copy, self.context)
+
+    def release(self) -> None:
+        """Free the SSL object now (the socket was closed), as CPython does, instead of whenever
+        the garbage collector gets to it: what OpenSSL does at SSL_free (e.g. dropping the server
+        session of a connection that was not shut down) must not depend on GC timing."""
+        if self.ssl is not None:
+            lib.SSL_set_app_data(self.ssl, ffi.NULL)
+            ffi.release(self.ssl)
+            self.ssl = None
 
     def set_session(self, session) -> None:
         if not isinstance(session, Session):
@@ -676,6 +697,20 @@ class Handshake:
             raise ValueError("Cannot set session after handshake.")
         if lib.SSL_set_session(self.ssl, session._pointer) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
+
+    def note_close_notify(self, *, sent: bool = False, received: bool = False) -> None:
+        """The kernel carried a close_notify: tell OpenSSL, which keeps a server-side session
+        cached at SSL_free only for a connection it knows was shut down properly."""
+        flags = (lib.SSL_SENT_SHUTDOWN if sent else 0) | (lib.SSL_RECEIVED_SHUTDOWN if received else 0)
+        lib.SSL_set_shutdown(self.ssl, lib.SSL_get_shutdown(self.ssl) | flags)
+
+    def forget_session(self) -> None:
+        """A connection that ended badly must not be resumed (RFC 5246 7.2.2; what OpenSSL does
+        itself when it sees the failure): drop its session from the cache it was added to, the
+        context the connection started with (an SNI switch does not move the cache)."""
+        session = lib.SSL_get_session(self.ssl)
+        if session != ffi.NULL:
+            lib.SSL_CTX_remove_session(self._session_context._ssl_ctx, session)
 
     @property
     def session_reused(self) -> bool:

@@ -5,6 +5,15 @@
 without passing through Python. ``--echo`` turns it into a TLS echo server. ``python -m ktls_ossl
 fetch`` downloads a URL with ktls_ossl and prints its size, SHA-256 and where the record layer ran.
 Useful on its own, and the peer that the interop tests and the demonstration run against.
+
+Diagnostics for exercising each socket I/O path against real clients:
+- ``GET /file?via=sendfile|sendall|send|makefile`` picks how the body is written (default sendfile).
+- ``POST`` or ``PUT`` (any path) reads a ``Content-Length`` body with ``?via=makefile|recv|recv_into``
+  (default makefile) and answers ``{"bytes": N, "sha256": HEX, "ktls": STATUS}`` as JSON.
+- The echo server reads with ``read_path`` (recv_into, recv, makefile) and writes with
+  ``write_path`` (sendall, send, makefile).
+Both servers keep a record per connection or request (``records``) and the exception of every
+connection that failed (``errors``), so a test or an operator can see what each side saw.
 """
 from __future__ import annotations
 
@@ -13,10 +22,12 @@ import hashlib
 import http.client
 import http.server
 import ipaddress
+import json
 import os
 import posixpath
 import socketserver
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -59,11 +70,43 @@ def make_self_signed(directory: str, hostname: str = "localhost") -> tuple[str, 
     return cert_path, key_path
 
 
+SEND_PATHS = ("sendfile", "sendall", "send", "makefile")
+RECV_PATHS = ("makefile", "recv", "recv_into")
+_CHUNK = 1 << 20
+
+
+def _query_choice(path: str, allowed: tuple[str, ...]) -> str | None:
+    """The ``via`` query parameter if it is one of ``allowed`` (first entry by default), else None."""
+    values = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("via")
+    if not values:
+        return allowed[0]
+    return values[0] if values[0] in allowed else None
+
+
+def send_all_via(sock, data, via: str) -> None:
+    """Write all of ``data`` with one of the socket's write paths (for diagnostics and tests)."""
+    view = memoryview(data)
+    if via == "sendall":
+        sock.sendall(view)
+    elif via == "send":
+        while view:
+            view = view[sock.send(view):]
+    elif via == "makefile":
+        with sock.makefile("wb") as writer:
+            writer.write(view)
+            writer.flush()
+    else:
+        raise ValueError(f"unknown write path {via!r}")
+
+
 class FileHandler(http.server.BaseHTTPRequestHandler):
-    """GET/HEAD of files under the server's root; bodies are sent with sendfile."""
+    """GET/HEAD of files under the server's root (bodies sent with sendfile); POST/PUT bodies are
+    read and answered with their size and SHA-256."""
 
     protocol_version = "HTTP/1.1"
     server_version = "ktls_ossl"
+    # Unbuffered: after the headers the socket is exactly at the body, so any read path can take it.
+    rbufsize = 0
 
     def _path(self) -> str | None:
         path = posixpath.normpath(urllib.parse.unquote(urllib.parse.urlsplit(self.path).path))
@@ -71,13 +114,27 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         full = os.path.join(self.server.root, *parts)
         return full if os.path.isfile(full) else None
 
+    def _ktls(self) -> str | None:
+        ktls = getattr(self.connection, "ktls", None)
+        return str(ktls) if ktls is not None else None
+
     def do_HEAD(self):
         self._respond(send_body=False)
 
     def do_GET(self):
         self._respond(send_body=True)
 
+    def do_POST(self):
+        self._receive()
+
+    def do_PUT(self):
+        self._receive()
+
     def _respond(self, send_body: bool):
+        via = _query_choice(self.path, SEND_PATHS)
+        if via is None:
+            self.send_error(400, f"via must be one of {', '.join(SEND_PATHS)}")
+            return
         path = self._path()
         if path is None:
             self.send_error(404, "not found")
@@ -86,13 +143,62 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
-        ktls = getattr(self.connection, "ktls", None)
+        ktls = self._ktls()
         if ktls is not None:
-            self.send_header("X-KTLS", str(ktls))
+            self.send_header("X-KTLS", ktls)
         self.end_headers()
         if send_body:
             with open(path, "rb") as body:
-                self.connection.sendfile(body)
+                if via == "sendfile":
+                    self.connection.sendfile(body)
+                else:
+                    while chunk := body.read(_CHUNK):
+                        send_all_via(self.connection, chunk, via)
+        self.server.add_record({"method": self.command, "path": self.path, "via": via,
+                                "bytes": size if send_body else 0, "ktls": ktls,
+                                "status": getattr(self.connection, "ktls", None)})
+
+    def _receive(self):
+        via = _query_choice(self.path, RECV_PATHS)
+        if via is None:
+            self.send_error(400, f"via must be one of {', '.join(RECV_PATHS)}")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.send_error(411, "a Content-Length body is required")
+            return
+        digest = hashlib.sha256()
+        remaining = length
+        buffer = bytearray(min(max(length, 1), _CHUNK))
+        view = memoryview(buffer)
+        while remaining:
+            want = min(remaining, len(buffer))
+            if via == "recv":
+                chunk = self.connection.recv(want)
+                count = len(chunk)
+                digest.update(chunk)
+            else:
+                reader = self.rfile if via == "makefile" else self.connection
+                count = (reader.readinto(view[:want]) if via == "makefile"
+                         else reader.recv_into(view[:want], want))
+                digest.update(view[:count])
+            if not count:
+                self.close_connection = True
+                return  # the client went away mid-body
+            remaining -= count
+        ktls = self._ktls()
+        answer = json.dumps({"bytes": length, "sha256": digest.hexdigest(), "ktls": ktls}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+        self.server.add_record({"method": self.command, "path": self.path, "via": via, "bytes": length,
+                                "sha256": digest.hexdigest(), "ktls": ktls,
+                                "status": getattr(self.connection, "ktls", None)})
 
     def log_message(self, format, *args):
         if self.server.verbose:
@@ -100,13 +206,48 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
 
 
 class _TLSServerMixin:
-    """Handshakes in the connection's own thread, so one slow client cannot stall accept()."""
+    """Handshakes in the connection's own thread, so one slow client cannot stall accept().
+
+    ``records`` collects what the handlers report (one dict per connection or request) and
+    ``errors`` the exception of every connection that failed, the latest ``max_records`` of each
+    (a long-running server does not grow); ``wait_records`` waits for them."""
+
+    max_records = 1000
+
+    def _init_records(self) -> None:
+        self.records: list[dict] = []
+        self.errors: list[tuple[object, BaseException]] = []
+        self._records_changed = threading.Condition()
+
+    def add_record(self, record: dict) -> None:
+        with self._records_changed:
+            self.records.append(record)
+            del self.records[:-self.max_records]
+            self._records_changed.notify_all()
+
+    def wait_records(self, count: int, timeout: float = 30.0) -> list[dict]:
+        """At least ``count`` records (raises TimeoutError otherwise); a copy of the list."""
+        with self._records_changed:
+            if not self._records_changed.wait_for(lambda: len(self.records) >= count, timeout):
+                raise TimeoutError(f"{len(self.records)} of {count} connection records after {timeout} s "
+                                   f"(errors: {self.errors!r})")
+            return list(self.records)
+
+    # False: a client that closes TCP without close_notify is reported (SSLEOFError in ``errors``
+    # and in the echo record) instead of looking like an orderly end.
+    suppress_ragged_eofs = True
 
     def get_request(self):
         sock, address = self.socket.accept()
-        return self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+        return self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False,
+                                            suppress_ragged_eofs=self.suppress_ragged_eofs), address
 
     def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        with self._records_changed:
+            self.errors.append((client_address, error))
+            del self.errors[:-self.max_records]
+            self._records_changed.notify_all()
         if self.verbose:
             super().handle_error(request, client_address)
 
@@ -118,32 +259,71 @@ class HTTPSFileServer(_TLSServerMixin, http.server.ThreadingHTTPServer):
         self.tls_context = context
         self.root = os.path.abspath(root)
         self.verbose = verbose
+        self._init_records()
         super().__init__(address, FileHandler)
 
 
 class EchoHandler(socketserver.BaseRequestHandler):
+    """Echoes what the client sends until it closes; reports bytes, SHA-256, kTLS status and how
+    the connection ended as one record (also when it failed, with the exception)."""
+
     def handle(self):
         sock = self.request
-        sock.do_handshake()
-        buffer = bytearray(1 << 16)
-        while True:
-            count = sock.recv_into(buffer)
-            if not count:
-                break
-            sock.sendall(memoryview(buffer)[:count])
+        server = self.server
+        record = {"peer": self.client_address, "bytes": 0, "ktls": None, "version": None,
+                  "cipher": None, "end": None, "error": None}
+        digest = hashlib.sha256()
         try:
-            sock.unwrap()
-        except (OSError, ValueError):
-            pass
+            sock.do_handshake()
+            record.update(ktls=getattr(sock, "ktls", None), version=sock.version(), cipher=sock.cipher(),
+                          reused=sock.session_reused, alpn=sock.selected_alpn_protocol(),
+                          peer_cert=sock.getpeercert())
+            reader = sock.makefile("rb") if server.read_path == "makefile" else None
+            buffer = bytearray(1 << 16)
+            view = memoryview(buffer)
+            while True:
+                if server.read_path == "recv":
+                    data = sock.recv(len(buffer))
+                    count = len(data)
+                    view[:count] = data
+                elif reader is not None:
+                    count = reader.readinto1(buffer)  # what is there, at most one read underneath
+                else:
+                    count = sock.recv_into(buffer)
+                if not count:
+                    record["end"] = "eof"
+                    break
+                digest.update(view[:count])
+                record["bytes"] += count
+                send_all_via(sock, view[:count], server.write_path)
+            try:
+                sock.unwrap()
+                record["end"] = "close_notify exchanged"
+            except (OSError, ValueError) as exc:
+                record["end"] = f"eof (unwrap: {type(exc).__name__})"
+        except BaseException as exc:
+            record["error"] = exc
+            raise
+        finally:
+            record["sha256"] = digest.hexdigest()
+            record["events"] = list(getattr(sock, "ktls_events", []))
+            server.add_record(record)
 
 
 class TLSEchoServer(_TLSServerMixin, socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, context, verbose=False):
+    def __init__(self, address, context, verbose=False, read_path="recv_into", write_path="sendall"):
+        if read_path not in RECV_PATHS:
+            raise ValueError(f"read_path must be one of {RECV_PATHS}")
+        if write_path not in SEND_PATHS[1:]:
+            raise ValueError(f"write_path must be one of {SEND_PATHS[1:]}")
         self.tls_context = context
         self.verbose = verbose
+        self.read_path = read_path
+        self.write_path = write_path
+        self._init_records()
         super().__init__(address, EchoHandler)
 
 
@@ -236,4 +416,4 @@ def run_in_thread(server) -> threading.Thread:
 
 
 __all__ = ["HTTPSFileServer", "TLSEchoServer", "fetch", "make_self_signed", "server_context",
-           "serve_forever", "run_in_thread"]
+           "serve_forever", "run_in_thread", "send_all_via", "SEND_PATHS", "RECV_PATHS"]

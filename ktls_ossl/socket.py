@@ -395,13 +395,9 @@ class Connection:
                 self._wait(WANT_READ, deadline, "read")
                 continue
             except KernelTLSError as exc:
-                self._failure = exc
-                self._event(f"kernel refused a record: {exc.reason}")
-                raise
+                raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
             except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
-                self._failure = exc
-                self._event(f"connection lost: {exc}")
-                raise
+                raise self._terminate(exc, f"connection lost: {exc}") from None
             content_type = record.content_type
             if content_type == ContentType.APPLICATION_DATA:
                 if record.length == 0:
@@ -418,8 +414,7 @@ class Connection:
                 return count
             if content_type == 0:
                 if record.length == 0:
-                    self._event("TCP EOF without close_notify")
-                    raise errors.unexpected_eof_error()
+                    raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
                 raise KernelTLSError(0, "the kernel returned data without a record type", "NO_RECORD_TYPE")
             self._handle_control(content_type, bytes(target[: record.length]))
 
@@ -437,13 +432,13 @@ class Connection:
         action = decision.action
         if action is Action.CLOSE:
             self._peer_closed = True
+            self._handshake.note_close_notify(received=True)
             self._event("close_notify received")
         elif action is Action.IGNORE:
             self._event(decision.message or "ignored")
         elif action is Action.PEER_ALERT:
-            self._failure = errors.peer_alert_error(decision.alert.description)
-            self._event(f"fatal alert received: {decision.alert.description_name}")
-            raise self._failure
+            raise self._terminate(errors.peer_alert_error(decision.alert.description),
+                                  f"fatal alert received: {decision.alert.description_name}")
         elif action is Action.FAIL:
             self._fail(decision)
         elif action is Action.REFUSE_RENEGOTIATION:
@@ -475,8 +470,7 @@ class Connection:
                     self._kernel_send_blocking(content_type, payload)
                 except OSError:
                     break
-            self._failure = exc
-            self._event(f"OpenSSL rejected a post-handshake message: {exc}")
+            self._terminate(exc, f"OpenSSL rejected a post-handshake message: {exc}")
             raise
         self._send_openssl_answer(answer)
 
@@ -490,9 +484,16 @@ class Connection:
                 self._send_alert(decision.alert)
             except OSError:
                 pass  # the connection is failing anyway; the error below is what matters
-        self._failure = errors.local_protocol_error(decision.reason, decision.message)
-        self._event(f"connection failed: {decision.reason}: {decision.message}")
-        raise self._failure
+        raise self._terminate(errors.local_protocol_error(decision.reason, decision.message),
+                              f"connection failed: {decision.reason}: {decision.message}")
+
+    def _terminate(self, exc: BaseException, event: str) -> BaseException:
+        """The connection is over because of ``exc``: every later call raises it again, and
+        its session may not be resumed. Returns ``exc`` for the caller to raise."""
+        self._failure = exc
+        self._event(event)
+        self._handshake.forget_session()
+        return exc
 
     def _send_alert(self, alert: Alert) -> None:
         if self._tx_kernel:
@@ -507,8 +508,7 @@ class Connection:
                    f"{kernel.probe().kernel_release} cannot install the next receive key "
                    "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
                 "KEY_UPDATE_UNSUPPORTED")
-            self._failure = error
-            self._event("KeyUpdate received; this kernel cannot rekey")
+            self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
             try:
                 self._send_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
             except OSError:
@@ -669,6 +669,7 @@ class Connection:
             else:
                 self._handshake.shutdown_step()
             self._sent_close = True
+            self._handshake.note_close_notify(sent=True)
             self._event("close_notify sent")
         deadline = self._deadline()
         while not self._peer_closed:
@@ -679,7 +680,7 @@ class Connection:
                 self._wait(WANT_READ, deadline, "read")
                 continue
             if record.content_type == 0 and record.length == 0:
-                raise errors.unexpected_eof_error()
+                raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
             if record.content_type == ContentType.APPLICATION_DATA:
                 continue  # data in flight while closing is discarded, as OpenSSL does
             self._handle_control(record.content_type, bytes(scratch[: record.length]))
@@ -708,6 +709,11 @@ class Connection:
                     return
                 continue
             self._wait(-result, deadline, "read" if -result == WANT_READ else "write")
+
+    def release(self) -> None:
+        """The socket is closed: OpenSSL's state goes now, not at the next garbage collection."""
+        with self._lock:
+            self._handshake.release()
 
     # --- information (what _ssl._SSLSocket offers) --------------------------------------------------
 
@@ -819,6 +825,7 @@ class KTLSSocket(ssl.SSLSocket):
             connection._event("socket closed")
             self._ktls_trail = connection.events  # only the trail outlives the connection
             self._ktls_unwrapped = None
+            connection.release()
         super()._real_close()
 
     def recv_record(self, bufsize: int = MAX_RECORD):

@@ -70,7 +70,12 @@ def test_numbers_are_positive(quick_run):
         for row in rows_of(document, workload):
             where = f"{workload} {row['contender']} {row['variant_label']}"
             primary = row["metrics"][PRIMARY[workload]]
-            assert primary["median"] > 0, where
+            if (workload, row["contender"]) == ("memory", "tcp"):
+                # A plain socket costs the process next to no memory: a few dozen idle ones
+                # (--quick) may not move RSS by a single page.
+                assert primary["median"] >= 0, where
+            else:
+                assert primary["median"] > 0, where
             assert primary["min"] <= primary["median"] <= primary["max"], where
             for key, metric in row["metrics"].items():
                 if key == "kernel_slab_kib":

@@ -203,6 +203,7 @@ long SSL_CTX_sess_cb_hits(SSL_CTX *);
 SSL_SESSION *SSL_get_session(const SSL *);
 SSL_SESSION *SSL_get1_session(SSL *);
 int SSL_set_session(SSL *, SSL_SESSION *);
+int SSL_CTX_remove_session(SSL_CTX *, SSL_SESSION *);
 int SSL_session_reused(const SSL *);
 void SSL_SESSION_free(SSL_SESSION *);
 int SSL_SESSION_up_ref(SSL_SESSION *);
