@@ -5,7 +5,6 @@ the VM kernels (where every direction must be in the kernel and /proc/net/tls_st
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import http.server
@@ -30,6 +29,7 @@ from .tlshelpers import (
     in_thread,
     recv_exactly,
     server_context,
+    strip_location,
     tls_pair,
 )
 
@@ -37,9 +37,6 @@ SIZES = [1, 16383, 16384, 16385, 1 << 20]
 VERSION_NAMES = {TLS_1_2_VERSION: "TLSv1.2", TLS_1_3_VERSION: "TLSv1.3"}
 
 
-def strip_location(message: str) -> str:
-    """CPython ends messages with (_ssl.c:NNNN), ours with (ktls_ossl); the rest must be equal."""
-    return message.rsplit(" (", 1)[0]
 
 
 @pytest.fixture

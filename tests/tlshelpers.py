@@ -1,7 +1,7 @@
 """Helpers for tests that run real TLS connections over loopback."""
 from __future__ import annotations
 
-import socket
+import re
 import ssl
 import threading
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ COMBINATION_IDS = [f"{'tls12' if v == TLS_1_2_VERSION else 'tls13'}-{c.name.lowe
 
 def pin(ctx, version: int, cipher: KernelCipher):
     """Restrict a context (ours or CPython's) to one version and kernel cipher."""
-    ctx.minimum_version = ctx.maximum_version = VERSION_RANGE[version]
+    versioned(ctx, version)
     suite = SUITES[(version, cipher)]
     if version == TLS_1_2_VERSION:
         ctx.set_ciphers(suite)
@@ -117,6 +117,26 @@ def expect_ktls(sock) -> None:
     else:
         assert not status.tx and not status.rx
         assert "modprobe tls" in status.rx_reason and "modprobe tls" in status.tx_reason
+
+
+def versioned(ctx, version: int):
+    """Pin a context (ours or CPython's) to one TLS version."""
+    ctx.minimum_version = ctx.maximum_version = VERSION_RANGE[version]
+    return ctx
+
+
+def strip_location(message: str) -> str:
+    """CPython ends SSL messages with (_ssl.c:NNNN), ktls_ossl with (ktls_ossl); the rest must match."""
+    return re.sub(r" \((_ssl\.c:\d+|ktls_ossl)\)$", "", message)
+
+
+def same_error(mine: BaseException, theirs: BaseException) -> None:
+    """ktls_ossl raised what CPython's ssl raised for the same input: type, code, names, message."""
+    assert type(mine) is type(theirs), f"{type(mine).__name__}: {mine} != {type(theirs).__name__}: {theirs}"
+    for attribute in ("library", "reason", "verify_code", "verify_message"):
+        assert getattr(mine, attribute, None) == getattr(theirs, attribute, None), attribute
+    assert mine.args[0] == theirs.args[0]
+    assert strip_location(str(mine)) == strip_location(str(theirs))
 
 
 def recv_exactly(sock, size: int) -> bytes:

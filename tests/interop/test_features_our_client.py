@@ -7,7 +7,6 @@ renegotiation the kernel cannot carry out), the test asserts each behaviour exac
 """
 from __future__ import annotations
 
-import re
 import ssl
 import time
 
@@ -18,6 +17,7 @@ from ktls_ossl import Policy
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import KTLS, REKEY, expect_our_ktls
+from ..tlshelpers import recv_exactly, same_error, versioned
 from .coverage import ROLE_OUR_CLIENT
 from .exchange import TIMEOUT, Endpoint, assert_same, client_context, connect
 from .peers import (
@@ -44,24 +44,10 @@ def version_args(version) -> list[str]:
     return ["-tls1_2"] if version == TLS_1_2_VERSION else ["-tls1_3"]
 
 
-def versioned(ctx, version):
-    label = ssl.TLSVersion.TLSv1_2 if version == TLS_1_2_VERSION else ssl.TLSVersion.TLSv1_3
-    ctx.minimum_version = ctx.maximum_version = label
-    return ctx
 
 
-def strip_location(text: str) -> str:
-    """CPython ends SSL messages with (_ssl.c:NNNN), ktls_ossl with (ktls_ossl)."""
-    return re.sub(r" \((_ssl\.c:\d+|ktls_ossl)\)$", "", text)
 
 
-def same_error(mine: BaseException, theirs: BaseException) -> None:
-    """ktls_ossl raised what CPython's ssl raised against the same peer."""
-    assert type(mine) is type(theirs), f"{type(mine).__name__}: {mine} != {type(theirs).__name__}: {theirs}"
-    for attribute in ("library", "reason", "verify_code", "verify_message"):
-        assert getattr(mine, attribute, None) == getattr(theirs, attribute, None), attribute
-    assert mine.args[0] == theirs.args[0]
-    assert strip_location(str(mine)) == strip_location(str(theirs))
 
 
 def recv_until_closed(sock) -> tuple[bytes, BaseException | None]:
@@ -76,15 +62,6 @@ def recv_until_closed(sock) -> tuple[bytes, BaseException | None]:
         return b"".join(data), exc
 
 
-def recv_exactly(sock, size: int) -> bytes:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = sock.recv(remaining)
-        if not chunk:
-            raise AssertionError(f"EOF with {remaining} of {size} bytes missing")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 # --- s_server's other modes ------------------------------------------------------------------------
@@ -576,3 +553,32 @@ def test_rsa_certificate_with_s_server(launch, interop_pki, cell, counters, tmp_
     finally:
         end.close()
 
+
+
+def test_post_handshake_auth_from_s_server(launch, interop_pki, feature):
+    """s_server's 'c' asks for a client certificate after the handshake (TLS 1.3). Under kTLS the
+    CertificateRequest reaches OpenSSL through the kernel and its answer leaves through it."""
+    cell = feature("TLS 1.3 post-handshake client authentication ('c')", peer="openssl s_server",
+                   role=ROLE_OUR_CLIENT)
+    server = launch.s_server(interop_pki.server, mode="commands",
+                             extra=["-tls1_3", "-verify", "1", "-CAfile", interop_pki.ca])
+    ctx = versioned(client_context(interop_pki.ca), TLS_1_3_VERSION)
+    ctx.post_handshake_auth = True
+    ctx.load_cert_chain(interop_pki.client.chain_path, interop_pki.client.key_path)
+    sock = connect(server.port, ctx)
+    try:
+        expect_our_ktls(sock)
+        sock.sendall(b"before authentication\n")
+        server.wait_output("before authentication")
+        server.command("c")
+        server.write(b"after the request\n")
+        assert recv_exactly(sock, 18) == b"after the request\n"  # our certificate went out here
+        log = server.wait_stderr("CN = interop client")
+        assert "verify error" not in log, log
+        sock.sendall(b"authenticated\n")
+        server.wait_output("authenticated")
+        if sock.ktls.rx:
+            assert any("CertificateRequest answered by OpenSSL" in what for _, what in sock.ktls_events)
+            cell.note("the CertificateRequest went to OpenSSL through the kernel; its answer back out")
+    finally:
+        sock.close()

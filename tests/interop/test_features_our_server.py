@@ -20,6 +20,7 @@ import ktls_ossl
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import KTLS, REKEY, expect_our_ktls, port_of, read_log
+from ..tlshelpers import same_error, versioned
 from .coverage import ROLE_OUR_SERVER
 from .exchange import TIMEOUT, server_context, sha
 from .peers import (
@@ -40,21 +41,10 @@ VERSION_NAME = {TLS_1_2_VERSION: "TLSv1.2", TLS_1_3_VERSION: "TLSv1.3"}
 LABEL = {TLS_1_2_VERSION: "TLS 1.2", TLS_1_3_VERSION: "TLS 1.3"}
 
 
-def versioned(ctx, version):
-    label = ssl.TLSVersion.TLSv1_2 if version == TLS_1_2_VERSION else ssl.TLSVersion.TLSv1_3
-    ctx.minimum_version = ctx.maximum_version = label
-    return ctx
 
 
-def strip_location(text: str) -> str:
-    return re.sub(r" \((_ssl\.c:\d+|ktls_ossl)\)$", "", text)
 
 
-def same_error(mine: BaseException, theirs: BaseException) -> None:
-    assert type(mine) is type(theirs), f"{type(mine).__name__}: {mine} != {type(theirs).__name__}: {theirs}"
-    for attribute in ("library", "reason"):
-        assert getattr(mine, attribute, None) == getattr(theirs, attribute, None), attribute
-    assert strip_location(str(mine)) == strip_location(str(theirs))
 
 
 def cpython_server_context(cert, version=None):
@@ -542,3 +532,58 @@ def test_session_of_a_cut_connection_is_not_resumed_like_cpython(launch, our_ser
         reused[ours] = server.wait_records(2, TIMEOUT)[1]["reused"]
     assert reused[False] is False, "CPython's server resumed a cut session: the premise changed"
     assert reused[True] is False, "ktls_ossl resumed the session of a connection that ended without close_notify"
+
+
+def test_post_handshake_auth_of_s_client(launch, interop_pki, feature):
+    """Our server asks s_client -enable_pha for its certificate after the handshake (TLS 1.3);
+    the client's answer is checked by OpenSSL before any data behind it is delivered."""
+    import socket
+    import threading
+
+    from .peers import LOOPBACK
+
+    feature("TLS 1.3 post-handshake client authentication (verify_client_post_handshake)",
+            peer="openssl s_client -enable_pha", role=ROLE_OUR_SERVER)
+    ctx = versioned(server_context(interop_pki.server), TLS_1_3_VERSION)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.post_handshake_auth = True
+    ctx.load_verify_locations(interop_pki.ca)
+    listener = socket.create_server((LOOPBACK, 0))
+    listener.settimeout(TIMEOUT)
+    result = {}
+
+    def serve():
+        try:
+            raw, _ = listener.accept()
+            raw.settimeout(TIMEOUT)
+            with ctx.wrap_socket(raw, server_side=True) as sock:
+                result["ktls"] = sock.ktls
+                result["before"] = sock.getpeercert()
+                sock.verify_client_post_handshake()
+                sock.sendall(b"who are you?\n")
+                result["data"] = sock.recv(100)  # arrives behind the client's certificate
+                result["cert"] = sock.getpeercert()
+                result["events"] = sock.ktls_events
+                sock.sendall(b"welcome\n")
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = launch.s_client(listener.getsockname()[1], interop_pki.ca, extra=[
+        "-tls1_3", "-enable_pha", "-cert", interop_pki.client.chain_path, "-key", interop_pki.client.key_path])
+    try:
+        assert client.take_output(13) == b"who are you?\n"
+        client.write(b"a client\n")
+        assert client.take_output(8) == b"welcome\n"
+        thread.join(TIMEOUT)
+        assert "error" not in result, result.get("error")
+        assert result["before"] is None
+        assert result["data"] == b"a client\n"
+        subject = dict(item[0] for item in result["cert"]["subject"])
+        assert subject["commonName"] == "interop client"
+        if KTLS:
+            assert result["ktls"].tx and result["ktls"].rx
+            assert any("client authenticated after the handshake" in what for _, what in result["events"])
+    finally:
+        listener.close()
