@@ -14,29 +14,34 @@ from .conftest import loopback_pair
 
 VERSION_RANGE = {TLS_1_2_VERSION: ssl.TLSVersion.TLSv1_2, TLS_1_3_VERSION: ssl.TLSVersion.TLSv1_3}
 
-# (TLS 1.2 cipher string for ECDSA certificates, TLS 1.3 suite) per kernel cipher.
-SUITES = {
-    (TLS_1_2_VERSION, KernelCipher.AES_GCM_128): "ECDHE-ECDSA-AES128-GCM-SHA256",
-    (TLS_1_2_VERSION, KernelCipher.AES_GCM_256): "ECDHE-ECDSA-AES256-GCM-SHA384",
-    (TLS_1_2_VERSION, KernelCipher.CHACHA20_POLY1305): "ECDHE-ECDSA-CHACHA20-POLY1305",
-    (TLS_1_2_VERSION, KernelCipher.AES_CCM_128): "ECDHE-ECDSA-AES128-CCM",
-    (TLS_1_3_VERSION, KernelCipher.AES_GCM_128): "TLS_AES_128_GCM_SHA256",
-    (TLS_1_3_VERSION, KernelCipher.AES_GCM_256): "TLS_AES_256_GCM_SHA384",
-    (TLS_1_3_VERSION, KernelCipher.CHACHA20_POLY1305): "TLS_CHACHA20_POLY1305_SHA256",
-    (TLS_1_3_VERSION, KernelCipher.AES_CCM_128): "TLS_AES_128_CCM_SHA256",
+# OpenSSL names of one suite per kernel cipher: TLS 1.2 per certificate key type (no ECDHE-RSA CCM
+# suite exists: RFC 7251 defines CCM with ECDSA only), TLS 1.3 for any key.
+TLS12_SUITES = {
+    ("ecdsa", KernelCipher.AES_GCM_128): "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ("ecdsa", KernelCipher.AES_GCM_256): "ECDHE-ECDSA-AES256-GCM-SHA384",
+    ("ecdsa", KernelCipher.CHACHA20_POLY1305): "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ("ecdsa", KernelCipher.AES_CCM_128): "ECDHE-ECDSA-AES128-CCM",
+    ("rsa", KernelCipher.AES_GCM_128): "ECDHE-RSA-AES128-GCM-SHA256",
+    ("rsa", KernelCipher.AES_GCM_256): "ECDHE-RSA-AES256-GCM-SHA384",
+    ("rsa", KernelCipher.CHACHA20_POLY1305): "ECDHE-RSA-CHACHA20-POLY1305",
 }
-COMBINATIONS = list(SUITES)
+TLS13_SUITES = {
+    KernelCipher.AES_GCM_128: "TLS_AES_128_GCM_SHA256",
+    KernelCipher.AES_GCM_256: "TLS_AES_256_GCM_SHA384",
+    KernelCipher.CHACHA20_POLY1305: "TLS_CHACHA20_POLY1305_SHA256",
+    KernelCipher.AES_CCM_128: "TLS_AES_128_CCM_SHA256",
+}
+COMBINATIONS = [(version, cipher) for version in (TLS_1_2_VERSION, TLS_1_3_VERSION) for cipher in TLS13_SUITES]
 COMBINATION_IDS = [f"{'tls12' if v == TLS_1_2_VERSION else 'tls13'}-{c.name.lower()}" for v, c in COMBINATIONS]
 
 
-def pin(ctx, version: int, cipher: KernelCipher):
+def pin(ctx, version: int, cipher: KernelCipher, key_type: str = "ecdsa"):
     """Restrict a context (ours or CPython's) to one version and kernel cipher."""
     versioned(ctx, version)
-    suite = SUITES[(version, cipher)]
     if version == TLS_1_2_VERSION:
-        ctx.set_ciphers(suite)
+        ctx.set_ciphers(TLS12_SUITES[(key_type, cipher)])
     elif isinstance(ctx, ktls_ossl.SSLContext):
-        ctx.set_ciphersuites(suite)
+        ctx.set_ciphersuites(TLS13_SUITES[cipher])
     elif cipher is KernelCipher.AES_CCM_128:
         raise ValueError("CPython's ssl cannot enable TLS 1.3 CCM suites")
     return ctx

@@ -8,7 +8,8 @@ import ssl
 
 import ktls_ossl
 
-from .peers import LOOPBACK, OPENSSL_TLS12, OPENSSL_TLS13, SLOWNESS
+from ..tlshelpers import pin
+from .peers import LOOPBACK, SLOWNESS
 
 SIZES = (0, 1, 16383, 16384, 16385, 1 << 20)
 BIG = 64 << 20  # once per peer and role
@@ -36,19 +37,6 @@ def assert_same(what: str, got: bytes, expected: bytes) -> None:
     first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
     raise AssertionError(f"{what}: {len(got)} bytes received, {len(expected)} sent; sha256 {sha(got)[:16]} "
                          f"!= {sha(expected)[:16]}; first difference at offset {first}")
-
-
-def pin(ctx, version: int, cipher, key_type: str = "ecdsa"):
-    """Restrict one of our contexts to a protocol version and one suite."""
-    from ktls_ossl.keys import TLS_1_2_VERSION
-
-    label = ssl.TLSVersion.TLSv1_2 if version == TLS_1_2_VERSION else ssl.TLSVersion.TLSv1_3
-    ctx.minimum_version = ctx.maximum_version = label
-    if version == TLS_1_2_VERSION:
-        ctx.set_ciphers(OPENSSL_TLS12[(key_type, cipher)])
-    else:
-        ctx.set_ciphersuites(OPENSSL_TLS13[cipher])
-    return ctx
 
 
 def client_context(ca: str, version=None, cipher=None, *, key_type: str = "ecdsa", ours: bool = True, **settings):

@@ -21,6 +21,8 @@ import time
 
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
+from ..tlshelpers import TLS12_SUITES, TLS13_SUITES
+
 LOOPBACK = "127.0.0.1"
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a peer's process group
 UML = bool(os.environ.get("KTLS_VM_KERNEL"))
@@ -42,21 +44,6 @@ CELL_IDS = [f"{'tls12' if v == TLS_1_2_VERSION else 'tls13'}-{CIPHER_LABEL[c].lo
 
 # OpenSSL names. TLS 1.2 suites per certificate key type; RFC 7251 defines AES-CCM only with
 # ECDHE_ECDSA, so an RSA certificate has no ECDHE CCM suite.
-OPENSSL_TLS12 = {
-    ("ecdsa", KernelCipher.AES_GCM_128): "ECDHE-ECDSA-AES128-GCM-SHA256",
-    ("ecdsa", KernelCipher.AES_GCM_256): "ECDHE-ECDSA-AES256-GCM-SHA384",
-    ("ecdsa", KernelCipher.CHACHA20_POLY1305): "ECDHE-ECDSA-CHACHA20-POLY1305",
-    ("ecdsa", KernelCipher.AES_CCM_128): "ECDHE-ECDSA-AES128-CCM",
-    ("rsa", KernelCipher.AES_GCM_128): "ECDHE-RSA-AES128-GCM-SHA256",
-    ("rsa", KernelCipher.AES_GCM_256): "ECDHE-RSA-AES256-GCM-SHA384",
-    ("rsa", KernelCipher.CHACHA20_POLY1305): "ECDHE-RSA-CHACHA20-POLY1305",
-}
-OPENSSL_TLS13 = {
-    KernelCipher.AES_GCM_128: "TLS_AES_128_GCM_SHA256",
-    KernelCipher.AES_GCM_256: "TLS_AES_256_GCM_SHA384",
-    KernelCipher.CHACHA20_POLY1305: "TLS_CHACHA20_POLY1305_SHA256",
-    KernelCipher.AES_CCM_128: "TLS_AES_128_CCM_SHA256",
-}
 GNUTLS_CIPHER = {
     KernelCipher.AES_GCM_128: "AES-128-GCM",
     KernelCipher.AES_GCM_256: "AES-256-GCM",
@@ -88,8 +75,8 @@ def openssl_ktls_note(version: int, cipher: KernelCipher) -> str:
 def openssl_cipher_args(version: int, cipher: KernelCipher, key_type: str = "ecdsa") -> list[str]:
     """s_server/s_client arguments pinning one protocol version and one suite."""
     if version == TLS_1_2_VERSION:
-        return ["-tls1_2", "-cipher", OPENSSL_TLS12[(key_type, cipher)]]
-    return ["-tls1_3", "-ciphersuites", OPENSSL_TLS13[cipher]]
+        return ["-tls1_2", "-cipher", TLS12_SUITES[(key_type, cipher)]]
+    return ["-tls1_3", "-ciphersuites", TLS13_SUITES[cipher]]
 
 
 def gnutls_priority(version: int, cipher: KernelCipher) -> str:
@@ -100,8 +87,8 @@ def gnutls_priority(version: int, cipher: KernelCipher) -> str:
 
 def curl_cipher_args(version: int, cipher: KernelCipher, key_type: str = "ecdsa") -> list[str]:
     if version == TLS_1_2_VERSION:
-        return ["--tlsv1.2", "--tls-max", "1.2", "--ciphers", OPENSSL_TLS12[(key_type, cipher)]]
-    return ["--tlsv1.3", "--tls-max", "1.3", "--tls13-ciphers", OPENSSL_TLS13[cipher]]
+        return ["--tlsv1.2", "--tls-max", "1.2", "--ciphers", TLS12_SUITES[(key_type, cipher)]]
+    return ["--tlsv1.3", "--tls-max", "1.3", "--tls13-ciphers", TLS13_SUITES[cipher]]
 
 
 def wget_cipher_args(version: int, cipher: KernelCipher) -> list[str]:

@@ -17,14 +17,12 @@ from ktls_ossl import Policy
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import KTLS, REKEY, expect_our_ktls
-from ..tlshelpers import recv_exactly, same_error, versioned
+from ..tlshelpers import TLS12_SUITES, TLS13_SUITES, recv_exactly, same_error, versioned
 from .coverage import ROLE_OUR_CLIENT
 from .exchange import TIMEOUT, Endpoint, assert_same, client_context, connect
 from .peers import (
     CELL_IDS,
     CELLS,
-    OPENSSL_TLS12,
-    OPENSSL_TLS13,
     gnutls_priority,
     openssl_cipher_args,
     payload,
@@ -542,7 +540,7 @@ def test_rsa_certificate_with_s_server(launch, interop_pki, cell, counters, tmp_
                    str(tmp_path))
     try:
         expect_our_ktls(end.sock)
-        expected = OPENSSL_TLS12[("rsa", cipher)] if version == TLS_1_2_VERSION else OPENSSL_TLS13[cipher]
+        expected = TLS12_SUITES[("rsa", cipher)] if version == TLS_1_2_VERSION else TLS13_SUITES[cipher]
         assert end.sock.cipher()[0] == expected
         data = payload(16385, 5)
         end.send(data, "sendall")

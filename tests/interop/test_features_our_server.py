@@ -20,15 +20,13 @@ import ktls_ossl
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import KTLS, REKEY, expect_our_ktls, port_of, read_log
-from ..tlshelpers import same_error, versioned
+from ..tlshelpers import TLS12_SUITES, TLS13_SUITES, same_error, versioned
 from .coverage import ROLE_OUR_SERVER
 from .exchange import TIMEOUT, server_context, sha
 from .peers import (
     CELL_IDS,
     CELLS,
     LOOPBACK,
-    OPENSSL_TLS12,
-    OPENSSL_TLS13,
     openssl_cipher_args,
     payload,
 )
@@ -472,7 +470,7 @@ def test_rsa_certificate_with_s_client(launch, our_servers, interop_pki, cell, c
     stats.expect_installs(1, 1, "our server (RSA certificate)")
     client.stop()
     record = server.wait_records(1, TIMEOUT)[0]
-    expected = OPENSSL_TLS12[("rsa", cipher)] if version == TLS_1_2_VERSION else OPENSSL_TLS13[cipher]
+    expected = TLS12_SUITES[("rsa", cipher)] if version == TLS_1_2_VERSION else TLS13_SUITES[cipher]
     assert record["error"] is None and record["cipher"][0] == expected, record
     assert record["sha256"] == sha(data)
     expect_our_ktls(record["ktls"])

@@ -19,11 +19,10 @@ from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 from .conftest import KTLS, expect_our_ktls
 from .coverage import ROLE_OUR_CLIENT
 from .exchange import BIG, SIZES, Endpoint, assert_same, client_context, connect, rotation
+from ..tlshelpers import TLS12_SUITES, TLS13_SUITES
 from .peers import (
     CELL_IDS,
     CELLS,
-    OPENSSL_TLS12,
-    OPENSSL_TLS13,
     gnutls_priority,
     openssl_cipher_args,
     openssl_ktls_note,
@@ -39,7 +38,7 @@ VERSION_NAME = {TLS_1_2_VERSION: "TLSv1.2", TLS_1_3_VERSION: "TLSv1.3"}
 
 
 def suite_name(version, cipher, key_type="ecdsa") -> str:
-    return OPENSSL_TLS12[(key_type, cipher)] if version == TLS_1_2_VERSION else OPENSSL_TLS13[cipher]
+    return TLS12_SUITES[(key_type, cipher)] if version == TLS_1_2_VERSION else TLS13_SUITES[cipher]
 
 
 def check_negotiated(sock, version, cipher) -> None:

@@ -30,12 +30,11 @@ from .exchange import (
     server_context,
     sha,
 )
+from ..tlshelpers import TLS12_SUITES, TLS13_SUITES
 from .peers import (
     CELL_IDS,
     CELLS,
     GNUTLS_CIPHER,
-    OPENSSL_TLS12,
-    OPENSSL_TLS13,
     curl_cipher_args,
     gnutls_priority,
     openssl_cipher_args,
@@ -58,7 +57,7 @@ HTTP_RECV_PATHS = ("makefile", "recv", "recv_into")
 
 
 def suite_name(version, cipher) -> str:
-    return OPENSSL_TLS12[("ecdsa", cipher)] if version == TLS_1_2_VERSION else OPENSSL_TLS13[cipher]
+    return TLS12_SUITES[("ecdsa", cipher)] if version == TLS_1_2_VERSION else TLS13_SUITES[cipher]
 
 
 def server_paths(index: int) -> tuple[str, str]:
