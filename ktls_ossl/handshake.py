@@ -1,10 +1,11 @@
 """One OpenSSL SSL object per connection: the handshake, secret capture, record accounting, handoff.
 
 OpenSSL runs and verifies the handshake over a socket BIO with read-ahead off, so it reads exactly
-the handshake records. Two callbacks watch it: the keylog callback captures the secrets (TLS 1.3
-traffic secrets; TLS 1.2 master secrets also come from the session), and the message callback
-counts records per direction since the last key change, so the kernel gets the exact next
-sequence numbers instead of assumed ones. After SSL_do_handshake succeeds, ``handoff()`` turns
+the handshake records. Two callbacks, written in C (cffi_build/callbacks.py), watch it: the keylog
+callback captures the TLS 1.3 traffic secrets (TLS 1.2 master secrets come from the session), and
+the message callback counts records per direction since the last key change, so the kernel gets
+the exact next sequence numbers instead of assumed ones; it passes the messages the audit trail
+records (ChangeCipherSpec, alerts, Finished, KeyUpdate) on to Python. After SSL_do_handshake succeeds, ``handoff()`` turns
 this into the kernel's TrafficKeys; the SSL object then stays for everything OpenSSL still owns
 (certificates, session, post-handshake messages).
 """
@@ -116,6 +117,20 @@ class Session:
         return f"<ktls_ossl Session id={self.id.hex()[:16]}... has_ticket={self.has_ticket}>"
 
 
+_IP_CHARACTERS = frozenset("0123456789abcdefABCDEF.:%")
+
+
+def _is_ip_address(hostname: str) -> bool:
+    # Host names nearly always contain a letter beyond a-f, which rules an address out cheaply.
+    if not _IP_CHARACTERS.issuperset(hostname):
+        return False
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        return False
+
+
 def _owner(ssl_pointer):
     data = lib.SSL_get_app_data(ssl_pointer)
     if data == ffi.NULL:
@@ -132,15 +147,13 @@ def _context_of(ssl_pointer):
 
 @ffi.def_extern()
 def ktls_keylog_cb(ssl_pointer, line):
-    text = ffi.string(line)
-    handshake = _owner(ssl_pointer)
-    if handshake is not None:
-        handshake._on_keylog(text)
+    """Only while the context has a keylog_filename (the secrets are captured in C)."""
     context = _context_of(ssl_pointer)
     if context is not None:
         try:
-            context._write_keylog_line(text)
+            context._write_keylog_line(ffi.string(line))
         except OSError as exc:  # raised from the handshake call, as CPython does
+            handshake = _owner(ssl_pointer)
             if handshake is not None and handshake.callback_error is None:
                 handshake.callback_error = exc
 
@@ -150,6 +163,10 @@ def ktls_msg_cb(write_p, version, content_type, buf, length, ssl_pointer, arg):
     handshake = _owner(ssl_pointer)
     if handshake is not None:
         handshake._on_message(write_p, content_type, buf, length)
+
+
+if lib.ktls_state_index_init() < 0:
+    raise ImportError("OpenSSL refused an SSL ex_data index for ktls_ossl's handshake state")
 
 
 @ffi.def_extern()
@@ -177,18 +194,21 @@ class Handshake:
         self.ssl = ffi.gc(pointer, lib.SSL_free)
         self._handle = ffi.new_handle(self)
         lib.SSL_set_app_data(self.ssl, self._handle)
-        self._secrets: dict[str, bytes] = {}
         # Records per direction, in total and after the last Finished (the kernel's first sequence
-        # number counts from there), counted by a C message callback (cffi_build/callbacks.py).
-        # OpenSSL 3 reports a received ChangeCipherSpec to no callback, so the Finished, always
-        # the first record under TLS 1.2's new keys, is the marker for both versions.
-        self._counts = ffi.new("struct ktls_record_counts *")
-        lib.ktls_count_records(self.ssl, self._counts)
+        # number counts from there), and the TLS 1.3 traffic secrets, kept by C callbacks
+        # (cffi_build/callbacks.py). OpenSSL 3 reports a received ChangeCipherSpec to no
+        # callback, so the Finished, always the first record under TLS 1.2's new keys, is the
+        # marker for both versions.
+        self._state = ffi.new("struct ktls_handshake_state *")
+        if not lib.ktls_attach_state(self.ssl, self._state):
+            raise errors.ssl_error_from_code(errors.pop_error_code())
         self.finished_received = False
         self.events: list[tuple[str, str]] = []
         self._label = f"{'server' if server_side else 'client'} fd={fd}"
         # Called as observer(write_p, content_type, data) from inside OpenSSL's message callback,
-        # after the record accounting: the moment to sample what the kernel holds.
+        # after the record accounting: the moment to sample what the kernel holds. They see the
+        # audited messages (ChangeCipherSpec, alerts, Finished, KeyUpdate); every handshake
+        # message after watch_every_message().
         self.observers: list = []
         self.callback_error: BaseException | None = None
 
@@ -218,11 +238,7 @@ class Handshake:
             raise ValueError("server_hostname cannot start with a dot")
         if "\x00" in hostname:
             raise ValueError("server_hostname cannot contain NUL")
-        try:
-            ipaddress.ip_address(hostname)
-            is_ip = True
-        except ValueError:
-            is_ip = False
+        is_ip = _is_ip_address(hostname)
         encoded = hostname.encode("ascii")
         if not is_ip and lib.SSL_set_tlsext_host_name(self.ssl, encoded) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
@@ -248,18 +264,27 @@ class Handshake:
 
     # --- callbacks ----------------------------------------------------------------------------
 
-    def _on_keylog(self, line: bytes) -> None:
-        parts = line.split()
-        if len(parts) == 3:
-            self._secrets[parts[0].decode("ascii")] = bytes.fromhex(parts[2].decode("ascii"))
+    def watch_every_message(self) -> None:
+        """Pass every handshake-layer message to _on_message and the observers, not only the
+        audited ones (costs a Python call per message)."""
+        self._state.forward_all_messages = 1
 
     @property
     def records(self) -> tuple[int, int]:
         """Records OpenSSL has read and written, indexed by Direction."""
-        return self._counts.records[0], self._counts.records[1]
+        return self._state.records[0], self._state.records[1]
 
     def _records_after_finished(self, direction: Direction) -> int:
-        return self._counts.since_finished[int(direction)]
+        return self._state.since_finished[int(direction)]
+
+    def _traffic_secret(self, client: bool) -> bytes | None:
+        """CLIENT_/SERVER_TRAFFIC_SECRET_0 as OpenSSL logged it (TLS 1.3), None if it did not."""
+        state = self._state
+        if client:
+            length, secret = state.client_traffic_secret_len, state.client_traffic_secret
+        else:
+            length, secret = state.server_traffic_secret_len, state.server_traffic_secret
+        return bytes(ffi.buffer(secret, length)) if length else None
 
     def stop_counting(self) -> None:
         """No more per-record callbacks once the handshake is over (they cost a call per record
@@ -325,7 +350,8 @@ class Handshake:
         """One entry of the connection's audit trail: kept in order (sock.ktls_events) and logged
         to the "ktls_ossl" logger."""
         self.events.append((source, what))
-        log.info("%s %s: %s", self._label, source, what)
+        if log.isEnabledFor(logging.INFO):  # a call less per event when logging is off
+            log.info("%s %s: %s", self._label, source, what)
 
     @property
     def owner(self):
@@ -472,12 +498,10 @@ class Handshake:
         return self._tls12_handoff(cipher, suite, hash_name)
 
     def _tls13_handoff(self, cipher, suite, hash_name) -> Handoff:
-        ours, theirs = ("SERVER", "CLIENT") if self.server_side else ("CLIENT", "SERVER")
-        try:
-            tx_secret = self._secrets[f"{ours}_TRAFFIC_SECRET_0"]
-            rx_secret = self._secrets[f"{theirs}_TRAFFIC_SECRET_0"]
-        except KeyError:
-            raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets") from None
+        tx_secret = self._traffic_secret(client=not self.server_side)
+        rx_secret = self._traffic_secret(client=self.server_side)
+        if tx_secret is None or rx_secret is None:
+            raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets")
         tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self._records_after_finished(Direction.TX))
         rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self._records_after_finished(Direction.RX))
         self._forget_handshake_secrets()
@@ -503,7 +527,10 @@ class Handshake:
         return Handoff(TLS_1_2_VERSION, cipher, suite, hash_name, tx, rx)
 
     def _forget_handshake_secrets(self) -> None:
-        self._secrets.clear()
+        state = self._state
+        for secret in (state.client_traffic_secret, state.server_traffic_secret):
+            ffi.memmove(secret, bytes(len(secret)), len(secret))
+        state.client_traffic_secret_len = state.server_traffic_secret_len = 0
 
     def detach_from_socket(self, handoff: Handoff, *, tx: bool) -> None:
         """The kernel took over: OpenSSL must never touch the fd again (for TX only when the kernel
@@ -683,6 +710,7 @@ class Handshake:
         session of a connection that was not shut down) must not depend on GC timing."""
         if self.ssl is not None:
             lib.SSL_set_app_data(self.ssl, ffi.NULL)
+            self._forget_handshake_secrets()
             ffi.release(self.ssl)
             self.ssl = None
 

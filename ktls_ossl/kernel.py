@@ -186,6 +186,22 @@ def read_crypto_info(sock, direction: Direction) -> TrafficKeys:
     )
 
 
+def records_processed(sock, direction: Direction) -> int | None:
+    """The kernel's record sequence number for a direction, None when it holds no key there
+    (also when the tls ULP is not attached). Sampled inside every handshake by the audit trail,
+    so a missing key costs one failed getsockopt and no exception."""
+    fd = _fileno(sock)
+    size = ffi.sizeof("struct tls_crypto_info")
+    header = ffi.new("struct tls_crypto_info *")
+    length = ffi.new("socklen_t *", size)
+    if lib.getsockopt(fd, SOL_TLS, direction.optname, header, length) != 0:
+        return None
+    try:
+        return read_crypto_info(fd, direction).seq
+    except (KernelTLSError, ValueError):
+        return None
+
+
 def set_rx_expect_no_pad(sock, enabled: bool = True) -> None:
     """TLS 1.3 only: promise the peer sends no record padding, so the kernel decrypts in place."""
     try:

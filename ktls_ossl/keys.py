@@ -140,7 +140,7 @@ class TrafficKeys:
     def __post_init__(self) -> None:
         if self.version not in VERSION_NAMES:
             raise ValueError(f"unsupported TLS version 0x{self.version:04x}")
-        cipher = KernelCipher(self.cipher)
+        cipher = _kernel_cipher(self.cipher)
         object.__setattr__(self, "cipher", cipher)
         for field, size in (("key", cipher.key_size), ("iv", cipher.iv_size), ("salt", cipher.salt_size)):
             value = getattr(self, field)
@@ -170,6 +170,11 @@ class TrafficKeys:
         return TrafficKeys(self.version, self.cipher, self.key, self.iv, self.salt, seq)
 
 
+def _kernel_cipher(value) -> KernelCipher:
+    # The enum's constructor is a slow path for a value that already is one (the usual case).
+    return value if type(value) is KernelCipher else KernelCipher(value)
+
+
 def _hash_algorithm(hash_name: str) -> hashes.HashAlgorithm:
     name = hash_name.lower().replace("-", "")
     if name == "sha256":
@@ -196,7 +201,7 @@ def hkdf_expand_label(secret: bytes, label: str, context: bytes, length: int, ha
 
 def tls13_traffic_keys(secret: bytes, cipher: KernelCipher, hash_name: str, seq: int = 0) -> TrafficKeys:
     """Key and IV for one direction from a TLS 1.3 traffic secret (RFC 8446 section 7.3)."""
-    cipher = KernelCipher(cipher)
+    cipher = _kernel_cipher(cipher)
     key = hkdf_expand_label(secret, "key", b"", cipher.key_size, hash_name)
     write_iv = hkdf_expand_label(secret, "iv", b"", 12, hash_name)
     salt, iv = write_iv[: cipher.salt_size], write_iv[cipher.salt_size:]
@@ -235,7 +240,7 @@ def tls12_key_block(
 ) -> Tls12KeyBlock:
     """Split the AEAD key block: no MAC keys; the write IV is the 4-byte salt for GCM/CCM
     (RFC 5288, RFC 6655) and the full 12 bytes for ChaCha20-Poly1305 (RFC 7905)."""
-    cipher = KernelCipher(cipher)
+    cipher = _kernel_cipher(cipher)
     if len(master_secret) != 48:
         raise ValueError(f"a TLS 1.2 master secret has 48 bytes, got {len(master_secret)}")
     if len(client_random) != 32 or len(server_random) != 32:
@@ -258,7 +263,7 @@ def tls12_traffic_keys(write_key: bytes, write_iv: bytes, cipher: KernelCipher, 
     increments; starting it at the sequence number makes every nonce unique under this key (and is
     what OpenSSL does). On receive the kernel reads the explicit nonce from each record instead.
     """
-    cipher = KernelCipher(cipher)
+    cipher = _kernel_cipher(cipher)
     if cipher is KernelCipher.CHACHA20_POLY1305:
         return TrafficKeys(TLS_1_2_VERSION, cipher, write_key, write_iv, b"", seq)
     return TrafficKeys(TLS_1_2_VERSION, cipher, write_key, struct.pack(">Q", seq), write_iv, seq)
@@ -290,8 +295,7 @@ def record_nonce(keys: TrafficKeys, seq: int, explicit_nonce: bytes | None = Non
     """The AEAD nonce of record ``seq`` under ``keys`` (for tests and the user-space record code)."""
     if keys.version == TLS_1_3_VERSION or keys.cipher is KernelCipher.CHACHA20_POLY1305:
         base = keys.nonce_base
-        padded = seq.to_bytes(len(base), "big")
-        return bytes(a ^ b for a, b in zip(base, padded))
+        return (int.from_bytes(base, "big") ^ seq).to_bytes(len(base), "big")
     if explicit_nonce is None:
         explicit_nonce = struct.pack(">Q", seq)
     return keys.salt + explicit_nonce

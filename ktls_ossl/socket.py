@@ -112,6 +112,9 @@ class Connection:
         self._openssl_tx_stale: BaseException | None = None
         observe = weakref.WeakMethod(self._observe_handshake)
         self._handshake.observers.append(lambda *args: observe() and observe()(*args))
+        if self.policy is Policy.AFTER_CCS:
+            # Where OpenSSL's own kTLS installed keys shows at the first message after it did.
+            self._handshake.watch_every_message()
         self.key_updates = 0
         self._key_update_after = None
         # An upper bound of the records sent under the current TX key (each send() closes at
@@ -142,11 +145,9 @@ class Connection:
             if self.policy is Policy.USERSPACE:
                 rx = "none (policy USERSPACE)"
             else:
-                try:
-                    held = kernel.read_crypto_info(self._fd, Direction.RX)
-                    rx = f"installed, {held.seq} record(s) already decrypted by the kernel"
-                except KernelTLSError:
-                    rx = "none"
+                decrypted = kernel.records_processed(self._fd, Direction.RX)
+                rx = "none" if decrypted is None else \
+                    f"installed, {decrypted} record(s) already decrypted by the kernel"
             self._event(f"peer Finished received (not yet verified); kernel RX key: {rx}")
         elif (data[0] == records.HandshakeType.key_update and self.policy is Policy.AFTER_CCS
               and self._openssl_offload[0] and self._openssl_tx_stale is None

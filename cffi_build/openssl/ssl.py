@@ -274,6 +274,7 @@ ossl_ssize_t SSL_sendfile(SSL *, int, off_t, size_t, int);
 
 /* Secrets and record accounting */
 void SSL_CTX_set_keylog_callback(SSL_CTX *, SSL_CTX_keylog_cb_func);
+SSL_CTX_keylog_cb_func SSL_CTX_get_keylog_callback(const SSL_CTX *);
 void SSL_CTX_set_msg_callback(SSL_CTX *,
     void (*)(int, int, int, const void *, size_t, SSL *, void *));
 void SSL_set_msg_callback(SSL *,
