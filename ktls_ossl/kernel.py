@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import functools
 import os
 import select
 import socket
@@ -491,10 +490,10 @@ def _probe_no_pad() -> bool:
 
 
 _probe_lock = threading.Lock()
+_probe_report: ProbeReport | None = None
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_probe() -> ProbeReport:
+def _run_probe() -> ProbeReport:
     release = os.uname().release
     try:
         client, server = _loopback_pair()
@@ -524,7 +523,11 @@ def _cached_probe() -> ProbeReport:
 
 def probe(refresh: bool = False) -> ProbeReport:
     """What this kernel's TLS can do, found by trying it on loopback (cached per process)."""
+    global _probe_report
+    report = _probe_report
+    if report is not None and not refresh:
+        return report  # every handoff asks: no lock (a clock read each) once the report exists
     with _probe_lock:
-        if refresh:
-            _cached_probe.cache_clear()
-        return _cached_probe()
+        if refresh or _probe_report is None:
+            _probe_report = _run_probe()
+        return _probe_report
