@@ -5,9 +5,9 @@ the handshake records. Two callbacks, written in C (cffi_build/callbacks.py), wa
 callback captures the TLS 1.3 traffic secrets (TLS 1.2 master secrets come from the session), and
 the message callback counts records per direction since the last key change, so the kernel gets
 the exact next sequence numbers instead of assumed ones; it passes the messages the audit trail
-records (ChangeCipherSpec, alerts, Finished, KeyUpdate) on to Python. After SSL_do_handshake succeeds, ``handoff()`` turns
-this into the kernel's TrafficKeys; the SSL object then stays for everything OpenSSL still owns
-(certificates, session, post-handshake messages).
+records (ChangeCipherSpec, alerts, Finished, KeyUpdate) on to Python. After SSL_do_handshake
+succeeds, ``handoff()`` turns this into the kernel's TrafficKeys; the SSL object then stays for
+everything OpenSSL still owns (certificates, session, post-handshake messages).
 """
 from __future__ import annotations
 
@@ -165,6 +165,8 @@ def ktls_msg_cb(write_p, version, content_type, buf, length, ssl_pointer, arg):
         handshake._on_message(write_p, content_type, buf, length)
 
 
+# The ex_data slot through which the C callbacks find a connection's state: allocated once, here,
+# while the import lock keeps other threads out.
 if lib.ktls_state_index_init() < 0:
     raise ImportError("OpenSSL refused an SSL ex_data index for ktls_ossl's handshake state")
 
