@@ -8,7 +8,7 @@ import ssl
 
 import ktls_ossl
 
-from ..tlshelpers import pin
+from ..tlshelpers import pin, recv_exactly
 from .peers import LOOPBACK, SLOWNESS
 
 SIZES = (0, 1, 16383, 16384, 16385, 1 << 20)
@@ -121,14 +121,7 @@ class Endpoint:
                 assert self._reader.read(0) == b""
             return b""
         if path == "recv":
-            chunks, remaining = [], size
-            while remaining:
-                chunk = sock.recv(min(remaining, 1 << 20))
-                if not chunk:
-                    raise AssertionError(f"EOF after {size - remaining} of {size} bytes (recv)")
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            return b"".join(chunks)
+            return recv_exactly(sock, size)
         if path == "recv_into":
             buffer = bytearray(size)
             view = memoryview(buffer)

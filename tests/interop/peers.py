@@ -72,6 +72,14 @@ def openssl_ktls_note(version: int, cipher: KernelCipher) -> str:
     return "peer in userspace (OpenSSL 3.0 does not offload TLS 1.3 CCM)"
 
 
+def no_suite_reason(version: int, cipher: KernelCipher, key_type: str) -> str | None:
+    """Why a matrix cell has no suite for this certificate key type (a test skips it as n/a)."""
+    if version == TLS_1_2_VERSION and (key_type, cipher) not in TLS12_SUITES:
+        return ("n/a: TLS 1.2 defines AES-CCM only with ECDHE_ECDSA (RFC 7251); an RSA certificate has "
+                "no ECDHE CCM suite")
+    return None
+
+
 def openssl_cipher_args(version: int, cipher: KernelCipher, key_type: str = "ecdsa") -> list[str]:
     """s_server/s_client arguments pinning one protocol version and one suite."""
     if version == TLS_1_2_VERSION:

@@ -24,6 +24,7 @@ from .peers import (
     CELL_IDS,
     CELLS,
     gnutls_priority,
+    no_suite_reason,
     openssl_cipher_args,
     payload,
 )
@@ -529,9 +530,8 @@ def test_peer_closes_tcp_without_close_notify(launch, interop_pki, feature, peer
 @pytest.mark.parametrize("version, cipher", CELLS, ids=CELL_IDS)
 def test_rsa_certificate_with_s_server(launch, interop_pki, cell, counters, tmp_path, version, cipher):
     entry = cell(peer="openssl s_server (userspace), RSA-2048", role=ROLE_OUR_CLIENT, version=version, cipher=cipher)
-    if version == TLS_1_2_VERSION and cipher is KernelCipher.AES_CCM_128:
-        pytest.skip("n/a: TLS 1.2 defines AES-CCM only with ECDHE_ECDSA (RFC 7251); an RSA certificate has "
-                    "no ECDHE CCM suite")
+    if reason := no_suite_reason(version, cipher, "rsa"):
+        pytest.skip(reason)
     entry.row_note("RSA-2048 certificate; 16385 bytes each way")
     server = launch.s_server(interop_pki.rsa_server, mode="data",
                              cipher_args=openssl_cipher_args(version, cipher, "rsa"))

@@ -27,6 +27,7 @@ from .peers import (
     CELL_IDS,
     CELLS,
     LOOPBACK,
+    no_suite_reason,
     openssl_cipher_args,
     payload,
 )
@@ -304,6 +305,15 @@ def test_session_resumption_with_gnutls_cli(launch, our_servers, interop_pki, fe
 
 # --- KeyUpdate -----------------------------------------------------------------------------------------
 
+def expect_key_update_refused(server, cell) -> None:
+    """A kernel without TLS 1.3 rekey: our server fails with KTLSRekeyUnsupportedError the moment
+    the client's KeyUpdate arrives."""
+    record = server.wait_records(1, TIMEOUT)[0]
+    assert isinstance(record["error"], ktls_ossl.KTLSRekeyUnsupportedError), repr(record["error"])
+    assert record["error"].reason == "KEY_UPDATE_UNSUPPORTED"
+    cell.note("this kernel: our server fails with KTLSRekeyUnsupportedError when the KeyUpdate arrives")
+
+
 @pytest.mark.parametrize("command", ["^rekey^", "^rekey1^"])
 def test_key_update_from_gnutls_cli(launch, our_servers, interop_pki, counters, feature, command):
     """gnutls-cli ^rekey^ updates its keys and asks for ours, ^rekey1^ only its own. 7.2: the echo
@@ -317,10 +327,7 @@ def test_key_update_from_gnutls_cli(launch, our_servers, interop_pki, counters, 
     client.command(command)
     client.write(b"after\n")
     if KTLS and not REKEY:
-        record = server.wait_records(1, TIMEOUT)[0]
-        assert isinstance(record["error"], ktls_ossl.KTLSRekeyUnsupportedError), repr(record["error"])
-        assert record["error"].reason == "KEY_UPDATE_UNSUPPORTED"
-        cell.note("this kernel: our server fails with KTLSRekeyUnsupportedError when the KeyUpdate arrives")
+        expect_key_update_refused(server, cell)
         return
     assert client.take_output(6) == b"after\n"
     echo_once(client, b"and more\n")
@@ -346,9 +353,7 @@ def test_key_update_from_s_client(launch, our_servers, interop_pki, counters, fe
     client.command(command)
     client.write(b"after\n")
     if KTLS and not REKEY:
-        record = server.wait_records(1, TIMEOUT)[0]
-        assert isinstance(record["error"], ktls_ossl.KTLSRekeyUnsupportedError), repr(record["error"])
-        cell.note("this kernel: our server fails with KTLSRekeyUnsupportedError when the KeyUpdate arrives")
+        expect_key_update_refused(server, cell)
         return
     assert client.take_output_until(b"after\n").endswith(b"after\n")
     if KTLS:
@@ -458,9 +463,8 @@ def test_client_drops_tcp(launch, our_servers, interop_pki, feature, suppress):
 @pytest.mark.parametrize("version, cipher", CELLS, ids=CELL_IDS)
 def test_rsa_certificate_with_s_client(launch, our_servers, interop_pki, cell, counters, version, cipher):
     entry = cell(peer="openssl s_client (userspace), RSA-2048", role=ROLE_OUR_SERVER, version=version, cipher=cipher)
-    if version == TLS_1_2_VERSION and cipher is KernelCipher.AES_CCM_128:
-        pytest.skip("n/a: TLS 1.2 defines AES-CCM only with ECDHE_ECDSA (RFC 7251); an RSA certificate has "
-                    "no ECDHE CCM suite")
+    if reason := no_suite_reason(version, cipher, "rsa"):
+        pytest.skip(reason)
     entry.row_note("RSA-2048 certificate; 16385 bytes echoed")
     server = our_servers.echo(server_context(interop_pki.rsa_server, version, cipher, key_type="rsa"))
     stats = counters()
