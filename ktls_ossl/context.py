@@ -329,7 +329,8 @@ class SSLContext(ssl.SSLContext):
         self._require_ktls = False
         self._control_record_callback = None
         self._key_update_records = None
-        self._install_keylog_callback()
+        with _KEYLOG_LOCK:
+            self._install_keylog_callback()
 
         self._set_verify(ssl.CERT_REQUIRED if self._check_hostname else ssl.CERT_NONE)
         lib.SSL_CTX_set_options(self._ssl_ctx, _DEFAULT_OPTIONS)

@@ -72,12 +72,13 @@ def _setsockopt(sock, level: int, optname: int, value: bytes) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _getsockopt(sock, level: int, optname: int, size: int) -> bytes:
+def _getsockopt(sock, level: int, optname: int, size: int) -> bytes | int:
+    """getsockopt on the fd itself: the option's bytes, or the errno (no exception, since the
+    audit trail's sample of a missing key fails on every handshake)."""
     buffer = ffi.new("unsigned char[]", size)
     length = ffi.new("socklen_t *", size)
     if lib.getsockopt(_fileno(sock), level, optname, buffer, length) != 0:
-        err = ffi.errno
-        raise OSError(err, os.strerror(err))
+        return ffi.errno
     return bytes(ffi.buffer(buffer, length[0]))
 
 
@@ -166,14 +167,40 @@ def read_crypto_info(sock, direction: Direction) -> TrafficKeys:
     The kernel wants either the 4-byte header size (version and cipher only) or the exact size of
     the cipher's struct, so this asks twice.
     """
+    header = _crypto_info_header(sock, direction)
+    if isinstance(header, int):
+        raise _crypto_info_error(header, direction)
+    return _crypto_info_after_header(sock, direction, header)
+
+
+def records_processed(sock, direction: Direction) -> int | None:
+    """The kernel's record sequence number for a direction, None when it holds no key there
+    (also when the tls ULP is not attached). Sampled inside every handshake by the audit trail,
+    so a missing key costs one failed getsockopt and no exception."""
+    header = _crypto_info_header(sock, direction)
+    if isinstance(header, int):
+        return None
     try:
-        header = _getsockopt(sock, SOL_TLS, direction.optname, ffi.sizeof("struct tls_crypto_info"))
-        version, cipher_type = struct.unpack("=HH", header)
-        cipher = KernelCipher(cipher_type)
-        raw = _getsockopt(sock, SOL_TLS, direction.optname, CRYPTO_INFO_SIZES[cipher])
-    except OSError as exc:
-        raise KernelTLSError(exc.errno, f"reading the {direction.value.upper()} crypto info failed "
-                                        "(are keys installed?)", "GETSOCKOPT_FAILED") from None
+        return _crypto_info_after_header(sock, direction, header).seq
+    except (KernelTLSError, ValueError):
+        return None
+
+
+def _crypto_info_header(sock, direction: Direction) -> bytes | int:
+    return _getsockopt(sock, SOL_TLS, direction.optname, ffi.sizeof("struct tls_crypto_info"))
+
+
+def _crypto_info_error(err: int, direction: Direction) -> KernelTLSError:
+    return KernelTLSError(err, f"reading the {direction.value.upper()} crypto info failed "
+                               "(are keys installed?)", "GETSOCKOPT_FAILED")
+
+
+def _crypto_info_after_header(sock, direction: Direction, header: bytes) -> TrafficKeys:
+    version, cipher_type = struct.unpack("=HH", header)
+    cipher = KernelCipher(cipher_type)
+    raw = _getsockopt(sock, SOL_TLS, direction.optname, CRYPTO_INFO_SIZES[cipher])
+    if isinstance(raw, int):
+        raise _crypto_info_error(raw, direction)
     info = ffi.from_buffer(_STRUCTS[cipher] + " *", raw)
     return TrafficKeys(
         version=version,
@@ -183,22 +210,6 @@ def read_crypto_info(sock, direction: Direction) -> TrafficKeys:
         salt=bytes(ffi.buffer(info.salt, cipher.salt_size)),
         seq=int.from_bytes(bytes(info.rec_seq), "big"),
     )
-
-
-def records_processed(sock, direction: Direction) -> int | None:
-    """The kernel's record sequence number for a direction, None when it holds no key there
-    (also when the tls ULP is not attached). Sampled inside every handshake by the audit trail,
-    so a missing key costs one failed getsockopt and no exception."""
-    fd = _fileno(sock)
-    size = ffi.sizeof("struct tls_crypto_info")
-    header = ffi.new("struct tls_crypto_info *")
-    length = ffi.new("socklen_t *", size)
-    if lib.getsockopt(fd, SOL_TLS, direction.optname, header, length) != 0:
-        return None
-    try:
-        return read_crypto_info(fd, direction).seq
-    except (KernelTLSError, ValueError):
-        return None
 
 
 def set_rx_expect_no_pad(sock, enabled: bool = True) -> None:
