@@ -5,7 +5,9 @@ Each receives the SSL or SSL_CTX whose app data holds a cffi handle to the Pytho
 Two jobs stay in C because OpenSSL calls them many times per handshake and a Python call each time
 cost more than the handshake's crypto:
 - record accounting: OpenSSL reports every record header to the message callback; the C callback
-  counts records per direction since the last Finished and passes on to Python only the messages
+  counts records per direction since the last ChangeCipherSpec record (where TLS 1.2's new keys
+  start) and since the last Finished message (where TLS 1.3's application keys start), and passes
+  on to Python only the messages
   worth an audit event (ChangeCipherSpec, alerts, Finished, KeyUpdate), or every message where a
   caller asked to watch them all;
 - secret capture: the keylog callback keeps the TLS 1.3 application traffic secrets (the only
@@ -26,6 +28,7 @@ TYPES = """
 struct ktls_handshake_state {
     unsigned long long records[2];
     unsigned long long since_finished[2];
+    unsigned long long since_ccs[2];
     int forward_all_messages;
     unsigned char client_traffic_secret[...];
     unsigned char server_traffic_secret[...];
@@ -58,6 +61,7 @@ CUSTOMIZATIONS = r"""
 struct ktls_handshake_state {
     unsigned long long records[2];
     unsigned long long since_finished[2];
+    unsigned long long since_ccs[2];
     int forward_all_messages;
     unsigned char client_traffic_secret[KTLS_MAX_SECRET];
     unsigned char server_traffic_secret[KTLS_MAX_SECRET];
@@ -102,11 +106,19 @@ static void ktls_record_counter(int write_p, int version, int content_type, cons
     if (content_type == SSL3_RT_HEADER) {
         state->records[direction]++;
         state->since_finished[direction]++;
+        /* TLS 1.2's new keys start with the record after the ChangeCipherSpec record: the
+           Finished, whatever number of records it is fragmented over, and any (empty) record
+           before it are all counted from there. */
+        if (len > 0 && ((const unsigned char *)buf)[0] == SSL3_RT_CHANGE_CIPHER_SPEC)
+            state->since_ccs[direction] = 0;
+        else
+            state->since_ccs[direction]++;
         return;
     }
     if (content_type == SSL3_RT_INNER_CONTENT_TYPE)
         return;
-    /* The Finished record was counted by its header, which OpenSSL reports first. */
+    /* The Finished message is reported after the header of its last record: TLS 1.3's
+       application keys start with the next record. */
     if (content_type == SSL3_RT_HANDSHAKE && len > 0
             && ((const unsigned char *)buf)[0] == SSL3_MT_FINISHED)
         state->since_finished[direction] = 0;

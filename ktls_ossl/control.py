@@ -16,6 +16,7 @@ from .records import (
     Alert,
     AlertDescription,
     AlertLevel,
+    HANDSHAKE_HEADER_SIZE,
     ContentType,
     HandshakeMessage,
     HandshakeType,
@@ -78,17 +79,22 @@ class ControlState:
         return self.version == TLS_1_3_VERSION
 
     def saw_application_data(self) -> None:
-        """Data resets OpenSSL's count of consecutive warning alerts; data may not split a message."""
+        """Data resets OpenSSL's count of consecutive warning alerts."""
         self.warning_alerts = 0
 
 
 def interleaving_violation(state: ControlState) -> Decision | None:
     """RFC 8446 5.1 / RFC 5246 6.2.1: a handshake message split over records may not be interleaved
-    with other record types. Application data arriving mid-message is refused, not delivered."""
-    if state.handshake_buffer:
-        return _fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
-                     "record of another type inside a fragmented handshake message")
-    return None
+    with other record types. Application data arriving mid-message is refused, not delivered.
+    OpenSSL names it by how far the message got: inside its 4-byte header, MIXED_HANDSHAKE_AND_
+    NON_HANDSHAKE_DATA; inside its body, UNEXPECTED_RECORD."""
+    if not state.handshake_buffer:
+        return None
+    if len(state.handshake_buffer) < HANDSHAKE_HEADER_SIZE:
+        return _fail(AlertDescription.unexpected_message, "MIXED_HANDSHAKE_AND_NON_HANDSHAKE_DATA",
+                     "record of another type inside the header of a fragmented handshake message")
+    return _fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
+                 "record of another type inside a fragmented handshake message")
 
 
 def data_refused(state: ControlState) -> Decision | None:
@@ -131,31 +137,31 @@ def _decide_alert(state: ControlState, payload: bytes) -> Decision:
         return _fail(AlertDescription.decode_error, "INVALID_ALERT",
                      f"alert record of {len(payload)} bytes (an alert has 2)")
     alert = Alert(payload[0], payload[1])
-    if alert.description == AlertDescription.close_notify:
+    # The order of these rules is OpenSSL's (3.x, ssl3_read_bytes), level and version together:
+    # in TLS 1.3 the level carries no meaning (RFC 8446 6: close_notify and user_canceled are the
+    # only non-error alerts, whatever level they claim); in TLS 1.2 a fatal close_notify is a
+    # fatal alert and an unknown level is an illegal_parameter.
+    tls13 = state.tls13
+    user_canceled = alert.description == AlertDescription.user_canceled
+    if alert.level == AlertLevel.WARNING or (tls13 and user_canceled):
+        state.warning_alerts += 1
+        if state.warning_alerts > MAX_CONSECUTIVE_WARNING_ALERTS:
+            return _fail(AlertDescription.unexpected_message, "TOO_MANY_WARN_ALERTS",
+                         f"more than {MAX_CONSECUTIVE_WARNING_ALERTS} warning alerts in a row")
+    if tls13 and user_canceled:
+        return Decision(Action.IGNORE, alert, message="alert user_canceled tolerated")
+    if alert.description == AlertDescription.close_notify and (tls13 or alert.level == AlertLevel.WARNING):
         return Decision(Action.CLOSE, alert)
-    if alert.level not in (AlertLevel.WARNING, AlertLevel.FATAL):
-        return _fail(AlertDescription.illegal_parameter, "UNKNOWN_ALERT_TYPE",
-                     f"alert with unknown level {alert.level}")
-    if state.tls13:
-        # RFC 8446 6: every alert but close_notify and user_canceled is fatal, whatever its level.
-        if alert.description == AlertDescription.user_canceled:
-            return _count_warning(state, alert)
+    if alert.level == AlertLevel.FATAL or tls13:
         return Decision(Action.PEER_ALERT, alert, message=f"peer sent {alert.description_name}")
-    if alert.level == AlertLevel.FATAL:
-        return Decision(Action.PEER_ALERT, alert, message=f"peer sent fatal {alert.description_name}")
     if alert.description == AlertDescription.no_renegotiation:
         # We never ask to renegotiate, so a refusal means the peer is confused (OpenSSL: same).
         return _fail(AlertDescription.handshake_failure, "NO_RENEGOTIATION",
                      "peer sent no_renegotiation although no renegotiation was requested")
-    return _count_warning(state, alert)
-
-
-def _count_warning(state: ControlState, alert: Alert) -> Decision:
-    state.warning_alerts += 1
-    if state.warning_alerts > MAX_CONSECUTIVE_WARNING_ALERTS:
-        return _fail(AlertDescription.unexpected_message, "TOO_MANY_WARN_ALERTS",
-                     f"more than {MAX_CONSECUTIVE_WARNING_ALERTS} warning alerts in a row")
-    return Decision(Action.IGNORE, alert, message=f"warning alert {alert.description_name} tolerated")
+    if alert.level == AlertLevel.WARNING:
+        return Decision(Action.IGNORE, alert, message=f"warning alert {alert.description_name} tolerated")
+    return _fail(AlertDescription.illegal_parameter, "UNKNOWN_ALERT_TYPE",
+                 f"alert with unknown level {alert.level}")
 
 
 def _decide_handshake(state: ControlState, payload: bytes) -> list[Decision]:
@@ -170,8 +176,15 @@ def _decide_handshake(state: ControlState, payload: bytes) -> list[Decision]:
             return [_fail(AlertDescription.illegal_parameter, "EXCESSIVE_MESSAGE_SIZE",
                           f"post-handshake message of {announced} bytes")]
     decisions = []
-    for message in messages:
-        decision = _decide_message(state, message)
+    for index, message in enumerate(messages):
+        if (state.tls13 and message.msg_type == HandshakeType.key_update
+                and (index + 1 < len(messages) or state.handshake_buffer)):
+            # RFC 8446 5.1: the key changes right after a KeyUpdate, so nothing may follow it in
+            # its record (OpenSSL: NOT_ON_RECORD_BOUNDARY). It may be fragmented over records.
+            decision = _fail(AlertDescription.unexpected_message, "NOT_ON_RECORD_BOUNDARY",
+                             "KeyUpdate not at the end of its record")
+        else:
+            decision = _decide_message(state, message)
         decisions.append(decision)
         if decision.action is Action.FAIL:
             state.handshake_buffer = b""

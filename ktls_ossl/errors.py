@@ -10,6 +10,9 @@ from __future__ import annotations
 import errno as errno_module
 import os
 import ssl
+import sys
+import traceback
+import types
 
 import _ssl
 
@@ -36,23 +39,6 @@ def error_names(code: int) -> tuple[str | None, str | None]:
     lib_code = lib.ERR_GET_LIB(code)
     reason_code = lib.ERR_GET_REASON(code)
     return _LIB_NAMES.get(lib_code), _REASON_NAMES.get((lib_code, reason_code))
-
-
-def alert_reason(description: int) -> tuple[str | None, str]:
-    """(reason name, text) for a TLS alert as OpenSSL reports a received one,
-    e.g. (42) -> ("SSLV3_ALERT_BAD_CERTIFICATE", "sslv3 alert bad certificate").
-
-    The text is OpenSSL's own string for reason 1000 + description (what CPython prints, e.g.
-    "tlsv13 alert certificate required"); the name is None where CPython's table has none (as
-    CPython reports it, e.g. no_application_protocol)."""
-    name = _REASON_NAMES.get((lib.ERR_LIB_SSL, SSL_R_ALERT_BASE + description))
-    # ERR_PACK(ERR_LIB_SSL, 0, reason): library in bits 23..30, reason below.
-    text = _text(lib.ERR_reason_error_string((lib.ERR_LIB_SSL << 23) | (SSL_R_ALERT_BASE + description)))
-    if text is None:
-        long_name = _text(lib.SSL_alert_desc_string_long(description))
-        prefix = "sslv3 alert" if name and name.startswith("SSLV3") else "tlsv1 alert"
-        text = f"{prefix} {(long_name or str(description)).lower()}"
-    return name, text
 
 
 def _make(exc_type, code: int, message: str, library, reason, **attributes):
@@ -131,9 +117,10 @@ def want_write_error() -> ssl.SSLWantWriteError:
 
 
 def peer_alert_error(description: int) -> ssl.SSLError:
-    """A fatal alert the peer sent, worded as OpenSSL/CPython word it for a user-space connection."""
-    reason, text = alert_reason(description)
-    return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, text, "SSL", reason)
+    """A fatal alert the peer sent, as a user-space connection raises it: OpenSSL queues reason
+    1000 + description (SSL_AD_REASON_OFFSET), which CPython names and words from its tables
+    (e.g. "sslv3 alert handshake failure"; a fatal close_notify has no name and no text)."""
+    return ssl_error_from_code((lib.ERR_LIB_SSL << 23) | (SSL_R_ALERT_BASE + description))
 
 
 def local_protocol_error(reason: str, message: str) -> ssl.SSLError:
@@ -144,15 +131,21 @@ def local_protocol_error(reason: str, message: str) -> ssl.SSLError:
 # --- Kernel TLS ---------------------------------------------------------------------------------
 
 class KernelTLSError(ssl.SSLError):
-    """A kernel TLS operation failed. ``errno`` is the OS error, ``reason`` a stable name."""
+    """A kernel TLS operation failed. ``errno`` is the OS error (0 where no system call failed),
+    ``reason`` a stable name, ``message`` the plain sentence (what happened, what to do) that the
+    rendered text wraps: "[KTLS: reason] message (ENAME: strerror)", without the errno part for 0."""
 
     library = "KTLS"
 
     def __init__(self, errno: int, message: str, reason: str):
-        name = errno_module.errorcode.get(errno, str(errno))
-        super().__init__(errno, f"[KTLS: {reason}] {message} ({name}: {os.strerror(errno)})")
+        text = f"[KTLS: {reason}] {message}"
+        if errno:
+            name = errno_module.errorcode.get(errno, str(errno))
+            text += f" ({name}: {os.strerror(errno)})"
+        super().__init__(errno, text)
         self.library = "KTLS"
         self.reason = reason
+        self.message = message
 
 
 class KTLSUnavailableError(KernelTLSError):
@@ -178,3 +171,19 @@ class KTLSKeyExpiredError(KernelTLSError):
 class KTLSKeyLimitError(KernelTLSError):
     """Sending more would exceed the AEAD usage limit of the current key, and the kernel cannot
     update keys (RFC 8446 section 5.5): close the connection and open a new one."""
+
+
+# --- Exceptions raised by the application's callbacks ----------------------------------------------
+
+def report_callback_error(exc: BaseException, callback, message: str) -> None:
+    """Report an exception that a callback raised where nobody can catch it, as CPython reports
+    those of its own callbacks: through ``sys.unraisablehook``. Python code cannot build the
+    hook's UnraisableHookArgs, so a hook the application installed gets an object with the same
+    attributes, and the default hook's output is written as the default hook writes it."""
+    hook = sys.unraisablehook
+    if hook is sys.__unraisablehook__:
+        print(f"{message}: {callback!r}", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return
+    hook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+                               err_msg=message, object=callback))

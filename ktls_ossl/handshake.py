@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass
 
 from . import errors, keys, records
+from .audit import AuditTrail
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
 
@@ -205,7 +206,7 @@ class Handshake:
         if not lib.ktls_attach_state(self.ssl, self._state):
             raise errors.ssl_error_from_code(errors.pop_error_code())
         self.finished_received = False
-        self.events: list[tuple[str, str]] = []
+        self.events = AuditTrail()  # bounded: a peer decides how many events there are
         self._label = f"{'server' if server_side else 'client'} fd={fd}"
         # Called as observer(write_p, content_type, data) from inside OpenSSL's message callback,
         # after the record accounting: the moment to sample what the kernel holds. They see the
@@ -277,7 +278,14 @@ class Handshake:
         return self._state.records[0], self._state.records[1]
 
     def _records_after_finished(self, direction: Direction) -> int:
+        """Records since the last Finished message ended: TLS 1.3's first application record
+        is number 0."""
         return self._state.since_finished[int(direction)]
+
+    def _records_after_change_cipher_spec(self, direction: Direction) -> int:
+        """Records since the last ChangeCipherSpec record: TLS 1.2's epoch under the new keys,
+        which starts with the Finished (one record or several, possibly after empty ones)."""
+        return self._state.since_ccs[int(direction)]
 
     def _traffic_secret(self, client: bool) -> bytes | None:
         """CLIENT_/SERVER_TRAFFIC_SECRET_0 as OpenSSL logged it (TLS 1.3), None if it did not."""
@@ -349,8 +357,8 @@ class Handshake:
         self.record_event("openssl", what)
 
     def record_event(self, source: str, what: str) -> None:
-        """One entry of the connection's audit trail: kept in order (sock.ktls_events) and logged
-        to the "ktls_ossl" logger."""
+        """One entry of the connection's audit trail: kept in order, within the trail's bound
+        (sock.ktls_events, ktls_ossl/audit.py), and logged to the "ktls_ossl" logger."""
         self.events.append((source, what))
         if log.isEnabledFor(logging.INFO):  # a call less per event when logging is off
             log.info("%s %s: %s", self._label, source, what)
@@ -521,9 +529,10 @@ class Handshake:
         tx, rx = keys.tls12_connection_keys(
             bytes(master), bytes(client_random), bytes(server_random), cipher, hash_name,
             server_side=self.server_side,
-            # The Finished itself is record 0 of the new TLS 1.2 epoch.
-            tx_seq=self._records_after_finished(Direction.TX) + 1,
-            rx_seq=self._records_after_finished(Direction.RX) + 1,
+            # The new TLS 1.2 epoch starts after ChangeCipherSpec: the Finished's record(s) and
+            # anything before it under the new keys have used its first sequence numbers.
+            tx_seq=self._records_after_change_cipher_spec(Direction.TX),
+            rx_seq=self._records_after_change_cipher_spec(Direction.RX),
         )
         self._forget_handshake_secrets()
         return Handoff(TLS_1_2_VERSION, cipher, suite, hash_name, tx, rx)
@@ -559,8 +568,12 @@ class Handshake:
         (content type, plaintext) records for the kernel to send. OpenSSL's verdict is final: a
         rejected message raises OpenSSL's error (after its alert has been collected for sending,
         available as ``exc.ktls_outgoing``)."""
-        record = self._openssl_read_state.seal(content_type, payload)
-        lib.BIO_write(lib.SSL_get_rbio(self.ssl), record, len(record))
+        # A message larger than one record (a big certificate chain or ticket) is given in records
+        # of at most 2^14 bytes, as a peer may have sent it: OpenSSL refuses longer records.
+        rbio = lib.SSL_get_rbio(self.ssl)
+        for start in range(0, max(len(payload), 1), records.MAX_PLAINTEXT):
+            record = self._openssl_read_state.seal(content_type, payload[start:start + records.MAX_PLAINTEXT])
+            lib.BIO_write(rbio, record, len(record))
         lib.ERR_clear_error()
         scratch = ffi.new("unsigned char[1]")
         count = ffi.new("size_t *")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import re
 import select
 import socket
 import struct
@@ -23,6 +24,7 @@ from .errors import (
     KTLSRekeyUnsupportedError,
     KTLSUnavailableError,
 )
+from . import records
 from .records import ContentType
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, VERSION_NAMES, KernelCipher, TrafficKeys
 
@@ -84,18 +86,54 @@ def _getsockopt(sock, level: int, optname: int, size: int) -> bytes | int:
 
 # --- Attaching and installing keys ---------------------------------------------------------------
 
-def ulp_error(err: int) -> KTLSUnavailableError:
-    advice = {
+# TCP_ULP, the socket option that attaches the tls upper-layer protocol, exists since Linux 4.13.
+TCP_ULP_SINCE = (4, 13)
+
+
+def release_at_least(version: tuple[int, int], release: str | None = None) -> bool:
+    """Whether a kernel release string ("6.1.0-25-amd64", default: this kernel's) is at least
+    (major, minor); False where it does not start with major.minor."""
+    match = re.match(r"(\d+)\.(\d+)", release if release is not None else os.uname().release)
+    return match is not None and (int(match[1]), int(match[2])) >= version
+
+
+def ulp_advice(err: int, release: str | None = None) -> str:
+    """Why setsockopt(TCP_ULP, "tls") failed with ``err`` and what to do, as one plain sentence
+    (no errno): what the probe reports and what ``require_ktls`` errors quote."""
+    release = release if release is not None else os.uname().release
+    if err == errno.ENOPROTOOPT:
+        if not release_at_least(TCP_ULP_SINCE, release):
+            return (f"Linux {release} has no TCP_ULP socket option, so the tls module cannot be "
+                    "attached: kernel TLS needs Linux 4.13 or later")
+        return ("this socket does not accept the TCP_ULP option: kernel TLS works only on a "
+                "connected TCP socket (IPv4 or IPv6)")
+    return {
         errno.ENOENT: "the kernel has no 'tls' upper-layer protocol: load it with 'modprobe tls' "
-                      "(needs CONFIG_TLS), or run under scripts/ktls-vm",
-        errno.ENOTCONN: "the TCP connection is not established (the tls ULP attaches only to "
-                        "connected sockets)",
-        errno.EEXIST: "another upper-layer protocol (or tls already) is attached to this socket",
-        errno.ENOPROTOOPT: "the kernel does not support TCP_ULP at all (Linux 4.13 or later needed)",
-        errno.EPERM: "attaching the tls ULP was refused; autoloading the module may need "
-                     "'modprobe tls' by root first",
-    }.get(err, "attaching the tls ULP failed")
-    return KTLSUnavailableError(err, f"kernel TLS unavailable: {advice}", "ULP_UNAVAILABLE")
+                      "as root, on a kernel built with CONFIG_TLS",
+        errno.ENOTCONN: "the TCP connection is not established: attach the tls ULP after "
+                        "connect() or accept() has returned",
+        errno.EEXIST: "an upper-layer protocol (tls or another one) is already attached to this "
+                      "socket: attach tls once, to a socket no other ULP uses",
+        errno.EOPNOTSUPP: "this socket does not support the TCP_ULP option: kernel TLS works only "
+                          "on a connected TCP socket (IPv4 or IPv6)",
+        errno.EPERM: "the kernel did not permit attaching the tls ULP (a security module, seccomp "
+                     "or BPF policy may forbid it): allow setsockopt TCP_ULP for this process",
+    }.get(err, "the kernel refused to attach the tls ULP to this socket: check that it is a "
+               "connected TCP socket and that 'modprobe tls' has been run")
+
+
+def ulp_error(err: int, release: str | None = None) -> KTLSUnavailableError:
+    """The exception for a failed setsockopt(TCP_ULP, "tls")."""
+    return KTLSUnavailableError(err, f"cannot attach the tls ULP: {ulp_advice(err, release)}",
+                                "ULP_UNAVAILABLE")
+
+
+def ulp_not_attached_error(err: int, direction: Direction) -> KTLSUnavailableError:
+    """setsockopt(SOL_TLS, TLS_TX/TLS_RX) on a socket that has no tls ULP attached."""
+    return KTLSUnavailableError(
+        err, f"cannot install {direction.value.upper()} keys: the tls ULP is not attached to this "
+             "socket; call kernel.attach_ulp() on the connected socket before installing keys",
+        "ULP_UNAVAILABLE")
 
 
 def attach_ulp(sock) -> None:
@@ -132,9 +170,10 @@ def _install_error(err: int, direction: Direction, keys: TrafficKeys, *, update:
         errno.ENOENT: f"the kernel crypto for {keys.cipher.display_name} is missing: load "
                       f"{_CIPHER_MODULES[keys.cipher]}",
         errno.EINVAL: f"the kernel rejected {what} (cipher or version not supported by this kernel, "
-                      "or TX and RX would differ in version or cipher)",
-        errno.EBUSY: f"{what} keys are already installed on this socket",
-        errno.ENOPROTOOPT: "the tls ULP is not attached to this socket",
+                      "or TX and RX would differ in version or cipher): use a combination that "
+                      "'python -m ktls_ossl probe' lists as usable, the same for both directions",
+        errno.EBUSY: f"{what} keys are already installed on this socket: install keys once per "
+                     "direction (TLS 1.3 replaces them with kernel.rekey())",
         errno.ENOMEM: "the kernel is out of memory for a kTLS context",
     }.get(err, f"installing {what} keys failed")
     return KTLSCipherUnavailableError(err, advice, "CIPHER_UNAVAILABLE")
@@ -156,8 +195,10 @@ def _set_keys(sock, direction: Direction, keys: TrafficKeys, *, update: bool) ->
     try:
         _setsockopt(sock, SOL_TLS, direction.optname, crypto_info_bytes(keys))
     except OSError as exc:
-        if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP) and not update:
-            raise ulp_error(exc.errno) from None
+        # SOL_TLS options reach the tls module only through an attached ULP; without one the
+        # TCP layer answers ENOPROTOOPT (EOPNOTSUPP for a socket that is not TCP at all).
+        if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            raise ulp_not_attached_error(exc.errno, direction) from None
         raise _install_error(exc.errno, direction, keys, update=update) from None
 
 
@@ -349,10 +390,10 @@ class ProbeReport:
     kernel_release: str
     ulp_available: bool
     ulp_errno: int | None
-    ulp_message: str | None
+    ulp_message: str | None  # a plain sentence (what is missing, what to do), errno in ulp_errno
     ciphers: tuple[CipherSupport, ...] = ()
-    rekey_supported: bool | None = None
-    rekey_detail: str | None = None
+    rekey_supported: bool | None = None  # both directions replaced and a record carried across
+    rekey_detail: str | None = None  # what was verified, or which direction was refused and why
     rx_expect_no_pad: bool | None = None
     tls_stat_available: bool = False
     notes: tuple[str, ...] = field(default=())
@@ -447,16 +488,17 @@ def _probe_cipher(version: int, cipher: KernelCipher) -> CipherSupport:
         attach_ulp(server)
         tx = rx = False
         error = None
+        # The report keeps plain sentences: callers quote them inside their own messages.
         try:
             install(client, Direction.TX, keys)
             tx = True
         except KernelTLSError as exc:
-            error = str(exc)
+            error = exc.message
         try:
             install(server, Direction.RX, keys)
             rx = True
         except KernelTLSError as exc:
-            error = error or str(exc)
+            error = error or exc.message
         round_trip = False
         if tx and rx:
             message = b"ktls_ossl probe"
@@ -468,23 +510,80 @@ def _probe_cipher(version: int, cipher: KernelCipher) -> CipherSupport:
                 if not round_trip:
                     error = "keys installed but a record did not round-trip"
             except OSError as exc:
-                error = f"keys installed but a record did not round-trip: {exc}"
+                why = _errno_text(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+                error = f"keys installed but a record did not round-trip ({why})"
         return CipherSupport(version, cipher, tx, rx, round_trip, error)
 
 
-def _probe_rekey() -> tuple[bool | None, str]:
-    keys = _probe_keys(TLS_1_3_VERSION, KernelCipher.AES_GCM_128, 0x42)
+def _errno_name(err: int | None) -> str:
+    return errno.errorcode.get(err, str(err)) if err else "no errno"
+
+
+def _errno_text(err: int | None) -> str:
+    """"ENAME: strerror" for a message that names an errno inside a sentence."""
+    return f"{_errno_name(err)}: {os.strerror(err)}" if err else "no errno"
+
+
+def _rekey_refusal(refused: list[tuple[Direction, KernelTLSError]]) -> str:
+    """Which direction(s) the kernel would not rekey, and why, as one sentence."""
+    directions = " and ".join(f"{d.value.upper()} ({_errno_name(exc.errno)})" for d, exc in refused)
+    if all(exc.errno == errno.EBUSY for _, exc in refused):
+        return (f"the kernel refused new TLS 1.3 keys for {directions} on a live socket: key updates "
+                f"(KeyUpdate) need Linux 6.14 or later (running {os.uname().release})")
+    return "; ".join(f"the kernel refused the new {d.value.upper()} key: {exc.message} "
+                     f"({_errno_text(exc.errno)})" for d, exc in refused)
+
+
+def _probe_rekey(ciphers: tuple[CipherSupport, ...]) -> tuple[bool | None, str]:
+    """Both directions for real, in the order a TLS 1.3 KeyUpdate takes: the sender sends the
+    KeyUpdate record under its old key, then replaces its TX key; the receiver reads the KeyUpdate
+    (from 6.14 the kernel then pauses reception, EKEYEXPIRED, until a new RX key is in), replaces
+    its RX key; a data record sealed under the new TX key must then come out of the new RX key."""
+    usable = [c.cipher for c in ciphers if c.version == TLS_1_3_VERSION and c.usable]
+    if not usable:
+        return None, "not tried: no TLS 1.3 cipher works in this kernel"
+    cipher = KernelCipher.AES_GCM_128 if KernelCipher.AES_GCM_128 in usable else usable[0]
+    old_keys = _probe_keys(TLS_1_3_VERSION, cipher, 0x42)
+    new_keys = _probe_keys(TLS_1_3_VERSION, cipher, 0x43)
+    what = f"TLS 1.3 {cipher.display_name}"
     client, server = _loopback_pair()
+    refused: list[tuple[Direction, KernelTLSError]] = []
     with client, server:
         attach_ulp(client)
-        install(client, Direction.TX, keys)
+        attach_ulp(server)
+        install(client, Direction.TX, old_keys)
+        install(server, Direction.RX, old_keys)
+        key_update = records.key_update_message(False)
         try:
-            rekey(client, Direction.TX, _probe_keys(TLS_1_3_VERSION, KernelCipher.AES_GCM_128, 0x43))
-        except KTLSRekeyUnsupportedError:
-            return False, "a second TLS_TX is refused (EBUSY); needs Linux 6.14+"
-        except KernelTLSError as exc:
-            return False, str(exc)
-    return True, "TX and RX keys can be replaced after a KeyUpdate"
+            send_record(client, ContentType.HANDSHAKE, key_update)
+            try:
+                rekey(client, Direction.TX, new_keys)
+            except KernelTLSError as exc:
+                refused.append((Direction.TX, exc))
+            if not _wait_readable(server, 5.0):
+                return False, f"{what}: the KeyUpdate record sent under the old key did not arrive"
+            received = recv_record(server, 64, lib.MSG_DONTWAIT)
+            if received != (ContentType.HANDSHAKE, key_update):
+                return False, f"{what}: the KeyUpdate record did not arrive intact under the old key"
+            try:
+                rekey(server, Direction.RX, new_keys)
+            except KernelTLSError as exc:
+                refused.append((Direction.RX, exc))
+            if refused:
+                return False, _rekey_refusal(refused)
+            message = b"ktls_ossl rekey probe"
+            client.sendall(message)
+            if not _wait_readable(server, 5.0):
+                return False, (f"{what}: new TX and RX keys were accepted, but no record sent under "
+                               "the new TX key arrived through the new RX key")
+            if recv_record(server, 64, lib.MSG_DONTWAIT) != (ContentType.APPLICATION_DATA, message):
+                return False, (f"{what}: new TX and RX keys were accepted, but a record sent under "
+                               "the new TX key did not come out of the new RX key intact")
+        except OSError as exc:
+            why = _errno_text(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+            return False, f"{what}: the key update test failed ({why})"
+    return True, (f"verified with {what}: after a KeyUpdate record, new TX and RX keys were "
+                  "installed and a record sent under the new TX key was decrypted with the new RX key")
 
 
 def _probe_no_pad() -> bool:
@@ -506,19 +605,22 @@ _probe_report: ProbeReport | None = None
 
 def _run_probe() -> ProbeReport:
     release = os.uname().release
+    # ulp_message is a plain sentence (what is missing, what to do; no errno, which is ulp_errno):
+    # sock.ktls and the require_ktls error quote it inside their own messages.
     try:
         client, server = _loopback_pair()
     except OSError as exc:
         return ProbeReport(release, False, exc.errno,
-                           f"cannot open a TCP loopback connection to probe kernel TLS: {exc}")
+                           "kernel TLS could not be probed: no TCP connection to 127.0.0.1 could be "
+                           "opened; check that the loopback interface is up")
     with client, server:
         try:
             attach_ulp(client)
         except KTLSUnavailableError as exc:
-            return ProbeReport(release, False, exc.errno, str(exc),
+            return ProbeReport(release, False, exc.errno, ulp_advice(exc.errno, release),
                                tls_stat_available=os.path.exists(TLS_STAT_PATH))
     ciphers = tuple(_probe_cipher(v, c) for v in PROBE_VERSIONS for c in PROBE_CIPHERS)
-    rekey_supported, rekey_detail = _probe_rekey()
+    rekey_supported, rekey_detail = _probe_rekey(ciphers)
     return ProbeReport(
         kernel_release=release,
         ulp_available=True,

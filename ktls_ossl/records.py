@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys, record_nonce
 
 HEADER_SIZE = 5
+HANDSHAKE_HEADER_SIZE = 4  # msg_type (1) and length (3)
 MAX_PLAINTEXT = 1 << 14
 # RFC 8446 5.2: TLSCiphertext.length must not exceed 2^14 + 256.
 MAX_CIPHERTEXT_TLS13 = MAX_PLAINTEXT + 256

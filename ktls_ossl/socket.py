@@ -5,11 +5,38 @@ plain Python. KTLSSocket inherits that Python and puts a ``Connection`` in ``_ss
 methods (do_handshake, read, write, shutdown, getpeercert, ...), but after the handshake the data
 path is the kernel. Blocking, timeout and non-blocking behaviour match CPython's: the socket's
 timeout bounds each call, non-blocking calls raise SSLWantReadError/SSLWantWriteError.
+
+Theory of operation: lifetime across threads
+--------------------------------------------
+Any thread may close the socket while others are inside a call on it. Two things must then never
+happen: OpenSSL's SSL object freed under a thread that is using it, and a system call on the fd
+*number* after the socket was closed (the number is reused by the next socket the process opens,
+and a stale reader would get another connection's data, decrypted with its keys). So every call
+that touches the fd or the SSL object is a *user* of the Connection (``_guarded``). ``release()``,
+called when the socket closes, marks the Connection released (a user that enters later gets
+OSError EBADF, as CPython's ssl) and, while users are inside, takes over the fd from the socket
+object instead of letting it be closed: it shuts the TCP connection down, which wakes every
+blocked user, and the last user to leave frees the SSL object and closes the fd. Users check for
+release after each wait, so a closed socket ends every call in progress with that OSError.
+
+Readiness
+---------
+Waiting never spins. Some kernels (6.1 among them) report a kTLS socket readable as soon as TCP
+holds any byte of the next record, while recvmsg waits for the whole record
+(EAGAIN): after such a wake-up the reader waits on an edge-triggered epoll, which wakes only when
+more data arrives. And on kernels that rekey, a recvmsg that returned data may have stopped at a
+KeyUpdate the kernel already decrypted and parked; the kernel then reports nothing readable until
+it is taken, so after a read on a non-blocking socket (whose caller waits for readiness itself)
+the reader takes parked control records at once (peeking, so that no data is taken out of the
+kernel that a readiness-driven caller would not be told about).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import errno
+import functools
 import os
 import select
 import socket as _socket
@@ -22,7 +49,7 @@ from dataclasses import dataclass
 from . import control, errors, kernel, keys, records
 from ._ossl import ffi, lib
 from .control import Action, ControlState
-from .errors import KernelTLSError, KTLSRekeyUnsupportedError, KTLSUnavailableError
+from .errors import KernelTLSError, KTLSKeyExpiredError, KTLSRekeyUnsupportedError, KTLSUnavailableError
 from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, Policy, Session
 from .kernel import Direction
 from .records import Alert, AlertDescription, AlertLevel, ContentType
@@ -73,6 +100,72 @@ def _timed_out(operation: str) -> TimeoutError:
     return TimeoutError(f"The {operation} operation timed out")
 
 
+def _closed_error() -> OSError:
+    """What a call gets when the socket was (or is being) closed by another thread: the EBADF
+    that CPython's ssl gives once the descriptor is gone."""
+    return OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: the socket was closed")
+
+
+def _guarded(method):
+    """Run ``method`` as a user of the connection's fd and OpenSSL object (see the module doc)."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        self._enter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._leave()
+    return guarded
+
+
+class _Waiter:
+    """Waits for one call's fd to become readable or writable, without spinning.
+
+    poll() while the kernel has given no reason to distrust it; once it reported readable and the
+    kernel then had nothing to read (a partial record on older kernels), an edge-triggered epoll
+    that wakes only when something new arrives.
+    """
+
+    __slots__ = ("_fd", "_poller", "_events", "_epoll", "_woke")
+
+    def __init__(self, fd: int, want: int):
+        self._fd = fd
+        self._events = select.POLLIN if want == WANT_READ else select.POLLOUT
+        self._poller = None
+        self._epoll = None
+        self._woke = False
+
+    def wait(self, deadline, operation: str) -> None:
+        """Returns when the fd may be ready (the caller retries); TimeoutError at the deadline."""
+        if self._woke and self._events == select.POLLIN and self._epoll is None:
+            # Woken, and yet nothing to read: from now on wait for new arrivals only. Registering
+            # absorbs the current readiness, which may include a real arrival: retry once first.
+            self._epoll = select.epoll(1)
+            self._epoll.register(self._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
+            self._epoll.poll(0)
+            return
+        while True:
+            if deadline is None:
+                remaining = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _timed_out(operation)
+            if self._epoll is not None:
+                self._woke = bool(self._epoll.poll(-1 if remaining is None else max(remaining, 0.001)))
+            else:
+                if self._poller is None:
+                    self._poller = select.poll()
+                    self._poller.register(self._fd, self._events)
+                self._woke = bool(self._poller.poll(None if remaining is None else max(1, int(remaining * 1000))))
+            if self._woke:
+                return
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+
 class Connection:
     """The TLS connection behind a KTLSSocket (what ssl.SSLSocket calls ``_sslobj``)."""
 
@@ -88,6 +181,20 @@ class Connection:
                                     owner=owner, session=session)
         self.events = self._handshake.events
         self._lock = threading.RLock()
+        # Lifetime (see the module doc): calls inside, whether the socket was closed, and who
+        # closes the fd when the last call leaves.
+        self._life_lock = threading.Lock()
+        self._users = 0
+        self._released = False
+        self._close_fd = None
+        # Records we send on our own (alerts, KeyUpdates, OpenSSL's post-handshake answers) that
+        # could not go out yet on a non-blocking socket: (content type, payload, then) in order;
+        # ``then`` runs once the record is out (the TX key change behind a KeyUpdate). Nothing
+        # else is read or written before they are out, which bounds them to one record's answers.
+        self._outgoing: collections.deque = collections.deque()
+        self._outgoing_lock = threading.Lock()
+        # TLS 1.3 on a kernel that rekeys: the kernel may park a decrypted KeyUpdate behind data.
+        self._records_may_park = False
         # Where the TX key can change (TLS 1.3 on a kernel that rekeys), every record the kernel
         # sends for us goes out under this lock, so that no data record can slip between a
         # KeyUpdate message and the key change that must follow it. Elsewhere it is a no-op:
@@ -121,6 +228,72 @@ class Connection:
         # least one record, and one per 16 KiB), refreshed from the kernel's rec_seq near limits.
         self._tx_records_bound = 0
         self.key_limit_reached = False
+
+    # --- lifetime (see the module doc) ---------------------------------------------------------
+
+    def _enter(self) -> None:
+        with self._life_lock:
+            if self._released:
+                raise _closed_error()
+            self._users += 1
+
+    def _leave(self) -> None:
+        with self._life_lock:
+            self._users -= 1
+            last = self._released and self._users == 0
+        if last:
+            self._free()
+
+    def _check_open(self) -> None:
+        """Raise if the socket was closed while this call was waiting or working."""
+        if self._released:
+            raise _closed_error()
+
+    def release(self, close_fd=None) -> None:
+        """The socket is closed (or unwrapped): no new call may start. OpenSSL's state goes now,
+        not at the next garbage collection, unless a call is inside: then the last one frees it.
+        ``close_fd`` closes the descriptor; where calls are inside it runs when the last one
+        leaves, after their blocking system calls were ended by shutting the connection down."""
+        with self._life_lock:
+            first = not self._released
+            self._released = True
+            busy = self._users > 0
+            if busy and close_fd is not None:
+                self._close_fd = close_fd
+        if not busy:
+            if first:
+                self._free()
+            if close_fd is not None:
+                close_fd()
+        elif close_fd is not None:
+            self._wake_users()
+
+    def _wake_users(self) -> None:
+        """End the blocking waits and system calls of the calls inside (the socket is closing)."""
+        self._shutdown(_socket.SHUT_RDWR)
+
+    def _shutdown(self, how: int) -> None:
+        """shutdown(2) on the connection's descriptor, which stays open (no socket object owns it
+        here); a connection that is not connected any more has nothing to shut down."""
+        try:
+            sock = _socket.socket(fileno=self._fd)
+        except OSError:
+            return
+        try:
+            sock.shutdown(how)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+
+    def _free(self) -> None:
+        self._handshake.release()
+        close_fd, self._close_fd = self._close_fd, None
+        if close_fd is not None:
+            try:
+                close_fd()
+            except OSError:
+                pass  # the call that frees reports the closed socket, not this
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -177,27 +350,23 @@ class Connection:
         timeout = self.owner.gettimeout()
         return None if timeout is None else time.monotonic() + timeout
 
-    def _wait(self, want: int, deadline, operation: str) -> None:
-        """Wait for the socket to become readable/writable as OpenSSL or the kernel asked."""
-        timeout = self.owner.gettimeout()
-        if timeout == 0.0:
+    def _wait(self, want: int, deadline, operation: str, waiter: _Waiter | None = None) -> None:
+        """Wait for the socket to become readable/writable as OpenSSL or the kernel asked (a
+        loop that retries after each wait passes one ``waiter`` for all its waits). ``operation``
+        names the caller's operation in the timeout message, as CPython's does (a read that must
+        first write times out as a read)."""
+        if self.owner.gettimeout() == 0.0:
             raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN if want == WANT_READ else select.POLLOUT)
-        while True:
-            if deadline is None:
-                remaining_ms = None
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _timed_out(operation if operation == "handshake" else
-                                     ("read" if want == WANT_READ else "write"))
-                remaining_ms = max(1, int(remaining * 1000))
-            if poller.poll(remaining_ms):
-                return
+        if waiter is not None:
+            waiter.wait(deadline, operation)
+        else:
+            single = _Waiter(self._fd, want)
+            single.wait(deadline, operation)
+        self._check_open()
 
     # --- handshake and handoff ------------------------------------------------------------------
 
+    @_guarded
     def do_handshake(self) -> None:
         with self._lock:
             if self._done:
@@ -212,6 +381,7 @@ class Connection:
                     try:
                         want = self._handshake.step()
                     except Exception as exc:
+                        self._check_open()  # the socket closed under the handshake: that is the error
                         self._failure = exc
                         self._event(f"handshake failed: {exc}")
                         raise
@@ -277,19 +447,19 @@ class Connection:
             if rx_reason:
                 raise HandoffUnavailable(rx_reason)
             tx_reason = report.unavailable_reason(handoff.version, handoff.cipher, Direction.TX)
-            kernel.attach_ulp(sock)
+            kernel.attach_ulp(self._fd)
             # RX first: with RX in the kernel and TX in OpenSSL the connection still works; the
             # other way round OpenSSL would answer post-handshake messages with stale write state.
-            kernel.install(sock, Direction.RX, handoff.rx)
+            kernel.install(self._fd, Direction.RX, handoff.rx)
             self._rx_kernel = True
             self._event(f"RX installed in the kernel at record {handoff.rx.seq}")
             if tx_reason is None:
                 try:
-                    kernel.install(sock, Direction.TX, handoff.tx)
+                    kernel.install(self._fd, Direction.TX, handoff.tx)
                     self._tx_kernel = True
                     self._event(f"TX installed in the kernel at record {handoff.tx.seq}")
                 except KernelTLSError as exc:
-                    tx_reason = str(exc)
+                    tx_reason = exc.message
             self._handshake.detach_from_socket(handoff, tx=self._tx_kernel)
             self._handoff = handoff
             self._key_update_after = (self._context.key_update_records
@@ -300,11 +470,12 @@ class Connection:
                                          post_handshake_auth=bool(self._context.post_handshake_auth))
             if handoff.version == keys.TLS_1_3_VERSION and report.rekey_supported:
                 self._tx_lock = threading.RLock()
+                self._records_may_park = True
             cipher_label = f"{handoff.cipher.display_name} ({handoff.suite})"
         except (HandoffUnavailable, KernelTLSError) as exc:
             if self._rx_kernel:
                 raise  # the kernel holds RX keys: there is no going back to OpenSSL
-            tx_reason = rx_reason = str(exc)
+            tx_reason = rx_reason = getattr(exc, "message", None) or str(exc)
             cipher_label = cipher_name
             self._event(f"kernel handoff not possible: {exc}")
         rekey = None
@@ -332,6 +503,7 @@ class Connection:
 
     # --- reading ---------------------------------------------------------------------------------
 
+    @_guarded
     def read(self, len=1024, buffer=None):
         if buffer is None:
             if len < 0:
@@ -367,6 +539,9 @@ class Connection:
                 if self._handshake.received_shutdown_only():
                     return 0
                 raise
+            except Exception:
+                self._check_open()  # the socket closed under the call: that is the error
+                raise
             if count >= 0:
                 return count
             self._wait(-count, deadline, "read")
@@ -377,57 +552,138 @@ class Connection:
             view[:count] = self._leftover[:count]
             self._leftover = self._leftover[count:]
             return count
+        self._flush_outgoing("read")
+        waiter = None
         deadline = None
-        direct = nbytes >= MAX_RECORD
-        while True:
-            if self._peer_closed:
-                return 0
-            if direct:
-                target = view[:nbytes]
-            else:
-                if self._scratch is None:  # only connections that do short reads pay for it
-                    self._scratch = bytearray(MAX_RECORD)
-                target = self._scratch
-            try:
-                record = kernel.recv_record_into(self._fd, target)
-            except BlockingIOError:
-                if deadline is None:
-                    deadline = self._deadline()
-                self._wait(WANT_READ, deadline, "read")
-                continue
-            except KernelTLSError as exc:
-                raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-            except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
-                raise self._terminate(exc, f"connection lost: {exc}") from None
-            content_type = record.content_type
-            if content_type == ContentType.APPLICATION_DATA:
-                if record.length == 0:
-                    continue  # an empty data record carries nothing (and is legal)
-                refused = control.data_refused(self._control)
-                if refused:
-                    self._fail(refused)
-                self._control.warning_alerts = 0
-                if direct:
-                    return record.length
-                count = min(nbytes, record.length)
-                view[:count] = target[:count]
-                self._leftover = bytes(target[count:record.length])
+        try:
+            while True:
+                self._check_open()
+                if self._peer_closed:
+                    return 0
+                # Straight into the caller's buffer only where a data record would be delivered:
+                # data that is about to be refused must not reach application memory.
+                if nbytes >= MAX_RECORD and control.data_refused(self._control) is None:
+                    target = view[:nbytes]
+                else:
+                    target = self._scratch_buffer()
+                try:
+                    record = kernel.recv_record_into(self._fd, target)
+                except BlockingIOError:
+                    if waiter is None:
+                        waiter = _Waiter(self._fd, WANT_READ)
+                        deadline = self._deadline()
+                    self._wait(WANT_READ, deadline, "read", waiter)
+                    continue
+                except KTLSKeyExpiredError as exc:
+                    if self._resume_under_current_key():
+                        continue
+                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+                except KernelTLSError as exc:
+                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+                except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
+                    self._check_open()
+                    raise self._terminate(exc, f"connection lost: {exc}") from None
+                count = self._take_record(record, target, view, nbytes)
+                if count is None:
+                    continue
+                if self._records_may_park and self.owner.gettimeout() == 0.0:
+                    self._take_parked_records()
                 return count
-            if content_type == 0:
-                if record.length == 0:
-                    raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
-                raise KernelTLSError(0, "the kernel returned data without a record type", "NO_RECORD_TYPE")
-            self._handle_control(content_type, bytes(target[: record.length]))
+        finally:
+            if waiter is not None:
+                waiter.close()
+
+    def _scratch_buffer(self) -> bytearray:
+        if self._scratch is None:  # only connections that do short reads pay for it
+            self._scratch = bytearray(MAX_RECORD)
+        return self._scratch
+
+    def _take_record(self, record, target, view, nbytes: int) -> int | None:
+        """What one received record means for a read: the byte count delivered into ``view``,
+        or None where the read goes on (a control record was handled, an empty record)."""
+        content_type = record.content_type
+        if content_type == ContentType.APPLICATION_DATA:
+            if record.length == 0:
+                # Empty data records are legal. The kernel consumes them inside recvmsg without a
+                # trace (a run of them surfaces at most once, as this zero-length read), so
+                # OpenSSL's limit on a run of them cannot be applied here (see README).
+                return None
+            refused = control.data_refused(self._control)
+            if refused:
+                self._fail(refused)
+            self._control.saw_application_data()
+            if target is not self._scratch:
+                return record.length
+            count = min(nbytes, record.length)
+            view[:count] = target[:count]
+            self._leftover = bytes(target[count:record.length])
+            return count
+        if content_type == 0:
+            if record.length == 0:
+                self._check_open()  # our own shutdown at close looks like EOF
+                raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
+            raise KernelTLSError(0, "the kernel returned data without a record type (no TLS receive key "
+                                    "is installed on this socket): the connection cannot continue", "NO_RECORD_TYPE")
+        self._handle_control(content_type, bytes(target[: record.length]))
+        return None
+
+    def _take_parked_records(self) -> None:
+        """After a read on a non-blocking socket, whose caller waits for readiness itself: control
+        records the kernel decrypted and holds (a KeyUpdate that stopped the read) are handled now,
+        since the kernel reports nothing readable while it holds one. (A blocking read takes them
+        at its next call.) A 1-byte peek tells what comes next; data stays in the kernel. A
+        failure is kept for the next call: the data just read is the caller's."""
+        scratch = self._scratch_buffer()
+        while not self._peer_closed and self._failure is None:
+            try:
+                peeked = kernel.recv_record_into(self._fd, memoryview(scratch)[:1],
+                                                 _socket.MSG_DONTWAIT | _socket.MSG_PEEK)
+                if peeked.content_type != ContentType.HANDSHAKE:
+                    return  # data, an alert, EOF: readiness reports them, the next read takes them
+                record = kernel.recv_record_into(self._fd, scratch, _socket.MSG_DONTWAIT)
+                self._handle_control(record.content_type, bytes(scratch[: record.length]))
+            except BlockingIOError:
+                return
+            except Exception as exc:
+                if self._failure is None:
+                    self._failure = exc
+                # The caller learns it at its next read; shutting reception down makes the socket
+                # readable, so that a caller waiting for readiness makes that read.
+                self._shutdown(_socket.SHUT_RD)
+                return
+
+    def _resume_under_current_key(self) -> bool:
+        """The kernel pauses reception after every handshake record that starts with byte 24 (the
+        KeyUpdate type), expecting the next key. We install that key as soon as a complete KeyUpdate
+        ends its record, so a pause we meet was not for one: the first fragment of a KeyUpdate,
+        or a fragment of another message that happens to start with that byte. The records behind
+        it are still under the current key, which goes back in at the kernel's next sequence
+        number."""
+        if not self._records_may_park:
+            return False
+        current = kernel.read_crypto_info(self._fd, Direction.RX)
+        kernel.rekey(self._fd, Direction.RX, current)
+        self._event(f"kernel paused at a record that did not end a KeyUpdate: RX resumed under the "
+                    f"current key at record {current.seq}")
+        return True
 
     # --- control records --------------------------------------------------------------------------
 
     def _handle_control(self, content_type: int, payload: bytes) -> None:
+        """One non-data record: the application's callback sees it first, then the built-in
+        action always runs (a callback cannot stop a key change or drop a ticket). What the
+        action sends goes out before this returns, or stays queued on a non-blocking socket."""
         self._event(f"control record type={content_type} length={len(payload)}")
         callback = self._context.control_record_callback
         if callback is not None:
-            callback(self.owner, content_type, payload)
+            try:
+                callback(self.owner, content_type, payload)
+            except Exception as exc:
+                errors.report_callback_error(exc, callback, "Exception ignored in control_record_callback")
+            self._check_open()  # the callback may have closed the socket
         for decision in control.decide(self._control, content_type, payload):
             self._carry_out(decision)
+        self._flush_outgoing("read")
 
     def _carry_out(self, decision: control.Decision) -> None:
         action = decision.action
@@ -443,7 +699,7 @@ class Connection:
         elif action is Action.FAIL:
             self._fail(decision)
         elif action is Action.REFUSE_RENEGOTIATION:
-            self._send_alert(decision.alert)
+            self._queue_alert(decision.alert)
             self._event(decision.message)
         elif action is Action.SESSION_TICKET:
             self._to_openssl(decision)
@@ -466,25 +722,17 @@ class Connection:
         try:
             answer = self._handshake.feed(ContentType.HANDSHAKE, decision.handshake.pack())
         except BaseException as exc:
-            for content_type, payload in getattr(exc, "ktls_outgoing", []):
-                try:
-                    self._kernel_send_blocking(content_type, payload)
-                except OSError:
-                    break
+            self._check_open()
+            self._queue_own_records(getattr(exc, "ktls_outgoing", []))
+            self._flush_outgoing("read", best_effort=True)
             self._terminate(exc, f"OpenSSL rejected a post-handshake message: {exc}")
             raise
-        self._send_openssl_answer(answer)
-
-    def _send_openssl_answer(self, answer) -> None:
-        for content_type, payload in answer:
-            self._kernel_send_blocking(content_type, payload)
+        self._queue_own_records(answer)
 
     def _fail(self, decision: control.Decision):
         if decision.alert is not None:
-            try:
-                self._send_alert(decision.alert)
-            except OSError:
-                pass  # the connection is failing anyway; the error below is what matters
+            self._queue_alert(decision.alert)
+            self._flush_outgoing("read", best_effort=True)  # failing anyway: the error is what matters
         raise self._terminate(errors.local_protocol_error(decision.reason, decision.message),
                               f"connection failed: {decision.reason}: {decision.message}")
 
@@ -496,10 +744,56 @@ class Connection:
         self._handshake.forget_session()
         return exc
 
-    def _send_alert(self, alert: Alert) -> None:
+    # --- records we send on our own --------------------------------------------------------------
+
+    def _queue_alert(self, alert: Alert) -> None:
         if self._tx_kernel:
-            kernel.send_record(self._fd, ContentType.ALERT, alert.pack())
+            self._outgoing.append((ContentType.ALERT, alert.pack(), None))
             self._event(f"alert sent: {alert.description_name}")
+
+    def _queue_own_records(self, answer) -> None:
+        for content_type, payload in answer:
+            self._outgoing.append((content_type, payload, None))
+
+    def _flush_outgoing(self, operation: str, *, best_effort: bool = False) -> None:
+        """Send the records of our own that wait, in order, before anything else is sent or read.
+        Blocking and timeout sockets wait for room (the timeout bounds it, as for any call);
+        on a non-blocking socket what cannot go out stays queued and SSLWantWriteError says so.
+        ``best_effort``: send what fits now and never raise (an alert on a failing connection)."""
+        if not self._outgoing:
+            return
+        waiter = None
+        deadline = None
+        try:
+            with self._tx_lock, self._outgoing_lock:
+                while self._outgoing:
+                    content_type, payload, then = self._outgoing[0]
+                    try:
+                        sent = kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        if best_effort:
+                            return
+                        if waiter is None:
+                            waiter = _Waiter(self._fd, WANT_WRITE)
+                            deadline = self._deadline()
+                        self._wait(WANT_WRITE, deadline, operation, waiter)
+                        continue
+                    except OSError:
+                        if best_effort:
+                            return
+                        self._check_open()
+                        raise
+                    if sent < len(payload):  # the rest goes out as a record of the same type
+                        self._outgoing[0] = (content_type, payload[sent:], then)
+                        continue
+                    self._outgoing.popleft()
+                    if then is not None:
+                        then()
+        finally:
+            if waiter is not None:
+                waiter.close()
+
+    # --- key updates -------------------------------------------------------------------------------
 
     def _peer_key_update(self, update_requested: bool) -> None:
         handoff = self._handoff
@@ -510,26 +804,41 @@ class Connection:
                    "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
                 "KEY_UPDATE_UNSUPPORTED")
             self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
-            try:
-                self._send_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
-            except OSError:
-                pass
+            self._queue_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
+            self._flush_outgoing("read", best_effort=True)
             raise error
-        self._rx_secret = keys.tls13_next_secret(self._rx_secret, handoff.hash_name)
-        kernel.rekey(self._fd, Direction.RX,
-                     keys.tls13_traffic_keys(self._rx_secret, handoff.cipher, handoff.hash_name, 0))
+        secret = keys.tls13_next_secret(self._rx_secret, handoff.hash_name)
+        try:
+            kernel.rekey(self._fd, Direction.RX, keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
+        except KernelTLSError as exc:
+            raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
+        self._rx_secret = secret
         self._event("KeyUpdate received: RX rekeyed")
         if update_requested:
             self._update_tx_keys(request_peer=False)
 
     def _update_tx_keys(self, request_peer: bool) -> None:
+        """Our KeyUpdate goes out, and the TX key changes right behind it: the change runs as the
+        record's ``then`` under the TX lock, so no record goes out between the two."""
+        self._outgoing.append((ContentType.HANDSHAKE, records.key_update_message(request_peer),
+                               functools.partial(self._next_tx_key, request_peer)))
+
+    def _next_tx_key(self, request_peer: bool) -> None:
         handoff = self._handoff
-        with self._tx_lock:
-            self._kernel_send_blocking(ContentType.HANDSHAKE, records.key_update_message(request_peer))
-            self._tx_secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
-            kernel.rekey(self._fd, Direction.TX,
-                         keys.tls13_traffic_keys(self._tx_secret, handoff.cipher, handoff.hash_name, 0))
-            self._tx_records_bound = 0
+        secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
+        try:
+            kernel.rekey(self._fd, Direction.TX, keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
+        except (KernelTLSError, OSError) as exc:
+            # The peer has the KeyUpdate and reads with the next key from here on: nothing sent
+            # under the old key could be read, so the connection ends here, for good.
+            reason = getattr(exc, "reason", None) or "KEY_UPDATE_FAILED"
+            error = KernelTLSError(exc.errno or 0, "our KeyUpdate was sent but the kernel refused the "
+                                   f"next send key ({getattr(exc, 'message', exc)}); the peer now "
+                                   "expects that key, so nothing more can be sent on this connection",
+                                   reason)
+            raise self._terminate(error, f"KeyUpdate sent; the kernel refused the next TX key: {exc}") from None
+        self._tx_secret = secret
+        self._tx_records_bound = 0
         self.key_updates += 1
         self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
 
@@ -546,11 +855,21 @@ class Connection:
         if self._handoff.version == keys.TLS_1_3_VERSION and kernel.probe().rekey_supported:
             with self._lock:
                 self._update_tx_keys(request_peer=False)
+                self._flush_queued_key_update()
             return
         if not self.key_limit_reached:
             self.key_limit_reached = True
             self._event(f"{self._tx_records_bound} records under one key and the kernel cannot "
                         "update keys: close this connection soon")
+
+    def _flush_queued_key_update(self) -> None:
+        """A KeyUpdate we start goes out now where it can; on a non-blocking socket that is full it
+        stays queued (as OpenSSL's SSL_key_update) and goes out, with its key change, before the
+        next record is sent."""
+        try:
+            self._flush_outgoing("write")
+        except ssl.SSLWantWriteError:
+            pass
 
     def _check_key_limit(self) -> None:
         if self.key_limit_reached and self._tx_records_bound >= keys.AEAD_RECORD_LIMITS[self._handoff.cipher]:
@@ -559,9 +878,11 @@ class Connection:
                    f"{self._handoff.cipher.display_name} (RFC 8446 5.5), and this kernel cannot update "
                    "keys; nothing more is sent on this connection", "KEY_USAGE_LIMIT")
 
+    @_guarded
     def key_update(self, request_peer: bool = False) -> None:
         """Send a TLS 1.3 KeyUpdate and move our sending direction to the next key."""
         self._ensure_handshake()
+        self._raise_if_failed()
         with self._lock:
             if self._handshake.protocol_version != keys.TLS_1_3_VERSION:
                 raise ValueError("KeyUpdate exists in TLS 1.3 only")
@@ -575,24 +896,61 @@ class Connection:
                     0, f"kernel {kernel.probe().kernel_release} cannot replace TLS 1.3 keys "
                        "(needs Linux 6.14+); nothing was sent", "KEY_UPDATE_UNSUPPORTED")
             self._update_tx_keys(request_peer)
+            self._flush_queued_key_update()
 
+    @_guarded
     def recv_record(self, bufsize: int = MAX_RECORD):
-        """The next record as (content_type, payload), without any built-in handling."""
+        """The next record as (content_type, payload). A non-data record gets its built-in
+        handling too (keys move, tickets reach OpenSSL, close_notify ends the data) before it is
+        returned, so the connection stays consistent, and application data behind an unfinished
+        post-handshake message is refused as recv() refuses it. A record that fails the
+        connection (a fatal alert, a protocol violation) raises instead."""
         self._ensure_handshake()
+        self._raise_if_failed()
         if not self._rx_kernel:
             raise ValueError("recv_record needs the kernel to carry the receive direction "
                              f"({self._status.rx_reason})")
-        buffer = bytearray(max(bufsize, 1))
-        deadline = self._deadline()
-        while True:
-            try:
-                record = kernel.recv_record_into(self._fd, buffer)
-                return record.content_type, bytes(buffer[: record.length])
-            except BlockingIOError:
-                self._wait(WANT_READ, deadline, "read")
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            return ContentType.APPLICATION_DATA, data
+        self._flush_outgoing("read")
+        buffer = bytearray(max(bufsize, MAX_RECORD))  # a control record is always taken whole
+        waiter = None
+        deadline = None
+        try:
+            while True:
+                self._check_open()
+                try:
+                    record = kernel.recv_record_into(self._fd, buffer)
+                except BlockingIOError:
+                    if waiter is None:
+                        waiter = _Waiter(self._fd, WANT_READ)
+                        deadline = self._deadline()
+                    self._wait(WANT_READ, deadline, "read", waiter)
+                    continue
+                except KTLSKeyExpiredError as exc:
+                    if self._resume_under_current_key():
+                        continue
+                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+                except KernelTLSError as exc:
+                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+                payload = bytes(buffer[: record.length])
+                if record.content_type == ContentType.APPLICATION_DATA:
+                    refused = control.data_refused(self._control)
+                    if refused:
+                        self._fail(refused)
+                    if record.length:
+                        self._control.saw_application_data()
+                elif record.content_type != 0:
+                    self._handle_control(record.content_type, payload)
+                return record.content_type, payload
+        finally:
+            if waiter is not None:
+                waiter.close()
 
     # --- writing ---------------------------------------------------------------------------------
 
+    @_guarded
     def write(self, data) -> int:
         self._ensure_handshake()
         self._raise_if_failed()
@@ -602,55 +960,104 @@ class Connection:
             return self._kernel_write(data)
         deadline = self._deadline()
         while True:
-            count = self._handshake.write(data)
+            try:
+                count = self._handshake.write(data)
+            except Exception:
+                self._check_open()
+                raise
             if count >= 0:
                 return count
             self._wait(-count, deadline, "write")
 
     def _kernel_write(self, data) -> int:
         self._check_key_limit()
+        self._flush_outgoing("write")
+        waiter = None
+        deadline = None
         try:
-            with self._tx_lock:
-                sent = _socket.socket.send(self.owner, data)
-        except BlockingIOError:
-            raise errors.want_write_error() from None
-        except TimeoutError:
-            raise _timed_out("write") from None
+            while True:
+                try:
+                    with self._tx_lock:
+                        if self._outgoing:  # queued by another thread meanwhile: those go first
+                            self._flush_outgoing("write")
+                        sent = os.write(self._fd, data)
+                    break
+                except BlockingIOError:
+                    if waiter is None:
+                        waiter = _Waiter(self._fd, WANT_WRITE)
+                        deadline = self._deadline()
+                    self._wait(WANT_WRITE, deadline, "write", waiter)
+                except OSError:
+                    self._check_open()
+                    raise
+        finally:
+            if waiter is not None:
+                waiter.close()
         self._count_sent(sent // MAX_RECORD + 1)
         return sent
 
+    @_guarded
     def sendfile(self, file, offset: int, count):
         """Bytes sent through the kernel path, or None when this connection cannot sendfile."""
         self._ensure_handshake()
+        self._raise_if_failed()
+        try:
+            fileno = file.fileno()
+        except (AttributeError, OSError):  # not a real file (io.UnsupportedOperation is an OSError)
+            return None
         if self._tx_kernel:
             self._check_key_limit()
-            with self._tx_lock:
-                sent = _socket.socket.sendfile(self.owner, file, offset, count)
-            self._count_sent(sent // MAX_RECORD + 1)
-            return sent
+            self._flush_outgoing("write")
+            return self._sendfile_loop(file, fileno, offset, count, self._kernel_sendfile_chunk)
         if self.policy is Policy.AFTER_CCS and self._status.tx:
             if self._openssl_tx_stale is not None:
                 raise self._openssl_tx_stale
-            return self._openssl_sendfile(file, offset, count)
+            return self._sendfile_loop(file, fileno, offset, count, self._handshake.sendfile)
         return None
 
-    def _openssl_sendfile(self, file, offset: int, count):
-        size = os.fstat(file.fileno()).st_size - offset
+    def _kernel_sendfile_chunk(self, fileno: int, offset: int, size: int) -> int:
+        """os.sendfile into the kernel's TLS: bytes sent, or -WANT_WRITE."""
+        try:
+            with self._tx_lock:
+                sent = os.sendfile(self._fd, fileno, offset, size)
+        except BlockingIOError:
+            return -WANT_WRITE
+        except OSError:
+            self._check_open()
+            raise
+        self._count_sent(sent // MAX_RECORD + 1)
+        return sent
+
+    def _sendfile_loop(self, file, fileno: int, offset: int, count, send_chunk) -> int:
+        """socket.sendfile's contract over ``send_chunk(fileno, offset, size)`` (bytes, or -WANT_*):
+        from ``offset``, ``count`` bytes or to the end of the file; the file position ends after
+        the last byte sent; the socket's timeout bounds each wait."""
+        size = os.fstat(fileno).st_size - offset
         if count is not None:
             size = min(size, count)
         total = 0
-        deadline = self._deadline()
-        while total < size:
-            sent = self._handshake.sendfile(file.fileno(), offset + total, size - total)
-            if sent < 0:
-                self._wait(-sent, deadline, "write")
-                continue
-            if sent == 0:
-                break
-            total += sent
-        file.seek(offset + total)
+        waiter = None
+        deadline = None
+        try:
+            while total < size:
+                sent = send_chunk(fileno, offset + total, min(size - total, 1 << 30))
+                if sent < 0:
+                    if waiter is None:
+                        waiter = _Waiter(self._fd, -sent)
+                        deadline = self._deadline()
+                    self._wait(-sent, deadline, "write", waiter)
+                    continue
+                if sent == 0:
+                    break  # the file ended early
+                total += sent
+        finally:
+            if waiter is not None:
+                waiter.close()
+            if total:
+                file.seek(offset + total)
         return total
 
+    @_guarded
     def pending(self) -> int:
         if self._rx_kernel:
             return len(self._leftover)
@@ -658,6 +1065,7 @@ class Connection:
 
     # --- shutdown ----------------------------------------------------------------------------------
 
+    @_guarded
     def shutdown(self):
         """Send close_notify and wait for the peer's (CPython's unwrap); returns the socket."""
         sock = self.owner
@@ -666,36 +1074,36 @@ class Connection:
             return sock
         if not self._sent_close:
             if self._tx_kernel:
-                self._kernel_send_blocking(ContentType.ALERT, CLOSE_NOTIFY)
+                self._outgoing.append((ContentType.ALERT, CLOSE_NOTIFY, None))
+                self._flush_outgoing("write")
             else:
                 self._handshake.shutdown_step()
             self._sent_close = True
             self._handshake.note_close_notify(sent=True)
             self._event("close_notify sent")
-        deadline = self._deadline()
-        while not self._peer_closed:
-            scratch = bytearray(MAX_RECORD)
-            try:
-                record = kernel.recv_record_into(self._fd, scratch)
-            except BlockingIOError:
-                self._wait(WANT_READ, deadline, "read")
-                continue
-            if record.content_type == 0 and record.length == 0:
-                raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
-            if record.content_type == ContentType.APPLICATION_DATA:
-                continue  # data in flight while closing is discarded, as OpenSSL does
-            self._handle_control(record.content_type, bytes(scratch[: record.length]))
+        waiter = None
+        deadline = None
+        scratch = self._scratch_buffer()
+        try:
+            while not self._peer_closed:
+                self._check_open()
+                try:
+                    record = kernel.recv_record_into(self._fd, scratch)
+                except BlockingIOError:
+                    if waiter is None:
+                        waiter = _Waiter(self._fd, WANT_READ)
+                        deadline = self._deadline()
+                    self._wait(WANT_READ, deadline, "read", waiter)
+                    continue
+                if record.content_type == 0 and record.length == 0:
+                    raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
+                if record.content_type == ContentType.APPLICATION_DATA:
+                    continue  # data in flight while closing is discarded, as OpenSSL does
+                self._handle_control(record.content_type, bytes(scratch[: record.length]))
+        finally:
+            if waiter is not None:
+                waiter.close()
         return sock
-
-    def _kernel_send_blocking(self, content_type: int, payload: bytes) -> None:
-        deadline = self._deadline()
-        while True:
-            try:
-                with self._tx_lock:
-                    kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
-                return
-            except BlockingIOError:
-                self._wait(WANT_WRITE, deadline, "write")
 
     def _openssl_shutdown(self) -> None:
         deadline = self._deadline()
@@ -711,31 +1119,33 @@ class Connection:
                 continue
             self._wait(-result, deadline, "read" if -result == WANT_READ else "write")
 
-    def release(self) -> None:
-        """The socket is closed: OpenSSL's state goes now, not at the next garbage collection."""
-        with self._lock:
-            self._handshake.release()
-
     # --- information (what _ssl._SSLSocket offers) --------------------------------------------------
 
+    @_guarded
     def version(self):
         return self._handshake.version()
 
+    @_guarded
     def cipher(self):
         return self._handshake.cipher()
 
+    @_guarded
     def shared_ciphers(self):
         return self._handshake.shared_ciphers()
 
+    @_guarded
     def compression(self):
         return self._handshake.compression()
 
+    @_guarded
     def selected_alpn_protocol(self):
         return self._handshake.selected_alpn_protocol()
 
+    @_guarded
     def get_channel_binding(self, cb_type="tls-unique"):
         return self._handshake.channel_binding(cb_type)
 
+    @_guarded
     def getpeercert(self, binary_form=False):
         if not self._handshake.is_finished:
             raise ValueError("handshake not done yet")
@@ -749,12 +1159,15 @@ class Connection:
         from .certificate import decode_certificate
         return decode_certificate(der)
 
+    @_guarded
     def get_verified_chain(self):
         return self._handshake.verified_chain()
 
+    @_guarded
     def get_unverified_chain(self):
         return self._handshake.unverified_chain()
 
+    @_guarded
     def verify_client_post_handshake(self):
         """Ask the client for a certificate now (TLS 1.3). Under kTLS the CertificateRequest goes
         out at once; the client's answer is checked by OpenSSL when it arrives, and no data that
@@ -763,21 +1176,25 @@ class Connection:
         if self._rx_kernel:
             with self._lock:
                 if self._tx_kernel:
-                    self._send_openssl_answer(self._handshake.emit())
+                    self._queue_own_records(self._handshake.emit())
+                    self._flush_outgoing("write")
                 else:
                     self._handshake.emit()
                 self._control.client_auth = "requested"
                 self._event("post-handshake CertificateRequest sent")
 
     @property
+    @_guarded
     def session(self):
         return self._handshake.get_session()
 
     @session.setter
+    @_guarded
     def session(self, value):
         self._handshake.set_session(value)
 
     @property
+    @_guarded
     def session_reused(self):
         return self._handshake.session_reused
 
@@ -786,6 +1203,7 @@ class Connection:
         return self._context
 
     @context.setter
+    @_guarded
     def context(self, value):
         self._handshake.set_context(value)
         self._context = value
@@ -818,16 +1236,22 @@ class KTLSSocket(ssl.SSLSocket):
         if connection is not None:
             connection._event("unwrapped: TLS ended, the TCP socket stays open")
             self._ktls_unwrapped = connection
+            connection.release()
         return result
 
     def _real_close(self):
         connection = self._sslobj or getattr(self, "_ktls_unwrapped", None)
-        if connection is not None:
-            connection._event("socket closed")
-            self._ktls_trail = connection.events  # only the trail outlives the connection
-            self._ktls_unwrapped = None
-            connection.release()
-        super()._real_close()
+        if connection is None:
+            super()._real_close()
+            return
+        connection._event("socket closed")
+        self._ktls_trail = connection.events  # only the trail outlives the connection
+        self._ktls_unwrapped = None
+        self._sslobj = None
+        # The connection closes the descriptor: now, or, while another thread's call is still
+        # using it, when that call leaves (see the theory of operation above).
+        fd = _socket.socket.detach(self)
+        connection.release(close_fd=functools.partial(os.close, fd) if fd >= 0 else None)
 
     def recv_record(self, bufsize: int = MAX_RECORD):
         self._checkClosed()

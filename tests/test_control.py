@@ -32,11 +32,28 @@ def test_every_failure_reason_is_an_openssl_name():
     assert reasons and reasons <= known, reasons - known
 
 
-@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
-@pytest.mark.parametrize("level", [1, 2])
-def test_close_notify_closes_at_any_level(version, level):
-    decision = only(control.decide(client(version), ContentType.ALERT, bytes([level, 0])))
-    assert decision.action is Action.CLOSE
+# What OpenSSL 3.0.19 in user space (Policy.USERSPACE, a client of the hostile peer) did with each
+# alert, measured: (version, alert bytes) -> the action, and the reason where it failed.
+OPENSSL_ALERT_OUTCOMES = [
+    (TLS_1_2_VERSION, b"\x01\x00", Action.CLOSE, None),
+    (TLS_1_3_VERSION, b"\x01\x00", Action.CLOSE, None),
+    (TLS_1_2_VERSION, b"\x02\x00", Action.PEER_ALERT, None),  # a fatal close_notify is a fatal alert
+    (TLS_1_3_VERSION, b"\x02\x00", Action.CLOSE, None),  # in TLS 1.3 the level means nothing
+    (TLS_1_2_VERSION, b"\x03\x00", Action.FAIL, "UNKNOWN_ALERT_TYPE"),
+    (TLS_1_3_VERSION, b"\x03\x00", Action.CLOSE, None),
+    (TLS_1_2_VERSION, b"\x03\x5a", Action.FAIL, "UNKNOWN_ALERT_TYPE"),
+    (TLS_1_3_VERSION, b"\x03\x5a", Action.IGNORE, None),  # user_canceled at any level
+    (TLS_1_2_VERSION, b"\x03\x28", Action.FAIL, "UNKNOWN_ALERT_TYPE"),
+    (TLS_1_3_VERSION, b"\x03\x28", Action.PEER_ALERT, None),
+]
+
+
+@pytest.mark.parametrize("version, alert, action, reason", OPENSSL_ALERT_OUTCOMES)
+def test_alert_levels_as_openssl_reads_them(version, alert, action, reason):
+    decision = only(control.decide(client(version), ContentType.ALERT, alert))
+    assert (decision.action, decision.reason) == (action, reason)
+    if action is Action.FAIL:
+        assert decision.alert.description == AlertDescription.illegal_parameter
 
 
 @pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
@@ -78,10 +95,11 @@ def test_tls12_no_renegotiation_without_asking_is_a_failure():
     assert decision.alert.description == AlertDescription.handshake_failure
 
 
-@pytest.mark.parametrize("payload, reason", [(b"\x02", "INVALID_ALERT"), (b"\x02\x28\x00", "INVALID_ALERT"),
-                                             (b"\x07\x28", "UNKNOWN_ALERT_TYPE")])
-def test_malformed_alerts(payload, reason):
-    decision = only(control.decide(client(), ContentType.ALERT, payload))
+@pytest.mark.parametrize("version, payload, reason", [
+    (TLS_1_3_VERSION, b"\x02", "INVALID_ALERT"), (TLS_1_3_VERSION, b"\x02\x28\x00", "INVALID_ALERT"),
+    (TLS_1_2_VERSION, b"\x07\x28", "UNKNOWN_ALERT_TYPE")])
+def test_malformed_alerts(version, payload, reason):
+    decision = only(control.decide(client(version), ContentType.ALERT, payload))
     assert (decision.action, decision.reason) == (Action.FAIL, reason)
     assert decision.alert.is_fatal
 
@@ -108,14 +126,28 @@ def test_tls13_malformed_key_update(body):
 
 def test_several_messages_in_one_record_and_one_message_over_records():
     state = client()
-    both = key_update_message(False) + build_handshake(4, bytes(30))
+    both = build_handshake(4, bytes(30)) + key_update_message(False)
     assert [d.action for d in control.decide(state, ContentType.HANDSHAKE, both)] == [
-        Action.KEY_UPDATE, Action.SESSION_TICKET]
+        Action.SESSION_TICKET, Action.KEY_UPDATE]
     ticket = build_handshake(4, bytes(100))
     assert control.decide(state, ContentType.HANDSHAKE, ticket[:50]) == []
     assert state.handshake_buffer == ticket[:50]
     assert only(control.decide(state, ContentType.HANDSHAKE, ticket[50:])).action is Action.SESSION_TICKET
     assert state.handshake_buffer == b""
+
+
+@pytest.mark.parametrize("buffered, reason", [(1, "MIXED_HANDSHAKE_AND_NON_HANDSHAKE_DATA"),
+                                              (3, "MIXED_HANDSHAKE_AND_NON_HANDSHAKE_DATA"),
+                                              (4, "UNEXPECTED_RECORD"), (10, "UNEXPECTED_RECORD")])
+def test_data_inside_a_fragmented_message_is_named_as_openssl_names_it(buffered, reason):
+    """OpenSSL 3.0 in user space, measured with the hostile peer: data inside a handshake message's
+    4-byte header is MIXED_HANDSHAKE_AND_NON_HANDSHAKE_DATA, inside its body UNEXPECTED_RECORD."""
+    state = client()
+    assert control.decide(state, ContentType.HANDSHAKE, key_update_message(False)[:1] if buffered == 1 else
+                          build_handshake(4, bytes(100))[:buffered]) == []
+    decision = control.data_refused(state)
+    assert (decision.action, decision.reason) == (Action.FAIL, reason)
+    assert decision.alert.description == AlertDescription.unexpected_message
 
 
 def test_data_inside_a_fragmented_handshake_message_is_refused():
@@ -165,3 +197,26 @@ def test_other_records_fail_with_unexpected_message(content_type, payload):
     decision = only(control.decide(client(), content_type, payload))
     assert decision.action is Action.FAIL
     assert decision.alert.description == AlertDescription.unexpected_message
+
+
+@pytest.mark.parametrize("record", [
+    key_update_message(False) + build_handshake(4, bytes(30)),  # another message behind it
+    key_update_message(False) + key_update_message(True),  # two KeyUpdates in one record
+    key_update_message(False) + b"\x04\x00",  # the start of another message behind it
+])
+def test_tls13_key_update_must_end_its_record(record):
+    """RFC 8446 5.1: the key changes right after a KeyUpdate, so it must end its record (OpenSSL:
+    unexpected_message, NOT_ON_RECORD_BOUNDARY); nothing after it is acted on."""
+    decision = only(control.decide(client(), ContentType.HANDSHAKE, record))
+    assert (decision.action, decision.reason) == (Action.FAIL, "NOT_ON_RECORD_BOUNDARY")
+    assert decision.alert.description == AlertDescription.unexpected_message
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 4])
+def test_tls13_key_update_fragmented_over_records_is_legal(split):
+    state = client()
+    message = key_update_message(True)
+    assert control.decide(state, ContentType.HANDSHAKE, message[:split]) == []
+    decision = only(control.decide(state, ContentType.HANDSHAKE, message[split:]))
+    assert decision.action is Action.KEY_UPDATE and decision.update_requested
+    assert state.handshake_buffer == b""

@@ -17,14 +17,24 @@ A script drives one connection step by step:
 Records are queued and sent together by ``flush()``, so that what must arrive in one TCP segment
 (a Finished and the record behind it) does. ``drain()`` reads until EOF, RST or its timeout and
 decrypts what it can, which tells a test which alert our side sent and whether anything else left.
+
+Framing is a knob too: a handshake message may be split over several records (``fragments=``: a
+count of equal parts or a list of leading fragment sizes; every record carries at most
+``max_fragment`` bytes, 2^14 unless told), preceded by empty handshake records (``empty_before=``),
+or several messages may share one record (``queue_handshake_bytes``). ``complete(**finished)``
+passes such options to the Finished of an otherwise honest handshake.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
+import select
 import socket
 import struct
+import termios
+import time
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -37,6 +47,7 @@ from ktls_ossl import keys
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
 from ktls_ossl.records import (
     HEADER_SIZE,
+    MAX_PLAINTEXT,
     AlertDescription,
     ContentType,
     HandshakeType,
@@ -61,6 +72,7 @@ EXT_EC_POINT_FORMATS = 0x000B
 EXT_SIGNATURE_ALGORITHMS = 0x000D
 EXT_SUPPORTED_VERSIONS = 0x002B
 EXT_KEY_SHARE = 0x0033
+EXT_UNASSIGNED = 0xFAFA  # a GREASE value (RFC 8701): an extension every receiver must ignore
 EXT_RENEGOTIATION_INFO = 0xFF01
 SCSV_RENEGOTIATION = 0x00FF
 
@@ -85,6 +97,61 @@ def _u24(data: bytes) -> bytes:
 
 def _extension(kind: int, body: bytes) -> bytes:
     return struct.pack(">H", kind) + _u16(body)
+
+
+def fragment(data: bytes, fragments=None, max_fragment: int = MAX_PLAINTEXT) -> list[bytes]:
+    """``data`` cut into record payloads: ``fragments`` is None (as few as ``max_fragment``
+    allows), a count of near-equal parts, or the sizes of the leading parts (the rest is the last
+    part); every part is then cut again where it exceeds ``max_fragment``."""
+    if fragments is None:
+        parts = [data]
+    elif isinstance(fragments, int):
+        if not 1 <= fragments <= max(len(data), 1):
+            raise ValueError(f"cannot cut {len(data)} bytes into {fragments} non-empty fragments")
+        size, extra = divmod(len(data), fragments)
+        parts, offset = [], 0
+        for index in range(fragments):
+            end = offset + size + (1 if index < extra else 0)
+            parts.append(data[offset:end])
+            offset = end
+    else:
+        parts, offset = [], 0
+        for size in fragments:
+            if size < 1 or offset + size > len(data):
+                raise ValueError(f"fragment sizes {list(fragments)} do not fit {len(data)} bytes")
+            parts.append(data[offset:offset + size])
+            offset += size
+        if offset < len(data):
+            parts.append(data[offset:])
+    cut = []
+    for part in parts:
+        cut += [part[i:i + max_fragment] for i in range(0, len(part), max_fragment)] or [b""]
+    return cut
+
+
+def new_session_ticket_body(ticket: bytes, *, nonce: bytes = b"\x00", lifetime: int = 7200,
+                            age_add: int = 0, extensions: bytes = b"") -> bytes:
+    """A TLS 1.3 NewSessionTicket body (RFC 8446 4.6.1): lifetime, age_add, nonce<0..255>,
+    ticket<1..2^16-1>, extensions<0..2^16-2>."""
+    return struct.pack(">II", lifetime, age_add) + _u8(nonce) + _u16(ticket) + _u16(extensions)
+
+
+def certificate_request_body(size: int | None = None, *, context: bytes = b"\x01") -> bytes:
+    """A TLS 1.3 CertificateRequest body (RFC 8446 4.3.2): certificate_request_context<0..255> and
+    extensions<2..2^16-1> with signature_algorithms (mandatory) and, to reach ``size`` bytes in
+    all, an unassigned (GREASE) extension of zeros, which the receiver must ignore. A post-handshake
+    request needs a non-empty context."""
+    signature_algorithms = _extension(EXT_SIGNATURE_ALGORITHMS,
+                                      _u16(struct.pack(">HH", ECDSA_SECP256R1_SHA256, RSA_PSS_RSAE_SHA256)))
+    minimal = _u8(context) + _u16(signature_algorithms)
+    if size is None or size == len(minimal):
+        return minimal
+    padding = size - len(minimal) - 4
+    if padding < 0:
+        raise ValueError(f"a CertificateRequest has at least {len(minimal) + 4} bytes with padding")
+    body = _u8(context) + _u16(signature_algorithms + _extension(EXT_UNASSIGNED, bytes(padding)))
+    assert len(body) == size
+    return body
 
 
 class _Reader:
@@ -201,6 +268,11 @@ class Observed:
     @property
     def first_alert(self) -> str | None:
         return self.alerts[0] if self.alerts else None
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue that the other side has not acknowledged (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 def _alert_text(payload: bytes) -> str:
@@ -321,12 +393,24 @@ class Endpoint:
         else:
             self._out += self.write.seal(content_type, payload, **tamper)
 
-    def queue_handshake(self, msg_type: int, body: bytes, *, transcript: bool = True, **tamper) -> bytes:
+    def queue_handshake(self, msg_type: int, body: bytes, *, transcript: bool = True, fragments=None,
+                        max_fragment: int = MAX_PLAINTEXT, empty_before: int = 0, **tamper) -> bytes:
+        """One handshake message, in one record or as ``fragments`` (see ``fragment``), after
+        ``empty_before`` zero-length handshake records."""
         message = build_handshake(msg_type, body)
         if transcript:
             self.transcript += message
-        self.queue_record(ContentType.HANDSHAKE, message, **tamper)
+        for _ in range(empty_before):
+            self.queue_record(ContentType.HANDSHAKE, b"", **tamper)
+        self.queue_handshake_bytes(message, fragments=fragments, max_fragment=max_fragment, **tamper)
         return message
+
+    def queue_handshake_bytes(self, data: bytes, *, fragments=None, max_fragment: int = MAX_PLAINTEXT,
+                              **tamper) -> None:
+        """Handshake-layer bytes as they are (several messages in one record, or a message's
+        head only), cut into records; the transcript is not touched."""
+        for part in fragment(data, fragments, max_fragment):
+            self.queue_record(ContentType.HANDSHAKE, part, **tamper)
 
     def queue_ccs(self) -> None:
         """A plaintext ChangeCipherSpec; in TLS 1.2 our next records use the new write keys."""
@@ -357,16 +441,26 @@ class Endpoint:
         self.queue_record(ContentType.APPLICATION_DATA, data, **tamper)
         self.flush()
 
-    def send_alert(self, level: int, description: int) -> None:
+    def queue_alert(self, level: int, description: int) -> None:
+        """An alert of any level (1 warning, 2 fatal, anything else is no level at all)."""
         self.queue_record(ContentType.ALERT, bytes([level, description]))
+
+    def send_alert(self, level: int, description: int) -> None:
+        self.queue_alert(level, description)
         self.flush()
 
     def close_notify(self) -> None:
         self.send_alert(1, AlertDescription.close_notify)
 
-    def key_update(self, requested: bool = False) -> None:
-        """Queue a KeyUpdate and move our write direction to the next secret (TLS 1.3)."""
-        self.queue_handshake(HandshakeType.key_update, b"\x01" if requested else b"\x00", transcript=False)
+    def key_update(self, requested: bool = False, **framing) -> None:
+        """Queue a KeyUpdate (``framing``: see queue_handshake) and move our write direction to the
+        next secret (TLS 1.3)."""
+        self.queue_handshake(HandshakeType.key_update, b"\x01" if requested else b"\x00", transcript=False,
+                             **framing)
+        self.next_write_key()
+
+    def next_write_key(self) -> None:
+        """Our write direction moves to the next TLS 1.3 application secret (after a KeyUpdate)."""
         name = "server_ap" if self.is_server else "client_ap"
         self.secrets[name] = keys.tls13_next_secret(self.secrets[name], HASH)
         self.write = Protector(keys.tls13_traffic_keys(self.secrets[name], CIPHER, HASH), name)
@@ -375,6 +469,18 @@ class Endpoint:
         """TCP FIN (no close_notify)."""
         self.flush()
         self.sock.shutdown(socket.SHUT_WR)
+
+    def wait_delivered(self, timeout: float) -> None:
+        """Flush, then wait until the other side's TCP has acknowledged every byte (the send queue,
+        SIOCOUTQ, is empty): on loopback the bytes are then in its receive queue. Orders what was
+        sent before whatever this endpoint does next (an RST), without guessing with a sleep."""
+        self.flush()
+        poller = select.poll()
+        deadline = time.monotonic() + timeout
+        while _unacknowledged(self.sock) > 0:
+            if time.monotonic() > deadline:
+                raise PeerError("the other side's TCP did not acknowledge what was sent")
+            poller.poll(1)  # an acknowledgement wakes nothing we can wait on: look again in 1 ms
 
     def reset(self) -> None:
         """TCP RST: close with a zero linger time."""
@@ -565,12 +671,13 @@ class HostileServer(Endpoint):
         self.queue_server_flight()
         self.flush()
 
-    def queue_finished(self, verify_data: bytes | None = None, *, raw_body: bytes | None = None) -> None:
+    def queue_finished(self, verify_data: bytes | None = None, *, raw_body: bytes | None = None,
+                       **framing) -> None:
         """Our Finished (``verify_data`` replaces the correct value; ``raw_body`` replaces the whole
-        message body, header length included). TLS 1.3: our write side then moves to the
-        application keys."""
+        message body, header length included; ``framing``: see queue_handshake). TLS 1.3: our
+        write side then moves to the application keys."""
         body = raw_body if raw_body is not None else self.finished_body(verify_data)
-        self.queue_handshake(HandshakeType.finished, body)
+        self.queue_handshake(HandshakeType.finished, body, **framing)
         if self.tls13:
             self._tls13_application_secrets()
             self.write = self._tls13_protector("server_ap")
@@ -591,17 +698,17 @@ class HostileServer(Endpoint):
         expected = self.tls12_verify_data(server=False)
         self._check_peer_finished(self.recv_handshake(HandshakeType.finished), expected)
 
-    def complete(self) -> None:
-        """An honest handshake."""
+    def complete(self, **finished) -> None:
+        """An honest handshake (``finished``: framing of our Finished, see queue_handshake)."""
         self.start()
         if self.tls13:
-            self.queue_finished()
+            self.queue_finished(**finished)
             self.flush()
             self.recv_peer_finished()
         else:
             self.recv_peer_finished()
             self.queue_ccs()
-            self.queue_finished()
+            self.queue_finished(**finished)
             self.flush()
 
 
@@ -693,11 +800,12 @@ class HostileClient(Endpoint):
         if self.tls13:
             self.write = self._tls13_protector("client_hs")
 
-    def queue_finished(self, verify_data: bytes | None = None, *, raw_body: bytes | None = None) -> None:
+    def queue_finished(self, verify_data: bytes | None = None, *, raw_body: bytes | None = None,
+                       **framing) -> None:
         if self.tls13 and (self.write is None or self.write.label != "client_hs"):
             self.write = self._tls13_protector("client_hs")
         body = raw_body if raw_body is not None else self.finished_body(verify_data)
-        self.queue_handshake(HandshakeType.finished, body)
+        self.queue_handshake(HandshakeType.finished, body, **framing)
         if self.tls13:
             self.write = self._tls13_protector("client_ap")
 
@@ -709,12 +817,13 @@ class HostileClient(Endpoint):
         expected = self.tls12_verify_data(server=True)
         self._check_peer_finished(self.recv_handshake(HandshakeType.finished), expected)
 
-    def complete(self) -> None:
+    def complete(self, **finished) -> None:
+        """An honest handshake (``finished``: framing of our Finished, see queue_handshake)."""
         self.start()
         if not self.tls13:
             self.queue_key_exchange()
         self.queue_ccs()
-        self.queue_finished()
+        self.queue_finished(**finished)
         self.flush()
         self.recv_peer_finished()
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION
-from ktls_ossl.records import ContentType, HandshakeType
+from ktls_ossl.records import ContentType, HandshakeType, build_handshake
 
-from ..hostile.peer import CCS_RECORD, Endpoint
+from ..hostile.peer import CCS_RECORD, Endpoint, certificate_request_body, fragment, new_session_ticket_body
+from ..timing import scaled
 
 READY = b"READY:our side finished its handshake;"
 BEFORE = b"BEFORE:authentic data after a verified handshake;"
@@ -29,8 +29,11 @@ FORGED = b"FORGED:data that must never reach the application"
 GARBAGE = random.Random(20180730).randbytes(200)
 
 TLS12, TLS13 = TLS_1_2_VERSION, TLS_1_3_VERSION
+PEER_ACK_TIMEOUT = scaled(5)  # for our TCP to acknowledge what the peer sent
 KEY_UPDATE_FLOOD = 40  # more than OpenSSL's 32 consecutive KeyUpdates
 WARNING_ALERT_FLOOD = 10
+# OpenSSL tolerates 32 zero-length records in a row (its MAX_EMPTY_RECORDS) and refuses the 33rd.
+EMPTY_RECORD_COUNTS = (32, 33, 1000)
 
 
 @dataclass
@@ -50,6 +53,12 @@ class Case:
     versions: tuple[int, ...] = (TLS12, TLS13)
     # Cases where the peer goes silent: our socket timeout, which must fire.
     stall: bool = False
+    # Attributes our side's context gets before the connection, as (name, value) pairs (e.g. a
+    # client that offers post-handshake authentication, for a post-handshake CertificateRequest).
+    settings: tuple = ()
+    # A legitimate TLS 1.3 KeyUpdate reaches our side: a kernel that cannot rekey (before Linux
+    # 6.14) must end the connection there, where OpenSSL in user space goes on.
+    needs_rekey: bool = False
 
 
 CASES: list[Case] = []
@@ -156,19 +165,26 @@ def _stall_mid_handshake(peer, control):
 
 # --- record phase (after an honest handshake) ----------------------------------------------------------
 
-def record_case(name, title, **options):
-    """The attack runs between BEFORE and AFTER; it returns False when it ended the connection."""
+def record_script(attack, finished=None):
+    """The script of a record-phase case: the attack runs between BEFORE and AFTER; it returns False
+    when it ended the connection. ``finished``: framing options for the peer's Finished (see
+    tests.hostile.peer.queue_handshake)."""
+    def script(peer, control):
+        peer.complete(**(finished or {}))
+        peer.recv_app(READY)
+        peer.send_app(BEFORE)
+        if attack(peer) is False:
+            return
+        peer.queue_record(ContentType.APPLICATION_DATA, AFTER)
+        peer.queue_record(ContentType.ALERT, b"\x01\x00")  # close_notify
+        peer.flush()
+    return script
+
+
+def record_case(name, title, *, finished=None, **options):
+    """Registers a record-phase case (see record_script)."""
     def register(attack):
-        def script(peer, control):
-            peer.complete()
-            peer.recv_app(READY)
-            peer.send_app(BEFORE)
-            if attack(peer) is False:
-                return
-            peer.queue_record(ContentType.APPLICATION_DATA, AFTER)
-            peer.queue_record(ContentType.ALERT, b"\x01\x00")  # close_notify
-            peer.flush()
-        CASES.append(Case(name, title, "record", script, **options))
+        CASES.append(Case(name, title, "record", record_script(attack, finished), **options))
         return attack
     return register
 
@@ -239,10 +255,139 @@ def _garbage_session_ticket(peer):
 def _tcp_rst_mid_record(peer):
     record = peer.write.seal(ContentType.APPLICATION_DATA, FORGED)
     peer.queue_raw(record[: len(record) // 2])
-    peer.flush()
-    time.sleep(0.05)  # the half record arrives before the RST
+    peer.wait_delivered(PEER_ACK_TIMEOUT)  # the half record is in our receive queue before the RST
     peer.reset()
     return False
+
+
+# --- framing (issue 11): legal and illegal ways to cut messages into records ------------------------------
+#
+# Each legal one must work under kTLS as it does in OpenSSL (Policy.USERSPACE is the oracle: see
+# tests/security/test_framing.py); each illegal one must fail the way OpenSSL fails.
+
+KEY_UPDATE = build_handshake(HandshakeType.key_update, b"\x00")  # update_not_requested
+
+
+def _nothing(peer):
+    """Nothing hostile after the handshake: the framing of the handshake was the test."""
+
+
+for _pieces in (2, 4):
+    record_case(f"finished_in_{_pieces}_records", f"the peer's Finished split over {_pieces} records",
+                finished={"fragments": _pieces})(_nothing)
+
+# RFC 5246 forbids sending it, but OpenSSL accepts it (TLS 1.3: refused, see empty_handshake).
+record_case("empty_record_before_finished",
+            "zero-length handshake record before the peer's Finished (after ChangeCipherSpec)",
+            finished={"empty_before": 1}, versions=(TLS12,))(_nothing)
+
+TICKET_20K = 20 * 1024
+TICKET_MAX = 0xFFFF  # the largest ticket a NewSessionTicket can carry: the message spans 5 records
+
+
+def _session_ticket(ticket_size):
+    def attack(peer):
+        ticket = bytes(range(256)) * (ticket_size // 256) + bytes(ticket_size % 256)
+        peer.queue_handshake(HandshakeType.new_session_ticket, new_session_ticket_body(ticket), transcript=False)
+    return attack
+
+
+record_case("session_ticket_20k", f"NewSessionTicket with a {TICKET_20K}-byte ticket (2 records)",
+            our_roles=("client",), versions=(TLS13,))(_session_ticket(TICKET_20K))
+record_case("session_ticket_max", f"NewSessionTicket with a {TICKET_MAX}-byte ticket (5 records)",
+            our_roles=("client",), versions=(TLS13,))(_session_ticket(TICKET_MAX))
+
+
+def _certificate_request(size):
+    def attack(peer):
+        peer.queue_handshake(HandshakeType.certificate_request, certificate_request_body(size), transcript=False)
+    return attack
+
+
+for _kib in (20, 60):
+    record_case(f"certificate_request_{_kib}k",
+                f"post-handshake CertificateRequest of {_kib} KiB ({-(-_kib // 16)} records; our client "
+                "offers post-handshake auth)",
+                our_roles=("client",), versions=(TLS13,),
+                settings=(("post_handshake_auth", True),))(_certificate_request(_kib * 1024))
+
+
+for _pieces in (2, 5):
+    def _key_update_split(peer, pieces=_pieces):
+        peer.key_update(requested=False, fragments=pieces)
+    record_case(f"key_update_in_{_pieces}_records", f"KeyUpdate split over {_pieces} records",
+                versions=(TLS13,), needs_rekey=True)(_key_update_split)
+
+
+@record_case("key_update_not_at_record_end",
+             "KeyUpdate followed by the head of another handshake message in its record", versions=(TLS13,))
+def _key_update_not_at_record_end(peer):
+    # RFC 8446 5.1: a KeyUpdate must end its record (the next message is under the next key).
+    ticket = build_handshake(HandshakeType.new_session_ticket, new_session_ticket_body(b"\x01" * 16))
+    first, rest = fragment(ticket, [6])
+    peer.queue_handshake_bytes(KEY_UPDATE + first)
+    peer.next_write_key()
+    peer.queue_handshake_bytes(rest)
+
+
+@record_case("two_key_updates_in_one_record", "two KeyUpdates in one record", versions=(TLS13,))
+def _two_key_updates_in_one_record(peer):
+    peer.queue_handshake_bytes(KEY_UPDATE * 2)
+    peer.next_write_key()
+    peer.next_write_key()
+
+
+@record_case("ticket_fragment_starting_with_24",
+             "NewSessionTicket split where a fragment starts with byte 24 (KeyUpdate's type)",
+             our_roles=("client",), versions=(TLS13,))
+def _ticket_fragment_starting_with_24(peer):
+    # Only the first byte of a whole message names its type: a fragment that starts with 0x18 in
+    # the middle of a NewSessionTicket is no KeyUpdate.
+    body = new_session_ticket_body(b"\x18" * 32)
+    head = 4 + 4 + 4 + 1 + 1 + 2  # message header, lifetime, age_add, nonce, ticket length
+    peer.queue_handshake(HandshakeType.new_session_ticket, body, transcript=False, fragments=[head + 3])
+
+
+@record_case("data_inside_fragmented_ticket",
+             "application data between the fragments of a NewSessionTicket", our_roles=("client",),
+             versions=(TLS13,))
+def _data_inside_fragmented_ticket(peer):
+    message = build_handshake(HandshakeType.new_session_ticket, new_session_ticket_body(b"\x01" * 64))
+    first, rest = fragment(message, [10])
+    peer.queue_handshake_bytes(first)
+    peer.queue_record(ContentType.APPLICATION_DATA, FORGED)
+    peer.queue_handshake_bytes(rest)
+
+
+@record_case("data_inside_fragmented_key_update",
+             "application data between the fragments of a KeyUpdate", versions=(TLS13,))
+def _data_inside_fragmented_key_update(peer):
+    first, rest = fragment(KEY_UPDATE, [2])
+    peer.queue_handshake_bytes(first)
+    peer.queue_record(ContentType.APPLICATION_DATA, FORGED)
+    peer.queue_handshake_bytes(rest)
+    peer.next_write_key()
+
+
+# TLS 1.2 only here: in TLS 1.3 OpenSSL reads any close_notify as the end of the data, whatever
+# its level (an orderly EOF that drops AFTER, which test_hostile has no expectation for); the TLS 1.3
+# variants are in test_framing.py.
+@record_case("fatal_close_notify", "close_notify with alert level fatal (2)", versions=(TLS12,))
+def _fatal_close_notify(peer):
+    peer.queue_alert(2, 0)
+
+
+@record_case("close_notify_unknown_level", "close_notify with an unknown alert level (3)", versions=(TLS12,))
+def _close_notify_unknown_level(peer):
+    peer.queue_alert(3, 0)
+
+
+for _count in EMPTY_RECORD_COUNTS:
+    def _empty_data_records(peer, count=_count):
+        for _ in range(count):
+            peer.queue_record(ContentType.APPLICATION_DATA, b"")
+    record_case(f"empty_application_data_x{_count}", f"{_count} zero-length application_data records in a row"
+                )(_empty_data_records)
 
 
 def variants():

@@ -16,14 +16,23 @@ from ktls_ossl.handshake import Policy
 from ktls_ossl.kernel import Direction
 from ktls_ossl.keys import TLS_1_3_VERSION, KernelCipher, TrafficKeys
 
-from ..conftest import loopback_pair
+from ..conftest import REKEY_COUNTERS, loopback_pair
 from ..hostile.peer import Observed, PeerError, hostile_endpoint
+from ..timing import scaled
 from ..tlshelpers import client_context, server_context
 from .cases import READY, Case, Control
 
-IO_TIMEOUT = 5.0  # our socket timeout: bounds every case that does not stall on purpose
-STALL_TIMEOUT = 0.5  # our socket timeout where the peer stalls: it must fire
-PEER_TIMEOUT = 10.0
+# Every timeout here is written for an idle development machine and multiplied by the machine's time
+# scale (tests/timing.py: about 10 under User-Mode Linux, more on a loaded machine), so that a slow run
+# stays a slow run instead of becoming a timeout, and a different outcome than docs/SECURITY.md's.
+IO_TIMEOUT = scaled(5.0)  # our socket timeout: bounds every case that does not stall on purpose
+# Our socket timeout where the peer stalls on purpose: it must fire, so it is kept short; but it must
+# exceed the peer's longest honest pause before the stall (it times every recv, not the case), or a
+# slow machine would time out before, say, the peer's ChangeCipherSpec arrives.
+STALL_TIMEOUT = max(0.5, scaled(0.25))
+STALL_SLACK = scaled(3.0)  # how long after STALL_TIMEOUT a stalled case may take to end
+PEER_TIMEOUT = scaled(10.0)  # the hostile peer's socket timeout (it outlasts ours)
+JOIN_TIMEOUT = PEER_TIMEOUT + scaled(5.0)  # for the peer's thread, which drains for PEER_TIMEOUT
 VERSION_LABEL = {0x0303: "TLS 1.2", TLS_1_3_VERSION: "TLS 1.3"}
 
 
@@ -78,6 +87,8 @@ class Measurement:
     seconds: float = 0.0
     leaked_fds: set = field(default_factory=set)
     rx_installs: int = 0  # TlsRxSw delta
+    tx_rekeys: int = 0  # TlsTxRekeyOk delta (the peer is not kTLS: these are ours)
+    rx_rekeys: int = 0  # TlsRxRekeyOk delta
     closed: bool = False
 
     @property
@@ -119,6 +130,8 @@ def run_case(case: Case, our_role: str, version: int, policy: Policy, cert, ca_p
     thread.start()
     ours_raw.settimeout(STALL_TIMEOUT if case.stall else IO_TIMEOUT)
     context = our_context(our_role, cert, ca_path, version, policy)
+    for name, value in case.settings:  # e.g. post_handshake_auth for a post-handshake CertificateRequest
+        setattr(context, name, value)
     sock = context.wrap_socket(ours_raw, server_side=our_role == "server",
                                server_hostname="localhost" if our_role == "client" else None,
                                do_handshake_on_connect=False, suppress_ragged_eofs=False)
@@ -155,13 +168,14 @@ def run_case(case: Case, our_role: str, version: int, policy: Policy, cert, ca_p
         m.closed = sock.fileno() == -1
         m.events = sock.ktls_events  # the audit trail outlives the socket
         control.release.set()
-        thread.join(PEER_TIMEOUT + 5)
+        thread.join(JOIN_TIMEOUT)
     if thread.is_alive():
         raise AssertionError(f"the hostile peer of {case.name} did not finish")
     m.observed = outcome.get("observed")
     m.peer_error = outcome.get("error")
     stat_after = kernel.tls_stat()
     m.rx_installs = stat_after.get("TlsRxSw", 0) - stat_before.get("TlsRxSw", 0)
+    m.tx_rekeys, m.rx_rekeys = (stat_after.get(name, 0) - stat_before.get(name, 0) for name in REKEY_COUNTERS)
     m.leaked_fds = open_fds() - fds_before
     return m
 

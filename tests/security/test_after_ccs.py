@@ -19,6 +19,7 @@ from ktls_ossl.handshake import Policy
 from ktls_ossl.kernel import Direction
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
+from ..timing import scaled
 from ..tlshelpers import client_context, in_thread, recv_exactly, server_context, tls_pair
 
 CIPHER = KernelCipher.AES_GCM_128
@@ -142,7 +143,7 @@ def test_after_ccs_peer_key_update_request_stops_sending_cleanly(server_cert, pk
             pair.server.sendall(b"more")
             assert recv_exactly(pair.client, 4) == b"more"
             pair.client.close()
-            pair.server.settimeout(5)
+            pair.server.settimeout(scaled(5))
             assert pair.server.recv(100) == b""  # no record the peer cannot decrypt ever came
         else:
             pair.client.sendall(b"answered in user space")

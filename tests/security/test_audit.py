@@ -16,12 +16,17 @@ import pytest
 import ktls_ossl
 from ktls_ossl import kernel
 from ktls_ossl.errors import KernelTLSError
-from ktls_ossl.handshake import Policy
+from ktls_ossl.audit import HEAD, MARKER_SOURCE, TAIL, AuditTrail
+from ktls_ossl.handshake import Handshake, Policy
 from ktls_ossl.kernel import Direction
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
+from ktls_ossl.records import ContentType
 
 from ..conftest import loopback_pair
+from ..timing import scaled
 from ..tlshelpers import client_context, server_context
+from .cases import AFTER, BEFORE, READY, Case
+from .harness import run_case
 
 HELLO, BYE = b"hello from the peer", b"bye from ktls_ossl"
 
@@ -54,8 +59,8 @@ def _run(our_role, version, policy, server_cert, pki):
                 if our_role == "client" else
                 client_context(pki.ca_path, ours=False, version=version, cipher=KernelCipher.AES_GCM_128))
     raw_ours, raw_peer = loopback_pair()
-    raw_ours.settimeout(10)
-    raw_peer.settimeout(10)
+    raw_ours.settimeout(scaled(10))
+    raw_peer.settimeout(scaled(10))
     sock = ctx.wrap_socket(raw_ours, server_side=our_role == "server",
                            server_hostname="localhost" if our_role == "client" else None,
                            do_handshake_on_connect=False)
@@ -87,7 +92,7 @@ def _run(our_role, version, policy, server_cert, pki):
         sock.unwrap()
     finally:
         sock.close()
-        thread.join(10)
+        thread.join(scaled(10))
     assert not failures, failures
     return [what for _, what in sock.ktls_events], sampler, installs, status
 
@@ -148,3 +153,64 @@ def test_rx_key_reaches_the_kernel_as_the_policy_says(our_role, version, policy,
     logged = [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.name == "ktls_ossl"
               and r.getMessage().startswith(f"{our_role} fd=")]
     assert logged == events
+
+
+# --- the trail is bounded, whatever a peer makes it record (issue 11) ---------------------------------
+
+@pytest.fixture
+def bounded_trail(monkeypatch):
+    """Every connection's trail an AuditTrail. Until handshake.py makes it one itself
+    (``self.events = AuditTrail()``), this swaps it in right after Handshake.__init__; from then
+    on it changes nothing."""
+    original = Handshake.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not isinstance(self.events, AuditTrail):
+            trail = AuditTrail()
+            for event in self.events:
+                trail.append(event)
+            self.events = trail
+
+    monkeypatch.setattr(Handshake, "__init__", init)
+
+
+ALERTS_BETWEEN_DATA = 1000
+
+
+def _alerts_between_data(peer, control):
+    """A warning alert and one byte of data, again and again: OpenSSL's limit of warning alerts in a
+    row never trips, and each alert is an audited event."""
+    peer.complete()
+    peer.recv_app(READY)
+    peer.send_app(BEFORE)
+    for _ in range(ALERTS_BETWEEN_DATA):
+        peer.queue_record(ContentType.ALERT, b"\x01\x5a")  # user_canceled, a warning
+        peer.queue_record(ContentType.APPLICATION_DATA, b"x")
+    peer.queue_record(ContentType.APPLICATION_DATA, AFTER)
+    peer.queue_record(ContentType.ALERT, b"\x01\x00")  # close_notify
+    peer.flush()
+
+
+@pytest.mark.ktls
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION], ids=["tls12", "tls13"])
+def test_a_flood_of_audited_records_keeps_the_trail_bounded(version, server_cert, pki, bounded_trail):
+    """The kernel path audits every control record (OpenSSL in user space audits none of these)."""
+    case = Case("alerts_between_data", f"{ALERTS_BETWEEN_DATA} x (warning alert + 1 byte)", "record",
+                _alerts_between_data)
+    m = run_case(case, "client", version, Policy.AFTER_FINISHED, server_cert, pki.ca_path)
+    assert m.error is None and m.orderly_eof, m.error
+    assert m.delivered == BEFORE + b"x" * ALERTS_BETWEEN_DATA + AFTER
+    assert m.status.rx
+    # The first HEAD events (the handshake, the handoff), a marker with the count of the dropped
+    # ones, the last TAIL events (the end: close_notify, "socket closed" last).
+    events = m.events
+    assert len(events) == HEAD + TAIL + 1, len(events)
+    markers = [(i, what) for i, (source, what) in enumerate(events) if source == MARKER_SOURCE]
+    assert len(markers) == 1 and markers[0][0] == HEAD, markers
+    omitted = int(markers[0][1].split()[0])
+    assert markers[0][1] == f"{omitted} events omitted" and omitted >= ALERTS_BETWEEN_DATA - HEAD - TAIL
+    whats = [what for _, what in events]
+    assert "handshake started" in whats[:HEAD]
+    assert "handshake complete: peer Finished verified" in whats[:HEAD]
+    assert whats[-1] == "socket closed"
