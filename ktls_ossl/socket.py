@@ -119,51 +119,75 @@ def _guarded(method):
 
 
 class _Waiter:
-    """Waits for one call's fd to become readable or writable, without spinning.
+    """The waits of one call: until the fd is ready as OpenSSL or the kernel asked, within the
+    socket's timeout (counted from the call's first wait), without spinning.
 
     poll() while the kernel has given no reason to distrust it; once it reported readable and the
-    kernel then had nothing to read (a partial record on older kernels), an edge-triggered epoll
-    that wakes only when something new arrives.
+    kernel then had nothing to read (a partial record on some kernels), an edge-triggered epoll
+    that wakes only when something new arrives. On a non-blocking socket a wait is
+    SSLWantReadError/SSLWantWriteError; ``operation`` names the call in TimeoutError's message, as
+    CPython's does (a read that must first write times out as a read). Every wait ends by checking
+    that the socket was not closed meanwhile.
     """
 
-    __slots__ = ("_fd", "_poller", "_events", "_epoll", "_woke")
+    __slots__ = ("_connection", "_operation", "_deadline", "_poller", "_polled_for", "_epoll", "_woke_for_read")
 
-    def __init__(self, fd: int, want: int):
-        self._fd = fd
-        self._events = select.POLLIN if want == WANT_READ else select.POLLOUT
+    _UNSET = object()
+
+    def __init__(self, connection: "Connection", operation: str):
+        self._connection = connection
+        self._operation = operation
+        self._deadline = _Waiter._UNSET
         self._poller = None
+        self._polled_for = 0
         self._epoll = None
-        self._woke = False
+        self._woke_for_read = False
 
-    def wait(self, deadline, operation: str) -> None:
-        """Returns when the fd may be ready (the caller retries); TimeoutError at the deadline."""
-        if self._woke and self._events == select.POLLIN and self._epoll is None:
+    def __enter__(self) -> "_Waiter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+    def wait(self, want: int, operation: str | None = None) -> None:
+        """Returns when the fd may be ready (the caller retries). ``operation`` overrides the
+        call's name in TimeoutError's message for this wait."""
+        connection = self._connection
+        if self._deadline is _Waiter._UNSET:
+            timeout = connection.owner.gettimeout()
+            if timeout == 0.0:
+                raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
+            self._deadline = None if timeout is None else time.monotonic() + timeout
+        if want == WANT_READ and self._woke_for_read and self._epoll is None:
             # Woken, and yet nothing to read: from now on wait for new arrivals only. Registering
             # absorbs the current readiness, which may include a real arrival: retry once first.
             self._epoll = select.epoll(1)
-            self._epoll.register(self._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
+            self._epoll.register(connection._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
             self._epoll.poll(0)
+            self._woke_for_read = False
+            connection._check_open()
             return
+        events = select.POLLIN if want == WANT_READ else select.POLLOUT
         while True:
-            if deadline is None:
+            if self._deadline is None:
                 remaining = None
             else:
-                remaining = deadline - time.monotonic()
+                remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _timed_out(operation)
-            if self._epoll is not None:
-                self._woke = bool(self._epoll.poll(-1 if remaining is None else max(remaining, 0.001)))
+                    raise _timed_out(operation or self._operation)
+            if want == WANT_READ and self._epoll is not None:
+                woke = bool(self._epoll.poll(-1 if remaining is None else max(remaining, 0.001)))
             else:
-                if self._poller is None:
+                if self._polled_for != events:
                     self._poller = select.poll()
-                    self._poller.register(self._fd, self._events)
-                self._woke = bool(self._poller.poll(None if remaining is None else max(1, int(remaining * 1000))))
-            if self._woke:
+                    self._poller.register(connection._fd, events)
+                    self._polled_for = events
+                woke = bool(self._poller.poll(None if remaining is None else max(1, int(remaining * 1000))))
+            if woke:
+                self._woke_for_read = want == WANT_READ
+                connection._check_open()
                 return
-
-    def close(self) -> None:
-        if self._epoll is not None:
-            self._epoll.close()
 
 
 class Connection:
@@ -346,24 +370,6 @@ class Connection:
                "where the kernel can, Linux 6.14+)",
             "KEY_UPDATE_UNSUPPORTED")
 
-    def _deadline(self):
-        timeout = self.owner.gettimeout()
-        return None if timeout is None else time.monotonic() + timeout
-
-    def _wait(self, want: int, deadline, operation: str, waiter: _Waiter | None = None) -> None:
-        """Wait for the socket to become readable/writable as OpenSSL or the kernel asked (a
-        loop that retries after each wait passes one ``waiter`` for all its waits). ``operation``
-        names the caller's operation in the timeout message, as CPython's does (a read that must
-        first write times out as a read)."""
-        if self.owner.gettimeout() == 0.0:
-            raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
-        if waiter is not None:
-            waiter.wait(deadline, operation)
-        else:
-            single = _Waiter(self._fd, want)
-            single.wait(deadline, operation)
-        self._check_open()
-
     # --- handshake and handoff ------------------------------------------------------------------
 
     @_guarded
@@ -372,22 +378,22 @@ class Connection:
             if self._done:
                 return
             self._check_required_before_handshake()
-            deadline = self._deadline()
             if self._failure is not None:
                 raise self._failure  # a failed handshake stays failed (not a stale errno later)
             self._event("handshake started")
             try:
-                while True:
-                    try:
-                        want = self._handshake.step()
-                    except Exception as exc:
-                        self._check_open()  # the socket closed under the handshake: that is the error
-                        self._failure = exc
-                        self._event(f"handshake failed: {exc}")
-                        raise
-                    if want == 0:
-                        break
-                    self._wait(want, deadline, "handshake")
+                with _Waiter(self, "handshake") as waiter:
+                    while True:
+                        try:
+                            want = self._handshake.step()
+                        except Exception as exc:
+                            self._check_open()  # the socket closed under the handshake: that is the error
+                            self._failure = exc
+                            self._event(f"handshake failed: {exc}")
+                            raise
+                        if want == 0:
+                            break
+                        waiter.wait(want)
             except BaseException as exc:
                 if self.policy is Policy.AFTER_CCS:
                     self._note_openssl_offload()  # keys OpenSSL installed with no message since
@@ -531,20 +537,20 @@ class Connection:
         return count
 
     def _openssl_read(self, view, nbytes: int) -> int:
-        deadline = self._deadline()
-        while True:
-            try:
-                count = self._handshake.read_into(view, nbytes)
-            except ssl.SSLZeroReturnError:
-                if self._handshake.received_shutdown_only():
-                    return 0
-                raise
-            except Exception:
-                self._check_open()  # the socket closed under the call: that is the error
-                raise
-            if count >= 0:
-                return count
-            self._wait(-count, deadline, "read")
+        with _Waiter(self, "read") as waiter:
+            while True:
+                try:
+                    count = self._handshake.read_into(view, nbytes)
+                except ssl.SSLZeroReturnError:
+                    if self._handshake.received_shutdown_only():
+                        return 0
+                    raise
+                except Exception:
+                    self._check_open()  # the socket closed under the call: that is the error
+                    raise
+                if count >= 0:
+                    return count
+                waiter.wait(-count)
 
     def _kernel_read(self, view, nbytes: int) -> int:
         if self._leftover:
@@ -553,11 +559,8 @@ class Connection:
             self._leftover = self._leftover[count:]
             return count
         self._flush_outgoing("read")
-        waiter = None
-        deadline = None
-        try:
+        with _Waiter(self, "read") as waiter:
             while True:
-                self._check_open()
                 if self._peer_closed:
                     return 0
                 # Straight into the caller's buffer only where a data record would be delivered:
@@ -566,32 +569,31 @@ class Connection:
                     target = view[:nbytes]
                 else:
                     target = self._scratch_buffer()
-                try:
-                    record = kernel.recv_record_into(self._fd, target)
-                except BlockingIOError:
-                    if waiter is None:
-                        waiter = _Waiter(self._fd, WANT_READ)
-                        deadline = self._deadline()
-                    self._wait(WANT_READ, deadline, "read", waiter)
-                    continue
-                except KTLSKeyExpiredError as exc:
-                    if self._resume_under_current_key():
-                        continue
-                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-                except KernelTLSError as exc:
-                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-                except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
-                    self._check_open()
-                    raise self._terminate(exc, f"connection lost: {exc}") from None
+                record = self._receive(target, waiter)
                 count = self._take_record(record, target, view, nbytes)
                 if count is None:
                     continue
                 if self._records_may_park and self.owner.gettimeout() == 0.0:
                     self._take_parked_records()
                 return count
-        finally:
-            if waiter is not None:
-                waiter.close()
+
+    def _receive(self, target, waiter: _Waiter) -> kernel.ReceivedRecord:
+        """One recvmsg from the kernel into ``target`` (data, or one control record), waiting as
+        the call's ``waiter`` allows. What the kernel refuses ends the connection."""
+        while True:
+            self._check_open()
+            try:
+                return kernel.recv_record_into(self._fd, target)
+            except BlockingIOError:
+                waiter.wait(WANT_READ)
+            except KTLSKeyExpiredError as exc:
+                if not self._resume_under_current_key():
+                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+            except KernelTLSError as exc:
+                raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+            except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
+                self._check_open()
+                raise self._terminate(exc, f"connection lost: {exc}") from None
 
     def _scratch_buffer(self) -> bytearray:
         if self._scratch is None:  # only connections that do short reads pay for it
@@ -762,36 +764,27 @@ class Connection:
         ``best_effort``: send what fits now and never raise (an alert on a failing connection)."""
         if not self._outgoing:
             return
-        waiter = None
-        deadline = None
-        try:
-            with self._tx_lock, self._outgoing_lock:
-                while self._outgoing:
-                    content_type, payload, then = self._outgoing[0]
-                    try:
-                        sent = kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        if best_effort:
-                            return
-                        if waiter is None:
-                            waiter = _Waiter(self._fd, WANT_WRITE)
-                            deadline = self._deadline()
-                        self._wait(WANT_WRITE, deadline, operation, waiter)
-                        continue
-                    except OSError:
-                        if best_effort:
-                            return
-                        self._check_open()
-                        raise
-                    if sent < len(payload):  # the rest goes out as a record of the same type
-                        self._outgoing[0] = (content_type, payload[sent:], then)
-                        continue
-                    self._outgoing.popleft()
-                    if then is not None:
-                        then()
-        finally:
-            if waiter is not None:
-                waiter.close()
+        with self._tx_lock, self._outgoing_lock, _Waiter(self, operation) as waiter:
+            while self._outgoing:
+                content_type, payload, then = self._outgoing[0]
+                try:
+                    sent = kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if best_effort:
+                        return
+                    waiter.wait(WANT_WRITE)
+                    continue
+                except OSError:
+                    if best_effort:
+                        return
+                    self._check_open()
+                    raise
+                if sent < len(payload):  # the rest goes out as a record of the same type
+                    self._outgoing[0] = (content_type, payload[sent:], then)
+                    continue
+                self._outgoing.popleft()
+                if then is not None:
+                    then()
 
     # --- key updates -------------------------------------------------------------------------------
 
@@ -915,38 +908,18 @@ class Connection:
             return ContentType.APPLICATION_DATA, data
         self._flush_outgoing("read")
         buffer = bytearray(max(bufsize, MAX_RECORD))  # a control record is always taken whole
-        waiter = None
-        deadline = None
-        try:
-            while True:
-                self._check_open()
-                try:
-                    record = kernel.recv_record_into(self._fd, buffer)
-                except BlockingIOError:
-                    if waiter is None:
-                        waiter = _Waiter(self._fd, WANT_READ)
-                        deadline = self._deadline()
-                    self._wait(WANT_READ, deadline, "read", waiter)
-                    continue
-                except KTLSKeyExpiredError as exc:
-                    if self._resume_under_current_key():
-                        continue
-                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-                except KernelTLSError as exc:
-                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-                payload = bytes(buffer[: record.length])
-                if record.content_type == ContentType.APPLICATION_DATA:
-                    refused = control.data_refused(self._control)
-                    if refused:
-                        self._fail(refused)
-                    if record.length:
-                        self._control.saw_application_data()
-                elif record.content_type != 0:
-                    self._handle_control(record.content_type, payload)
-                return record.content_type, payload
-        finally:
-            if waiter is not None:
-                waiter.close()
+        with _Waiter(self, "read") as waiter:
+            record = self._receive(buffer, waiter)
+        payload = bytes(buffer[: record.length])
+        if record.content_type == ContentType.APPLICATION_DATA:
+            refused = control.data_refused(self._control)
+            if refused:
+                self._fail(refused)
+            if record.length:
+                self._control.saw_application_data()
+        elif record.content_type != 0:
+            self._handle_control(record.content_type, payload)
+        return record.content_type, payload
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -958,23 +931,21 @@ class Connection:
             raise self._openssl_tx_stale
         if self._tx_kernel:
             return self._kernel_write(data)
-        deadline = self._deadline()
-        while True:
-            try:
-                count = self._handshake.write(data)
-            except Exception:
-                self._check_open()
-                raise
-            if count >= 0:
-                return count
-            self._wait(-count, deadline, "write")
+        with _Waiter(self, "write") as waiter:
+            while True:
+                try:
+                    count = self._handshake.write(data)
+                except Exception:
+                    self._check_open()
+                    raise
+                if count >= 0:
+                    return count
+                waiter.wait(-count)
 
     def _kernel_write(self, data) -> int:
         self._check_key_limit()
         self._flush_outgoing("write")
-        waiter = None
-        deadline = None
-        try:
+        with _Waiter(self, "write") as waiter:
             while True:
                 try:
                     with self._tx_lock:
@@ -983,16 +954,10 @@ class Connection:
                         sent = os.write(self._fd, data)
                     break
                 except BlockingIOError:
-                    if waiter is None:
-                        waiter = _Waiter(self._fd, WANT_WRITE)
-                        deadline = self._deadline()
-                    self._wait(WANT_WRITE, deadline, "write", waiter)
+                    waiter.wait(WANT_WRITE)
                 except OSError:
                     self._check_open()
                     raise
-        finally:
-            if waiter is not None:
-                waiter.close()
         self._count_sent(sent // MAX_RECORD + 1)
         return sent
 
@@ -1036,23 +1001,17 @@ class Connection:
         if count is not None:
             size = min(size, count)
         total = 0
-        waiter = None
-        deadline = None
         try:
-            while total < size:
-                sent = send_chunk(fileno, offset + total, min(size - total, 1 << 30))
-                if sent < 0:
-                    if waiter is None:
-                        waiter = _Waiter(self._fd, -sent)
-                        deadline = self._deadline()
-                    self._wait(-sent, deadline, "write", waiter)
-                    continue
-                if sent == 0:
-                    break  # the file ended early
-                total += sent
+            with _Waiter(self, "write") as waiter:
+                while total < size:
+                    sent = send_chunk(fileno, offset + total, min(size - total, 1 << 30))
+                    if sent < 0:
+                        waiter.wait(-sent)
+                        continue
+                    if sent == 0:
+                        break  # the file ended early
+                    total += sent
         finally:
-            if waiter is not None:
-                waiter.close()
             if total:
                 file.seek(offset + total)
         return total
@@ -1081,43 +1040,30 @@ class Connection:
             self._sent_close = True
             self._handshake.note_close_notify(sent=True)
             self._event("close_notify sent")
-        waiter = None
-        deadline = None
         scratch = self._scratch_buffer()
-        try:
+        with _Waiter(self, "read") as waiter:
             while not self._peer_closed:
-                self._check_open()
-                try:
-                    record = kernel.recv_record_into(self._fd, scratch)
-                except BlockingIOError:
-                    if waiter is None:
-                        waiter = _Waiter(self._fd, WANT_READ)
-                        deadline = self._deadline()
-                    self._wait(WANT_READ, deadline, "read", waiter)
-                    continue
+                record = self._receive(scratch, waiter)
                 if record.content_type == 0 and record.length == 0:
                     raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
                 if record.content_type == ContentType.APPLICATION_DATA:
                     continue  # data in flight while closing is discarded, as OpenSSL does
                 self._handle_control(record.content_type, bytes(scratch[: record.length]))
-        finally:
-            if waiter is not None:
-                waiter.close()
         return sock
 
     def _openssl_shutdown(self) -> None:
-        deadline = self._deadline()
         zeros = 0
-        while True:
-            result = self._handshake.shutdown_step()
-            if result > 0:
-                return
-            if result == 0:
-                zeros += 1
-                if zeros > 1:
+        with _Waiter(self, "shutdown") as waiter:
+            while True:
+                result = self._handshake.shutdown_step()
+                if result > 0:
                     return
-                continue
-            self._wait(-result, deadline, "read" if -result == WANT_READ else "write")
+                if result == 0:
+                    zeros += 1
+                    if zeros > 1:
+                        return
+                    continue
+                waiter.wait(-result, "read" if -result == WANT_READ else "write")
 
     # --- information (what _ssl._SSLSocket offers) --------------------------------------------------
 

@@ -21,6 +21,7 @@ from ktls_ossl import Policy, kernel
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import RekeyCounters, kernel_can_rekey, loopback_pair
+from .timing import scaled
 from .tlshelpers import (
     COMBINATION_IDS,
     COMBINATIONS,
@@ -529,6 +530,38 @@ def test_control_record_callback_and_recv_record(pair_factory):
     assert len(seen) == 1 and seen[0][0] is pair.client and seen[0][1] == 22 and seen[0][2][0] == 4
     kernel.send_record(pair.server, 21, b"\x01\x5a")  # user_canceled warning
     assert pair.client.recv_record() == (21, b"\x01\x5a")
+
+
+@pytest.mark.ktls
+@pytest.mark.parametrize("record", [b"\x18\x00\x00\x01\x00\x04\x00", b"\x18\x00\x00\x01\x00" * 2],
+                         ids=["key_update_then_more", "two_key_updates"])
+def test_a_readiness_driven_reader_learns_of_a_failure_behind_data(pair_factory, record):
+    """Data, then a record that fails the connection (a KeyUpdate that does not end its record),
+    all sent before the reader looks. A non-blocking reader that waits in select() gets the data,
+    then must be told readable again and get the failure: on a kernel that rekeys, the kernel
+    parks the record (it starts with byte 24) and reports nothing readable, so our side takes it
+    after the data and, as it fails, shuts reception down to make the socket readable."""
+    pair = pair_factory(TLS_1_3_VERSION, KernelCipher.AES_GCM_128)
+    pair.server.sendall(b"before")
+    kernel.send_record(pair.server, 22, record)
+    pair.client.setblocking(False)
+    received = b""
+    for _ in range(100):  # bounded: each round is one wake-up of select()
+        ready, _, _ = select.select([pair.client], [], [], scaled(5))
+        assert ready, f"select() found nothing to read after {received!r}"
+        try:
+            chunk = pair.client.recv(100)
+        except ssl.SSLWantReadError:
+            continue
+        except ssl.SSLError as exc:
+            assert received == b"before"
+            assert exc.reason == "NOT_ON_RECORD_BOUNDARY", exc
+            break
+        assert chunk, "EOF instead of the failure"
+        received += chunk
+    else:
+        raise AssertionError("the reader never learnt of the failure")
+    assert kernel.recv_record(pair.server, 100) == (21, b"\x02\x0a")  # unexpected_message went out
 
 
 @pytest.mark.ktls
