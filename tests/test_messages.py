@@ -10,7 +10,6 @@ import errno
 import os
 import re
 import socket
-import ssl
 import subprocess
 import sys
 
@@ -20,8 +19,6 @@ from ktls_ossl import kernel
 from ktls_ossl.errors import KernelTLSError, KTLSUnavailableError
 from ktls_ossl.kernel import Direction
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
-
-from .tlshelpers import client_context, server_context, tls_pair
 
 
 def release_tuple() -> tuple[int, int]:
@@ -114,24 +111,6 @@ def test_probe_ulp_message_is_a_plain_sentence():
     assert "[KTLS" not in report.ulp_message and name not in report.ulp_message
     assert os.strerror(report.ulp_errno) not in report.ulp_message
     assert "modprobe tls" in report.ulp_message
-
-
-def test_require_ktls_error_nests_no_other_error(server_cert, pki):
-    server_ctx = server_context(server_cert)
-    client_ctx = client_context(pki.ca_path, require_ktls=True)
-    if kernel.probe().ulp_available:
-        # A suite the kernel cannot carry: the other KTLS_REQUIRED path, which quotes sock.ktls.
-        client_ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA")
-        client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        server_ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA")
-    with pytest.raises(KTLSUnavailableError) as info:
-        tls_pair(client_ctx, server_ctx)
-    text = str(info.value)
-    assert info.value.reason == "KTLS_REQUIRED"
-    assert text.count("[KTLS:") == 1 and text.count("(ktls_ossl)") <= 1
-    names = [name for name in errno.errorcode.values() if re.search(rf"\b{name}\b", text)]
-    assert len(names) <= 1 and all(text.count(name) == 1 for name in names)
-    assert "Success" not in text
 
 
 def test_probe_command_quotes_plain_sentences():

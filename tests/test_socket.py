@@ -5,10 +5,12 @@ the VM kernels (where every direction must be in the kernel and /proc/net/tls_st
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import http.server
 import os
+import re
 import select
 import socket
 import ssl
@@ -179,6 +181,12 @@ def test_require_ktls_fails_clearly_without_the_kernel(server_cert, pki):
         with pytest.raises(ktls_ossl.KTLSUnavailableError) as info:
             tls_pair(client_ctx, server_ctx)
         assert info.value.reason == "KTLS_REQUIRED" and "modprobe tls" in str(info.value)
+    # One error, worded once: no exception's text nested in another, no errno named twice.
+    text = str(info.value)
+    assert text.count("[KTLS:") == 1 and text.count("(ktls_ossl)") <= 1
+    names = [name for name in errno.errorcode.values() if re.search(rf"\b{name}\b", text)]
+    assert len(names) <= 1 and all(text.count(name) == 1 for name in names)
+    assert "Success" not in text
 
 
 # --- blocking, timeout and non-blocking modes: what CPython raises ---------------------------------
