@@ -78,7 +78,9 @@ def ssl_error_from_code(code: int, *, verify_result: int | None = None, hostname
     if code == 0:
         return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, default_message, None, None)
     library, reason = error_names(code)
-    message = _text(lib.ERR_reason_error_string(code)) or default_message
+    # CPython's wording where OpenSSL has no text for the reason (e.g. a received fatal close_notify,
+    # reason 1000): "unknown error"; "A failure in the SSL library occurred" is for no code at all.
+    message = _text(lib.ERR_reason_error_string(code)) or "unknown error"
     lib_code, reason_code = lib.ERR_GET_LIB(code), lib.ERR_GET_REASON(code)
     if lib_code == lib.ERR_LIB_SSL and reason_code == SSL_R_CERTIFICATE_VERIFY_FAILED:
         verify_code = verify_result if verify_result is not None else 0

@@ -24,9 +24,11 @@ import pytest
 
 from ktls_ossl import kernel
 from ktls_ossl.handshake import Policy
+from ktls_ossl.keys import KernelCipher
 
 from ..conftest import kernel_can_rekey, loopback_pair
 from ..hostile.peer import PeerError, hostile_endpoint
+from ..tlshelpers import client_context, recv_exactly, same_error
 from . import harness
 from .cases import AFTER, BEFORE, CASES, FORGED, READY, TLS12, TLS13, Case, record_script
 from .harness import run_case
@@ -181,3 +183,48 @@ def test_refused_data_never_reaches_the_callers_buffer(server_cert, pki, policy,
         # kernel may put it there; the refused data behind it must not be anywhere in the buffer.
         assert FORGED[:16] not in buffer, "the refused plaintext is in the caller's buffer"
     thread.join(harness.PEER_TIMEOUT + 10)
+
+
+# --- a fatal close_notify, worded as CPython's ssl words it ----------------------------------------
+
+def _fatal_close_notify_error(server_cert, pki, *, ours: bool) -> BaseException:
+    """What a TLS 1.2 client raises when the server's data is followed by a fatal close_notify."""
+    raw, theirs = loopback_pair()
+    peer = hostile_endpoint("server", theirs, TLS12, cert=server_cert.cert, key=server_cert.key,
+                            timeout=harness.PEER_TIMEOUT)
+
+    def play():
+        try:
+            peer.complete()
+            peer.recv_app(READY)
+            peer.send_app(BEFORE)
+            peer.queue_alert(2, 0)
+            peer.flush()
+            peer.drain(harness.PEER_TIMEOUT)
+        except (PeerError, OSError):
+            pass
+        finally:
+            peer.close()
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    raw.settimeout(harness.IO_TIMEOUT)
+    context = client_context(pki.ca_path, ours=ours, version=TLS12, cipher=KernelCipher.AES_GCM_128)
+    try:
+        with context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as sock:
+            if ours and kernel.probe().ulp_available:
+                assert sock.ktls.rx
+            sock.sendall(READY)
+            assert recv_exactly(sock, len(BEFORE)) == BEFORE
+            with pytest.raises(ssl.SSLError) as info:
+                sock.recv(100)
+            return info.value
+    finally:
+        thread.join(harness.PEER_TIMEOUT + 10)
+
+
+@pytest.mark.ktls_or_fallback
+def test_fatal_close_notify_is_the_error_cpython_raises(server_cert, pki):
+    """OpenSSL has no name and no text for reason 1000 (a received close_notify alert): CPython
+    says "[SSL] unknown error", and so must the kernel path."""
+    same_error(_fatal_close_notify_error(server_cert, pki, ours=True),
+               _fatal_close_notify_error(server_cert, pki, ours=False))
