@@ -10,6 +10,7 @@ import ssl
 import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 import ktls_ossl
 from ktls_ossl import kernel, keys
@@ -183,6 +184,15 @@ def client_cert(pki):
     return pki.issue("client.example", client=True)
 
 
+@pytest.fixture(scope="module")
+def large_client_cert(pki):
+    """A client certificate of over 20 KiB (1,200 DNS names): its Certificate message spans two
+    records, which the kernel surfaces one by one and OpenSSL must get whole."""
+    issued = pki.issue("client.example", client=True, dns=[f"name{i:04d}.client.example" for i in range(1200)])
+    assert len(issued.cert.public_bytes(serialization.Encoding.DER)) > 20 * 1024
+    return issued
+
+
 def _pha_contexts(server_cert, pki, client_cert, *, client_ours=True, server_ours=True, with_cert=True):
     server_ctx = server_context(server_cert, ours=server_ours, version=TLS_1_3_VERSION, cipher=KernelCipher.AES_GCM_256)
     server_ctx.verify_mode = ssl.CERT_REQUIRED
@@ -196,9 +206,11 @@ def _pha_contexts(server_cert, pki, client_cert, *, client_ours=True, server_our
 
 
 @pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("certificate", ["client_cert", "large_client_cert"])
 @pytest.mark.parametrize("client_ours, server_ours", [(True, True), (True, False), (False, True)],
                          ids=["ours-ours", "ours-cpython_server", "cpython_client-ours"])
-def test_post_handshake_authentication(server_cert, pki, client_cert, client_ours, server_ours):
+def test_post_handshake_authentication(request, server_cert, pki, certificate, client_ours, server_ours):
+    client_cert = request.getfixturevalue(certificate)
     client_ctx, server_ctx = _pha_contexts(server_cert, pki, client_cert, client_ours=client_ours,
                                            server_ours=server_ours)
     pair = tls_pair(client_ctx, server_ctx)

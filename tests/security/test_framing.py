@@ -228,3 +228,45 @@ def test_fatal_close_notify_is_the_error_cpython_raises(server_cert, pki):
     says "[SSL] unknown error", and so must the kernel path."""
     same_error(_fatal_close_notify_error(server_cert, pki, ours=True),
                _fatal_close_notify_error(server_cert, pki, ours=False))
+
+
+# --- recv_record() keeps the post-handshake invariant ----------------------------------------------
+
+@pytest.mark.ktls
+def test_recv_record_refuses_data_behind_an_unfinished_message(server_cert, pki):
+    """recv_record() hands out records one by one, yet the rule of recv() holds: the first
+    fragment of a NewSessionTicket is returned (and buffered for OpenSSL), the application data
+    behind it is refused, not returned, and the connection fails as recv() fails."""
+    case = BY_NAME["data_inside_fragmented_ticket"]
+    ours, theirs = loopback_pair()
+    peer = hostile_endpoint("server", theirs, TLS13, cert=server_cert.cert, key=server_cert.key,
+                            timeout=harness.PEER_TIMEOUT)
+
+    def play():
+        try:
+            case.script(peer, None)
+            peer.drain(harness.PEER_TIMEOUT)
+        except (PeerError, OSError):
+            pass
+        finally:
+            peer.close()
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    ours.settimeout(harness.IO_TIMEOUT)
+    context = harness.our_context("client", server_cert, pki.ca_path, TLS13, Policy.AFTER_FINISHED)
+    try:
+        with context.wrap_socket(ours, server_hostname="localhost") as sock:
+            assert sock.ktls.rx
+            sock.sendall(READY)
+            seen = []
+            with pytest.raises(ssl.SSLError) as info:
+                for _ in range(8):  # BEFORE, maybe a ticket of OpenSSL's, the fragment; then the refusal
+                    seen.append(sock.recv_record())
+            assert info.value.reason == "UNEXPECTED_RECORD", info.value
+            assert (23, BEFORE) in seen
+            assert seen[-1][0] == 22 and seen[-1][1][0] == 4  # the ticket's first fragment
+            assert all(FORGED not in payload for _, payload in seen)
+            with pytest.raises(ssl.SSLError):
+                sock.recv_record()  # the failure is final
+    finally:
+        thread.join(harness.PEER_TIMEOUT + 10)
