@@ -15,12 +15,15 @@ Up to ``HEAD + TAIL`` events the trail iterates exactly as a list of the appende
 Every event still reaches the "ktls_ossl" logger as it happens (handshake.py); only what is kept in
 memory is bounded.
 
-Pure: no I/O. ``append`` and iteration take a lock, so a trail appended to by a reader thread and a
-writer thread, and read from a third (``sock.ktls_events``), never shows a torn state.
+Pure: no I/O, and no lock: a reader thread and a writer thread may append while a third reads
+(``sock.ktls_events``). Each step is one operation the interpreter performs whole (taking the next
+number of an ``itertools.count``, appending to a list or a deque, copying one), which is enough for
+the trail to stay bounded and in order per thread; a lock would cost a clock read per event, a
+system call under User-Mode Linux, on every handshake.
 """
 from __future__ import annotations
 
-import threading
+import itertools
 from collections import deque
 from collections.abc import Iterator
 
@@ -44,7 +47,7 @@ class AuditTrail:
     the number of items iteration yields.
     """
 
-    __slots__ = ("_head", "_head_limit", "_lock", "_tail", "_total")
+    __slots__ = ("_appended", "_head", "_head_limit", "_tail")
 
     def __init__(self, head: int = HEAD, tail: int = TAIL) -> None:
         if head < 0 or tail < 1:
@@ -53,8 +56,7 @@ class AuditTrail:
         self._head_limit = head
         # The tail must be at least 1: the last event appended is always kept.
         self._tail: deque[Event] = deque(maxlen=tail)
-        self._total = 0
-        self._lock = threading.Lock()
+        self._appended = itertools.count()  # next(): the number of the event being appended
 
     @property
     def head_limit(self) -> int:
@@ -68,44 +70,47 @@ class AuditTrail:
 
     def append(self, event: Event) -> None:
         """Keep ``event`` (it may push the oldest event of the tail out)."""
-        with self._lock:
-            self._total += 1
-            if len(self._head) < self._head_limit:
-                self._head.append(event)
-            else:
-                self._tail.append(event)
+        if next(self._appended) < self._head_limit:
+            self._head.append(event)
+        else:
+            self._tail.append(event)
 
     @property
     def total(self) -> int:
         """Events ever appended, kept or not."""
-        return self._total
+        # The counter's next number, without taking it: its repr is "count(N)" (copying or
+        # pickling itertools objects is deprecated from Python 3.12).
+        return int(repr(self._appended)[len("count("):-1])
 
     @property
     def omitted(self) -> int:
         """Events appended but no longer kept (0 until more than head + tail were appended)."""
-        with self._lock:
-            return self._omitted()
+        return self._omitted(self.total, len(self._head), len(self._tail))
 
-    def _omitted(self) -> int:
-        return self._total - len(self._head) - len(self._tail)
+    @staticmethod
+    def _omitted(total: int, head: int, tail: int) -> int:
+        # Appends that land between reading the total and copying the containers make the
+        # difference negative, never too large.
+        return max(0, total - head - tail)
 
     def snapshot(self) -> list[Event]:
-        """What iteration yields, as one consistent list."""
-        with self._lock:
-            events = list(self._head)
-            omitted = self._omitted()
-            if omitted:
-                events.append(omitted_marker(omitted))
-            events.extend(self._tail)
+        """What iteration yields, as one list."""
+        total = self.total
+        events = list(self._head)
+        tail = list(self._tail)
+        omitted = self._omitted(total, len(events), len(tail))
+        if omitted:
+            events.append(omitted_marker(omitted))
+        events.extend(tail)
         return events
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.snapshot())
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._head) + len(self._tail) + (1 if self._omitted() else 0)
+        head, tail = len(self._head), len(self._tail)
+        return head + tail + (1 if self._omitted(self.total, head, tail) else 0)
 
     def __repr__(self) -> str:
-        return (f"<AuditTrail total={self._total} kept={len(self._head) + len(self._tail)} "
+        return (f"<AuditTrail total={self.total} kept={len(self._head) + len(self._tail)} "
                 f"head<={self._head_limit} tail<={self.tail_limit}>")

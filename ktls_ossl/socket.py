@@ -205,12 +205,15 @@ class Connection:
                                     owner=owner, session=session)
         self.events = self._handshake.events
         self._lock = threading.RLock()
-        # Lifetime (see the module doc): calls inside, whether the socket was closed, and who
-        # closes the fd when the last call leaves.
-        self._life_lock = threading.Lock()
-        self._users = 0
+        # Lifetime (see the module doc): the calls inside (one item each: list.append and pop are
+        # atomic, so entering and leaving take no lock, which costs a system call per call under
+        # User-Mode Linux), whether the socket was closed, who closes the fd when the last call
+        # leaves, and whether that was done (the rare paths take _life_lock).
+        self._inside: list = []
         self._released = False
         self._close_fd = None
+        self._freed = False
+        self._life_lock = threading.Lock()
         # Records we send on our own (alerts, KeyUpdates, OpenSSL's post-handshake answers) that
         # could not go out yet on a non-blocking socket: (content type, payload, then) in order;
         # ``then`` runs once the record is out (the TX key change behind a KeyUpdate). Nothing
@@ -256,16 +259,16 @@ class Connection:
     # --- lifetime (see the module doc) ---------------------------------------------------------
 
     def _enter(self) -> None:
-        with self._life_lock:
-            if self._released:
-                raise _closed_error()
-            self._users += 1
+        # In first, then look: a release() that did not see this call has already marked the
+        # connection released, and this call leaves again without touching anything.
+        self._inside.append(None)
+        if self._released:
+            self._leave()
+            raise _closed_error()
 
     def _leave(self) -> None:
-        with self._life_lock:
-            self._users -= 1
-            last = self._released and self._users == 0
-        if last:
+        self._inside.pop()
+        if self._released and not self._inside:
             self._free()
 
     def _check_open(self) -> None:
@@ -278,17 +281,11 @@ class Connection:
         not at the next garbage collection, unless a call is inside: then the last one frees it.
         ``close_fd`` closes the descriptor; where calls are inside it runs when the last one
         leaves, after their blocking system calls were ended by shutting the connection down."""
-        with self._life_lock:
-            first = not self._released
-            self._released = True
-            busy = self._users > 0
-            if busy and close_fd is not None:
-                self._close_fd = close_fd
-        if not busy:
-            if first:
-                self._free()
-            if close_fd is not None:
-                close_fd()
+        if close_fd is not None:
+            self._close_fd = close_fd  # before released: whoever sees released sees it too
+        self._released = True
+        if not self._inside:
+            self._free()
         elif close_fd is not None:
             self._wake_users()
 
@@ -311,13 +308,18 @@ class Connection:
             sock.detach()
 
     def _free(self) -> None:
-        self._handshake.release()
-        close_fd, self._close_fd = self._close_fd, None
+        """Free OpenSSL's state and close the fd where asked: once each, whichever of release()
+        and the last call leaving gets here (both may)."""
+        with self._life_lock:
+            free_ssl, self._freed = not self._freed, True
+            close_fd, self._close_fd = self._close_fd, None
+        if free_ssl:
+            self._handshake.release()
         if close_fd is not None:
             try:
                 close_fd()
             except OSError:
-                pass  # the call that frees reports the closed socket, not this
+                pass  # a socket's close() has nothing to report here that anyone could act on
 
     # --- plumbing ----------------------------------------------------------------------------
 
