@@ -17,6 +17,7 @@ enough for the kernel to decrypt into it directly.
 """
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 
@@ -135,6 +136,32 @@ def _pattern(size: int) -> bytearray:
     return bytearray((PATTERN * (size // len(PATTERN) + 1))[:size])
 
 
+@contextlib.contextmanager
+def hostile_server(server_cert, version: int, script):
+    """Our raw socket, connected to a hostile server that plays ``script(peer)`` in a thread and
+    then reads what our side sends until it closes; the thread is joined on the way out."""
+    ours, theirs = loopback_pair()
+    peer = hostile_endpoint("server", theirs, version, cert=server_cert.cert, key=server_cert.key,
+                            timeout=harness.PEER_TIMEOUT)
+
+    def play():
+        try:
+            script(peer)
+            peer.drain(harness.PEER_TIMEOUT)
+        except (PeerError, OSError):
+            pass
+        finally:
+            peer.close()
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    ours.settimeout(harness.IO_TIMEOUT)
+    try:
+        yield ours
+    finally:
+        ours.close()
+        thread.join(harness.PEER_TIMEOUT + 10)
+
+
 @pytest.mark.ktls_or_fallback
 @pytest.mark.parametrize("nbytes", [None, 16384], ids=["whole_buffer", "nbytes_16k"])
 @pytest.mark.parametrize("size", [16384, 65536], ids=["16k", "64k"])
@@ -144,23 +171,9 @@ def test_refused_data_never_reaches_the_callers_buffer(server_cert, pki, policy,
     caller's buffer as it was: with a buffer of 16 KiB or more the kernel decrypts straight into it,
     so the refused plaintext would be there already when the exception is raised."""
     case = BY_NAME["data_inside_fragmented_ticket"]
-    ours, theirs = loopback_pair()
-    peer = hostile_endpoint("server", theirs, TLS13, cert=server_cert.cert, key=server_cert.key,
-                            timeout=harness.PEER_TIMEOUT)
-
-    def play():
-        try:
-            case.script(peer, None)
-            peer.drain(harness.PEER_TIMEOUT)
-        except (PeerError, OSError):
-            pass
-        finally:
-            peer.close()
-    thread = threading.Thread(target=play, daemon=True)
-    thread.start()
-    ours.settimeout(harness.IO_TIMEOUT)
     context = harness.our_context("client", server_cert, pki.ca_path, TLS13, policy)
-    with context.wrap_socket(ours, server_hostname="localhost", suppress_ragged_eofs=False) as sock:
+    with hostile_server(server_cert, TLS13, lambda peer: case.script(peer, None)) as ours, \
+            context.wrap_socket(ours, server_hostname="localhost", suppress_ragged_eofs=False) as sock:
         if policy is Policy.AFTER_FINISHED and kernel.probe().ulp_available:
             assert sock.ktls.rx
         sock.sendall(READY)
@@ -182,44 +195,28 @@ def test_refused_data_never_reaches_the_callers_buffer(server_cert, pki, policy,
         # The ticket's first fragment is a record like any other, and with a buffer this large the
         # kernel may put it there; the refused data behind it must not be anywhere in the buffer.
         assert FORGED[:16] not in buffer, "the refused plaintext is in the caller's buffer"
-    thread.join(harness.PEER_TIMEOUT + 10)
 
 
 # --- a fatal close_notify, worded as CPython's ssl words it ----------------------------------------
 
 def _fatal_close_notify_error(server_cert, pki, *, ours: bool) -> BaseException:
     """What a TLS 1.2 client raises when the server's data is followed by a fatal close_notify."""
-    raw, theirs = loopback_pair()
-    peer = hostile_endpoint("server", theirs, TLS12, cert=server_cert.cert, key=server_cert.key,
-                            timeout=harness.PEER_TIMEOUT)
-
-    def play():
-        try:
-            peer.complete()
-            peer.recv_app(READY)
-            peer.send_app(BEFORE)
-            peer.queue_alert(2, 0)
-            peer.flush()
-            peer.drain(harness.PEER_TIMEOUT)
-        except (PeerError, OSError):
-            pass
-        finally:
-            peer.close()
-    thread = threading.Thread(target=play, daemon=True)
-    thread.start()
-    raw.settimeout(harness.IO_TIMEOUT)
+    def script(peer):
+        peer.complete()
+        peer.recv_app(READY)
+        peer.send_app(BEFORE)
+        peer.queue_alert(2, 0)
+        peer.flush()
     context = client_context(pki.ca_path, ours=ours, version=TLS12, cipher=KernelCipher.AES_GCM_128)
-    try:
-        with context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as sock:
-            if ours and kernel.probe().ulp_available:
-                assert sock.ktls.rx
-            sock.sendall(READY)
-            assert recv_exactly(sock, len(BEFORE)) == BEFORE
-            with pytest.raises(ssl.SSLError) as info:
-                sock.recv(100)
-            return info.value
-    finally:
-        thread.join(harness.PEER_TIMEOUT + 10)
+    with hostile_server(server_cert, TLS12, script) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as sock:
+        if ours and kernel.probe().ulp_available:
+            assert sock.ktls.rx
+        sock.sendall(READY)
+        assert recv_exactly(sock, len(BEFORE)) == BEFORE
+        with pytest.raises(ssl.SSLError) as info:
+            sock.recv(100)
+        return info.value
 
 
 @pytest.mark.ktls_or_fallback
@@ -238,23 +235,8 @@ def test_recv_record_refuses_data_behind_an_unfinished_message(server_cert, pki)
     fragment of a NewSessionTicket is returned (and buffered for OpenSSL), the application data
     behind it is refused, not returned, and the connection fails as recv() fails."""
     case = BY_NAME["data_inside_fragmented_ticket"]
-    ours, theirs = loopback_pair()
-    peer = hostile_endpoint("server", theirs, TLS13, cert=server_cert.cert, key=server_cert.key,
-                            timeout=harness.PEER_TIMEOUT)
-
-    def play():
-        try:
-            case.script(peer, None)
-            peer.drain(harness.PEER_TIMEOUT)
-        except (PeerError, OSError):
-            pass
-        finally:
-            peer.close()
-    thread = threading.Thread(target=play, daemon=True)
-    thread.start()
-    ours.settimeout(harness.IO_TIMEOUT)
     context = harness.our_context("client", server_cert, pki.ca_path, TLS13, Policy.AFTER_FINISHED)
-    try:
+    with hostile_server(server_cert, TLS13, lambda peer: case.script(peer, None)) as ours:
         with context.wrap_socket(ours, server_hostname="localhost") as sock:
             assert sock.ktls.rx
             sock.sendall(READY)
@@ -268,5 +250,3 @@ def test_recv_record_refuses_data_behind_an_unfinished_message(server_cert, pki)
             assert all(FORGED not in payload for _, payload in seen)
             with pytest.raises(ssl.SSLError):
                 sock.recv_record()  # the failure is final
-    finally:
-        thread.join(harness.PEER_TIMEOUT + 10)
