@@ -1162,7 +1162,7 @@ class KTLSSocket(ssl.SSLSocket):
 
     Created by ktls_ossl.SSLContext.wrap_socket. Everything ssl.SSLSocket offers works the same;
     in addition: ``ktls`` (where each direction runs, and why), ``ktls_events`` (the audit trail),
-    ``recv_record`` (records without built-in handling) and ``key_update`` (TLS 1.3).
+    ``recv_record`` (the next record, after its built-in handling) and ``key_update`` (TLS 1.3).
     """
 
     @property
