@@ -735,8 +735,7 @@ class Connection:
 
     def _fail(self, decision: control.Decision):
         if decision.alert is not None:
-            self._queue_alert(decision.alert)
-            self._flush_outgoing("read", best_effort=True)  # failing anyway: the error is what matters
+            self._send_final_alert(decision.alert)
         raise self._terminate(errors.local_protocol_error(decision.reason, decision.message),
                               f"connection failed: {decision.reason}: {decision.message}")
 
@@ -754,6 +753,12 @@ class Connection:
         if self._tx_kernel:
             self._outgoing.append((ContentType.ALERT, alert.pack(), None))
             self._event(f"alert sent: {alert.description_name}")
+
+    def _send_final_alert(self, alert: Alert) -> None:
+        """The fatal alert of a failing connection: sent if it fits now, never waited for (the
+        error the caller gets is what matters)."""
+        self._queue_alert(alert)
+        self._flush_outgoing("read", best_effort=True)
 
     def _queue_own_records(self, answer) -> None:
         for content_type, payload in answer:
@@ -799,8 +804,7 @@ class Connection:
                    "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
                 "KEY_UPDATE_UNSUPPORTED")
             self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
-            self._queue_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
-            self._flush_outgoing("read", best_effort=True)
+            self._send_final_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
             raise error
         secret = keys.tls13_next_secret(self._rx_secret, handoff.hash_name)
         try:
@@ -946,12 +950,11 @@ class Connection:
 
     def _kernel_write(self, data) -> int:
         self._check_key_limit()
-        self._flush_outgoing("write")
         with _Waiter(self, "write") as waiter:
             while True:
                 try:
                     with self._tx_lock:
-                        if self._outgoing:  # queued by another thread meanwhile: those go first
+                        if self._outgoing:  # records of our own go out first, at every attempt
                             self._flush_outgoing("write")
                         sent = os.write(self._fd, data)
                     break
