@@ -9,6 +9,7 @@ kTLS connection fails the way a user-space one would.
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass, field
 
 from .keys import TLS_1_3_VERSION
@@ -29,6 +30,8 @@ MAX_CONSECUTIVE_WARNING_ALERTS = 4
 # Largest post-handshake handshake message we buffer (OpenSSL's default max_cert_list is 100 KiB;
 # a NewSessionTicket or CertificateRequest is far smaller).
 MAX_HANDSHAKE_MESSAGE = 100 * 1024
+# Empty records tolerated in a row: OpenSSL's MAX_EMPTY_RECORDS (it fails at the 33rd).
+MAX_EMPTY_RECORDS = 32
 
 
 class Action(enum.Enum):
@@ -71,6 +74,7 @@ class ControlState:
     # "in_progress" (the client's answer has begun; the connection is unverified until it ends).
     client_auth: str | None = None
     warning_alerts: int = 0
+    empty_records: int = 0  # TLS 1.2: empty control records in a row
     handshake_buffer: bytes = b""
     records: dict = field(default_factory=dict)  # content type -> count, for introspection
 
@@ -112,6 +116,9 @@ def data_refused(state: ControlState) -> Decision | None:
 def decide(state: ControlState, content_type: int, payload: bytes) -> list[Decision]:
     """The decisions for one non-data record, in order. Stops at the first failure."""
     state.records[content_type] = state.records.get(content_type, 0) + 1
+    refused = _record_layer_refusal(state, content_type, payload)
+    if refused:
+        return [refused]
     if content_type == ContentType.HANDSHAKE:
         return _decide_handshake(state, payload)
     violation = interleaving_violation(state)
@@ -120,7 +127,8 @@ def decide(state: ControlState, content_type: int, payload: bytes) -> list[Decis
     if content_type == ContentType.ALERT:
         return [_decide_alert(state, payload)]
     if content_type == ContentType.CHANGE_CIPHER_SPEC:
-        return [_fail(AlertDescription.unexpected_message, "UNEXPECTED_RECORD",
+        # OpenSSL's TLS 1.2 reads a ChangeCipherSpec it did not expect as one that came too early.
+        return [_fail(AlertDescription.unexpected_message, "CCS_RECEIVED_EARLY",
                       "ChangeCipherSpec after the handshake")]
     if content_type == ContentType.APPLICATION_DATA:
         refused = data_refused(state)
@@ -132,9 +140,42 @@ def decide(state: ControlState, content_type: int, payload: bytes) -> list[Decis
                   f"record of unknown content type {content_type}")]
 
 
+def _record_layer_refusal(state: ControlState, content_type: int, payload: bytes) -> Decision | None:
+    """What OpenSSL's record layer refuses before the record's content is looked at.
+
+    TLS 1.3 (RFC 8446 5.1, 5.4): under application keys only data, alerts and handshake messages
+    may come, and never as an empty record except data (OpenSSL: BAD_RECORD_TYPE, BAD_LENGTH).
+    TLS 1.2: empty records are legal; OpenSSL passes them on and fails the connection at the
+    33rd in a row (RECORD_TOO_SMALL). Empty application-data records never get here (the kernel
+    consumes them), so only the empty control records of a run are counted."""
+    if state.tls13:
+        if content_type not in (ContentType.APPLICATION_DATA, ContentType.ALERT, ContentType.HANDSHAKE):
+            return _fail(AlertDescription.unexpected_message, "BAD_RECORD_TYPE",
+                         f"record of content type {content_type} under TLS 1.3 application keys")
+        if not payload and content_type != ContentType.APPLICATION_DATA:
+            return _fail(AlertDescription.unexpected_message, "BAD_LENGTH",
+                         f"empty {_content_name(content_type)} record")
+        return None
+    if payload:
+        state.empty_records = 0
+        return None
+    state.empty_records += 1
+    if state.empty_records > MAX_EMPTY_RECORDS:
+        return _fail(AlertDescription.unexpected_message, "RECORD_TOO_SMALL",
+                     f"more than {MAX_EMPTY_RECORDS} empty records in a row")
+    return None
+
+
+def _content_name(content_type: int) -> str:
+    try:
+        return ContentType(content_type).name.lower()
+    except ValueError:
+        return f"content type {content_type}"
+
+
 def _decide_alert(state: ControlState, payload: bytes) -> Decision:
     if len(payload) != 2:
-        return _fail(AlertDescription.decode_error, "INVALID_ALERT",
+        return _fail(AlertDescription.unexpected_message, "INVALID_ALERT",
                      f"alert record of {len(payload)} bytes (an alert has 2)")
     alert = Alert(payload[0], payload[1])
     # The order of these rules is OpenSSL's (3.x, ssl3_read_bytes), level and version together:
@@ -165,8 +206,8 @@ def _decide_alert(state: ControlState, payload: bytes) -> Decision:
 
 
 def _decide_handshake(state: ControlState, payload: bytes) -> list[Decision]:
-    if not payload:
-        return [_fail(AlertDescription.unexpected_message, "BAD_LENGTH", "empty handshake record")]
+    if not payload:  # TLS 1.2 (TLS 1.3 refused it above): nothing to add to a message
+        return [Decision(Action.IGNORE, message="empty handshake record")]
     state.handshake_buffer += payload
     messages, state.handshake_buffer = split_handshake_messages(state.handshake_buffer)
     if len(state.handshake_buffer) >= 4:
@@ -232,3 +273,29 @@ def _message_name(kind: int) -> str:
         return HandshakeType(kind).name
     except ValueError:
         return f"handshake message type {kind}"
+
+
+def alert_for_refused_record(version: int, err: int, *, authenticated: bool = False) -> Alert:
+    """The fatal alert for a received record the kernel refused with ``err``: the one OpenSSL
+    sends in user space for the same record (RFC 8446 5.2 and 6.2, RFC 5246 6.2 and 7.2.2).
+
+    The kernel's errno is all there is to go on (the refused bytes stay in its queue):
+    - EBADMSG: authentication failed, or the record is shorter than its tag (both bad_record_mac);
+      or, with ``authenticated``, a TLS 1.3 record that authenticated but whose inner plaintext has
+      no content type (all zeros), which OpenSSL answers with unexpected_message.
+    - EMSGSIZE: longer than the protocol allows (record_overflow).
+    - EINVAL: a record header whose version is not {3, 3}: OpenSSL checks it as decode_error in
+      TLS 1.3 (legacy_record_version) and as protocol_version in TLS 1.2.
+    Anything else is not the peer's doing as far as we can tell: internal_error.
+    """
+    if err == errno.EBADMSG:
+        description = (AlertDescription.unexpected_message if authenticated and version == TLS_1_3_VERSION
+                       else AlertDescription.bad_record_mac)
+    elif err == errno.EMSGSIZE:
+        description = AlertDescription.record_overflow
+    elif err == errno.EINVAL:
+        description = (AlertDescription.decode_error if version == TLS_1_3_VERSION
+                       else AlertDescription.protocol_version)
+    else:
+        description = AlertDescription.internal_error
+    return Alert(AlertLevel.FATAL, description)

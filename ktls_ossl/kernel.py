@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import os
 import re
 import select
 import socket
 import struct
+import sys
+import termios
 import threading
 from dataclasses import dataclass, field
 
@@ -348,6 +351,35 @@ def send_record(sock, content_type: int, data, flags: int = 0) -> int:
     raise OSError(err, os.strerror(err))
 
 
+def take_pending_error(sock) -> int:
+    """Take the error the kernel holds pending on the socket (getsockopt SO_ERROR reads and clears
+    it); 0 when there is none.
+
+    Why this matters after a refused record: when decryption fails (a wrong tag, or a TLS 1.3
+    record without a content type) tls_sw_recvmsg returns EBADMSG *and* leaves it in sk_err
+    (tls_err_abort), and every later send fails with it (tls_sw_sendmsg returns -sk->sk_err while
+    it is set), so the fatal alert could not go out. A framing error (a record too long, too
+    short, or with a bad header) is found by the record parser instead, and the recvmsg that
+    reports it takes sk_err itself (sock_error), leaving nothing pending. Either way the caller
+    already has the error; taking it here lets the alert through."""
+    value = _getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR, 4)
+    if isinstance(value, int):
+        return 0  # the getsockopt itself failed (fd gone): nothing to take
+    return int.from_bytes(value, sys.byteorder, signed=True)
+
+
+def unread_bytes(sock) -> int:
+    """Bytes in the TCP receive queue that nobody has read (SIOCINQ); on a kTLS socket, what the
+    kernel has not yet consumed as records."""
+    return struct.unpack("i", fcntl.ioctl(_fileno(sock), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def unacknowledged_bytes(sock) -> int:
+    """Bytes sent or queued that the peer's TCP has not acknowledged yet (SIOCOUTQ), a FIN
+    counting as one."""
+    return struct.unpack("i", fcntl.ioctl(_fileno(sock), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
 # --- Counters -------------------------------------------------------------------------------------
 
 def tls_stat(path: str = TLS_STAT_PATH) -> dict[str, int]:
@@ -363,6 +395,24 @@ def tls_stat(path: str = TLS_STAT_PATH) -> dict[str, int]:
         if name and value.strip().isdigit():
             counters[name] = int(value)
     return counters
+
+
+def decrypt_error_count(path: str = TLS_STAT_PATH) -> int | None:
+    """TlsDecryptError of this network namespace (records whose authentication failed), read
+    without building the whole table; None when the counter is not there."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    for line in text.split(b"\n"):
+        if line.startswith(b"TlsDecryptError"):
+            value = line[len(b"TlsDecryptError"):].strip()
+            return int(value) if value.isdigit() else None
+    return None
 
 
 # --- Probe ----------------------------------------------------------------------------------------

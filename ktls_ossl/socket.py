@@ -49,12 +49,20 @@ from dataclasses import dataclass
 from . import control, errors, kernel, keys, records
 from ._ossl import ffi, lib
 from .control import Action, ControlState
-from .errors import KernelTLSError, KTLSKeyExpiredError, KTLSRekeyUnsupportedError, KTLSUnavailableError
+from .errors import (
+    KernelTLSError,
+    KTLSKeyExpiredError,
+    KTLSRecordError,
+    KTLSRekeyUnsupportedError,
+    KTLSUnavailableError,
+)
 from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, Policy, Session
 from .kernel import Direction
 from .records import Alert, AlertDescription, AlertLevel, ContentType
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
+# The longest close() waits, after a failure, for the peer to acknowledge what we sent (_linger).
+LINGER_AFTER_FAILURE = 2.0
 CLOSE_NOTIFY = Alert(AlertLevel.WARNING, AlertDescription.close_notify).pack()
 
 
@@ -113,9 +121,17 @@ def _guarded(method):
         self._enter()
         try:
             return method(self, *args, **kwargs)
+        except (ssl.SSLError, ConnectionError) as exc:
+            if not isinstance(exc, _NOT_FAILURES):
+                self._ended_in_error = True  # close() lingers (Connection._linger)
+            raise
         finally:
             self._leave()
     return guarded
+
+
+# SSLErrors that do not end the connection: it waits for the fd, or the peer closed in order.
+_NOT_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
 
 
 class _Waiter:
@@ -212,6 +228,8 @@ class Connection:
         self._inside: list = []
         self._released = False
         self._close_fd = None
+        self._ended_in_error = False
+        self._linger_limit = 0.0
         self._freed = False
         self._life_lock = threading.Lock()
         # Records we send on our own (alerts, KeyUpdates, OpenSSL's post-handshake answers) that
@@ -232,6 +250,7 @@ class Connection:
         self._tx_kernel = self._rx_kernel = False
         self._handoff = None
         self._tx_secret = self._rx_secret = None
+        self._decrypt_errors_at_handoff: int | None = None
         self._control: ControlState | None = None
         self._leftover = b""
         self._scratch = None
@@ -282,6 +301,9 @@ class Connection:
         ``close_fd`` closes the descriptor; where calls are inside it runs when the last one
         leaves, after their blocking system calls were ended by shutting the connection down."""
         if close_fd is not None:
+            owner = self._owner()
+            timeout = owner.gettimeout() if owner is not None else None
+            self._linger_limit = LINGER_AFTER_FAILURE if timeout is None else min(timeout, LINGER_AFTER_FAILURE)
             self._close_fd = close_fd  # before released: whoever sees released sees it too
         self._released = True
         if not self._inside:
@@ -316,10 +338,47 @@ class Connection:
         if free_ssl:
             self._handshake.release()
         if close_fd is not None:
+            if self._ended_in_error:
+                self._linger()
             try:
                 close_fd()
             except OSError:
                 pass  # a socket's close() has nothing to report here that anyone could act on
+
+    def _linger(self) -> None:
+        """A connection that failed closes the way a user-space TLS stack's effectively does: the
+        peer receives everything we sent (the tickets written after the handshake, the fatal
+        alert), then a FIN.
+
+        Linux answers close() with an RST, and drops whatever the peer has not acknowledged yet,
+        when unread data is left in the receive queue; and a kTLS socket whose record layer failed
+        cannot be drained (the kernel refuses to read past the record it refused, which itself
+        stays queued). So where data is left unread, the write side is shut down first (FIN behind
+        our data) and close() waits, for at most the socket's timeout or LINGER_AFTER_FAILURE,
+        until the peer's TCP has acknowledged everything, FIN included; the RST that close() then
+        sends loses nothing. A non-blocking socket never waits here."""
+        fd = self._fd
+        try:
+            if kernel.unread_bytes(fd) == 0:
+                return  # close() sends a FIN behind our data by itself
+            self._shutdown(_socket.SHUT_WR)
+            if self._linger_limit <= 0:
+                return
+            deadline = time.monotonic() + self._linger_limit
+            poller = select.poll()
+            poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
+            delay = 0.0005
+            while kernel.unacknowledged_bytes(fd) > 0:
+                if any(events & (select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0)):
+                    return  # reset by the peer: nothing more will be acknowledged
+                if time.monotonic() >= deadline:
+                    self._event("closed before the peer acknowledged everything sent")
+                    return
+                # An acknowledgement wakes nothing one could wait on: look again, less often.
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        except OSError:
+            return  # not a connected socket any more: close() has nothing to save
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -476,6 +535,9 @@ class Connection:
             self._tx_secret, self._rx_secret = handoff.tx_secret, handoff.rx_secret
             self._control = ControlState(handoff.version, self.server_side,
                                          post_handshake_auth=bool(self._context.post_handshake_auth))
+            if handoff.version == keys.TLS_1_3_VERSION:
+                # What tells a failed tag from a record without a content type (_record_refused).
+                self._decrypt_errors_at_handoff = kernel.decrypt_error_count()
             if handoff.version == keys.TLS_1_3_VERSION and report.rekey_supported:
                 self._tx_lock = threading.RLock()
                 self._records_may_park = True
@@ -591,8 +653,8 @@ class Connection:
             except KTLSKeyExpiredError as exc:
                 if not self._resume_under_current_key():
                     raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-            except KernelTLSError as exc:
-                raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
+            except KTLSRecordError as exc:
+                raise self._record_refused(exc) from None
             except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
                 self._check_open()
                 raise self._terminate(exc, f"connection lost: {exc}") from None
@@ -649,12 +711,37 @@ class Connection:
             except BlockingIOError:
                 return
             except Exception as exc:
+                if isinstance(exc, KTLSRecordError):
+                    exc = self._record_refused(exc)
                 if self._failure is None:
                     self._failure = exc
                 # The caller learns it at its next read; shutting reception down makes the socket
                 # readable, so that a caller waiting for readiness makes that read.
                 self._shutdown(_socket.SHUT_RD)
                 return
+
+    def _record_refused(self, exc: KTLSRecordError) -> KTLSRecordError:
+        """The kernel refused a received record: the connection is over. The peer gets the fatal
+        alert OpenSSL sends for that record in user space, behind everything sent before it; the
+        kernel's pending error is taken first, or it would refuse the alert too (see
+        kernel.take_pending_error). Returns the exception for the caller to raise."""
+        version = self._handoff.version
+        authenticated = False
+        if kernel.take_pending_error(self._fd) == errno.EBADMSG and version == keys.TLS_1_3_VERSION:
+            # Decryption ran. A failed tag moved TlsDecryptError; a TLS 1.3 record that
+            # authenticated but has no content type did not. The counter is the network
+            # namespace's, so another connection's failure since our handoff makes the second
+            # case look like the first (bad_record_mac); a failed tag never looks authenticated.
+            before = self._decrypt_errors_at_handoff
+            authenticated = before is not None and kernel.decrypt_error_count() == before
+        if authenticated:
+            exc = KTLSRecordError(exc.errno, "the peer sent a TLS 1.3 record that authenticated but has no "
+                                             "content type (its inner plaintext is all zeros); the connection "
+                                             "is unusable", exc.reason)
+        alert = control.alert_for_refused_record(version, exc.errno, authenticated=authenticated)
+        self._terminate(exc, f"kernel refused a record: {exc.reason}")
+        self._send_final_alert(alert)
+        return exc
 
     def _resume_under_current_key(self) -> bool:
         """The kernel pauses reception after every handshake record that starts with byte 24 (the
