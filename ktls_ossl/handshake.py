@@ -23,6 +23,7 @@ from . import errors, keys, records
 from .audit import AuditTrail
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
+from .records import ContentType
 
 # The audit trail of every connection (what Handshake.record_event keeps in sock.ktls_events).
 log = logging.getLogger("ktls_ossl")
@@ -67,6 +68,15 @@ class Handoff:
 
     def __repr__(self) -> str:
         return f"Handoff({keys.VERSION_NAMES[self.version]}, {self.suite}, tx={self.tx!r}, rx={self.rx!r})"
+
+
+class KeyUpdateRecord(tuple):
+    """(content type, payload) of a record OpenSSL wrote that ends with its KeyUpdate: whoever
+    sends it must change the send key right behind it."""
+
+    @property
+    def update_requested(self) -> bool:
+        return self[1][-1:] == b"\x01"
 
 
 class HandoffUnavailable(Exception):
@@ -557,11 +567,39 @@ class Handshake:
         lib.SSL_set0_rbio(self.ssl, rbio)
         self._openssl_read_state = records.RecordProtection(handoff.rx)
         self._openssl_write_state = None
+        # TLS 1.3: OpenSSL's traffic secrets as it holds them (KeyUpdates move them, and the
+        # Finished of a post-handshake authentication is computed from them), and the part of a
+        # handshake message it wrote that a later record continues.
+        self._handoff = handoff
+        self._openssl_secrets = {Direction.RX: handoff.rx_secret, Direction.TX: handoff.tx_secret}
+        self._written_handshake = b""
         if tx:
             wbio = lib.BIO_new(lib.BIO_s_mem())
             lib.BIO_set_mem_eof_return(wbio, -1)
             lib.SSL_set0_wbio(self.ssl, wbio)
             self._openssl_write_state = records.RecordProtection(handoff.tx)
+
+    def _next_openssl_state(self, direction: Direction) -> records.RecordProtection:
+        """OpenSSL's record protection for ``direction`` after a KeyUpdate (RFC 8446 7.2)."""
+        handoff = self._handoff
+        secret = keys.tls13_next_secret(self._openssl_secrets[direction], handoff.hash_name)
+        self._openssl_secrets[direction] = secret
+        return records.RecordProtection(keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
+
+    def feed_key_update(self, message: bytes) -> list[tuple[int, bytes]]:
+        """The peer's KeyUpdate, on which the kernel already moved its receive key, goes to OpenSSL
+        too, so that its view of the peer's traffic secret moves with the kernel's: a later
+        post-handshake authentication computes the client's Finished from it. Returns what
+        OpenSSL answers (see feed)."""
+        answer = self.feed(ContentType.HANDSHAKE, message)
+        self._openssl_read_state = self._next_openssl_state(Direction.RX)
+        return answer
+
+    def key_update_records(self, request_peer: bool) -> list[tuple[int, bytes]]:
+        """Our KeyUpdate, written by OpenSSL (so that its own send secret moves with the kernel's)
+        and returned for the kernel to send, as drain_output returns records."""
+        self.key_update(request_peer)
+        return self.drain_output()
 
     def feed(self, content_type: int, payload: bytes) -> list[tuple[int, bytes]]:
         """Give OpenSSL one post-handshake record's plaintext; return what it answers, as
@@ -612,7 +650,18 @@ class Handshake:
         whole, rest = records.split_records(bytes(ffi.buffer(buffer, max(got, 0))))
         if rest:
             raise errors.local_protocol_error("LENGTH_MISMATCH", "OpenSSL wrote a partial record")
-        return [self._openssl_write_state.open(header.pack() + body) for header, body in whole]
+        opened = []
+        for header, body in whole:
+            content_type, payload = self._openssl_write_state.open(header.pack() + body)
+            if content_type == ContentType.HANDSHAKE and self._handoff.tx_secret is not None:
+                # After a KeyUpdate of its own, OpenSSL protects what follows under its next key.
+                messages, self._written_handshake = records.split_handshake_messages(self._written_handshake + payload)
+                if any(message.msg_type == records.HandshakeType.key_update for message in messages):
+                    self._openssl_write_state = self._next_openssl_state(Direction.TX)
+                    opened.append(KeyUpdateRecord((content_type, payload)))
+                    continue
+            opened.append((content_type, payload))
+        return opened
 
     @property
     def in_handshake(self) -> bool:

@@ -56,7 +56,7 @@ from .errors import (
     KTLSRekeyUnsupportedError,
     KTLSUnavailableError,
 )
-from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, Policy, Session
+from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, KeyUpdateRecord, Policy, Session
 from .kernel import Direction
 from .records import Alert, AlertDescription, AlertLevel, ContentType
 
@@ -797,7 +797,7 @@ class Connection:
             self.tickets_received += 1
             self._event("NewSessionTicket accepted by OpenSSL")
         elif action is Action.KEY_UPDATE:
-            self._peer_key_update(decision.update_requested)
+            self._peer_key_update(decision)
         elif action is Action.CERTIFICATE_REQUEST:
             self._to_openssl(decision)
             self._event("post-handshake CertificateRequest answered by OpenSSL")
@@ -847,9 +847,18 @@ class Connection:
         self._queue_alert(alert)
         self._flush_outgoing("read", best_effort=True)
 
-    def _queue_own_records(self, answer) -> None:
-        for content_type, payload in answer:
-            self._outgoing.append((content_type, payload, None))
+    def _queue_own_records(self, answer) -> bool:
+        """Queue records OpenSSL wrote for the kernel to send. The TX key changes right behind a
+        KeyUpdate among them: the change runs as that record's ``then``, under the TX lock, so no
+        record goes out between the two. Returns whether there was a KeyUpdate."""
+        key_update = False
+        for record in answer:
+            then = None
+            if isinstance(record, KeyUpdateRecord):
+                then = functools.partial(self._next_tx_key, record.update_requested)
+                key_update = True
+            self._outgoing.append((*record, then))
+        return key_update
 
     def _flush_outgoing(self, operation: str, *, best_effort: bool = False) -> None:
         """Send the records of our own that wait, in order, before anything else is sent or read.
@@ -882,7 +891,7 @@ class Connection:
 
     # --- key updates -------------------------------------------------------------------------------
 
-    def _peer_key_update(self, update_requested: bool) -> None:
+    def _peer_key_update(self, decision: control.Decision) -> None:
         handoff = self._handoff
         if not kernel.probe().rekey_supported:
             error = KTLSRekeyUnsupportedError(
@@ -900,14 +909,24 @@ class Connection:
             raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
         self._rx_secret = secret
         self._event("KeyUpdate received: RX rekeyed")
-        if update_requested:
+        # OpenSSL's secrets move with the kernel's keys, in both directions (a post-handshake
+        # authentication depends on them): it learns of the peer's KeyUpdate, and where the peer
+        # asks for ours, OpenSSL writes it (at once, or when asked, depending on its version).
+        try:
+            answer = self._handshake.feed_key_update(decision.handshake.pack())
+        except BaseException as exc:
+            self._check_open()
+            self._queue_own_records(getattr(exc, "ktls_outgoing", []))
+            self._flush_outgoing("read", best_effort=True)
+            self._terminate(exc, f"OpenSSL rejected a KeyUpdate: {exc}")
+            raise
+        answered = self._queue_own_records(answer)
+        if decision.update_requested and not answered and self._tx_kernel:
             self._update_tx_keys(request_peer=False)
 
     def _update_tx_keys(self, request_peer: bool) -> None:
-        """Our KeyUpdate goes out, and the TX key changes right behind it: the change runs as the
-        record's ``then`` under the TX lock, so no record goes out between the two."""
-        self._outgoing.append((ContentType.HANDSHAKE, records.key_update_message(request_peer),
-                               functools.partial(self._next_tx_key, request_peer)))
+        """Our KeyUpdate, written by OpenSSL, goes out, and the TX key changes right behind it."""
+        self._queue_own_records(self._handshake.key_update_records(request_peer))
 
     def _next_tx_key(self, request_peer: bool) -> None:
         handoff = self._handoff

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 import ktls_ossl
 from ktls_ossl import kernel, keys
+from ktls_ossl.handshake import Policy
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import RekeyCounters, kernel_can_rekey
@@ -225,6 +226,48 @@ def test_post_handshake_authentication(request, server_cert, pki, certificate, c
         assert subject["commonName"] == "client.example"
         for sock, ours in ((pair.client, client_ours), (pair.server, server_ours)):
             if ours:
+                expect_ktls(sock)
+        exchange(pair, 50000)
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("requested", [False, True], ids=["update_not_requested", "update_requested"])
+@pytest.mark.parametrize("updater", ["client", "server"])
+@pytest.mark.parametrize("client_policy, server_policy", [
+    (Policy.USERSPACE, Policy.USERSPACE), (Policy.USERSPACE, Policy.AFTER_FINISHED),
+    (Policy.AFTER_FINISHED, Policy.USERSPACE), (Policy.AFTER_FINISHED, Policy.AFTER_FINISHED)],
+    ids=lambda p: p.name)
+def test_post_handshake_authentication_after_a_key_update(server_cert, pki, client_cert, client_policy,
+                                                          server_policy, updater, requested):
+    """The client's Finished of a post-handshake authentication is computed from the current client
+    traffic secret (RFC 8446 4.4.4), so every KeyUpdate the kernel carries out must move OpenSSL's
+    secrets too, whichever side sent it. Plain OpenSSL on the other side (USERSPACE) is the oracle:
+    two kTLS sides whose OpenSSL secrets were stale alike would agree with each other."""
+    if (Policy.AFTER_FINISHED in (client_policy, server_policy) and kernel.probe().ulp_available
+            and not kernel_can_rekey()):
+        pytest.skip(f"kernel {os.uname().release} cannot rekey (before 6.14): a KeyUpdate ends the "
+                    "connection there (test_hostile covers that)")
+    client_ctx, server_ctx = _pha_contexts(server_cert, pki, client_cert)
+    client_ctx.ktls_policy, server_ctx.ktls_policy = client_policy, server_policy
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        exchange(pair)
+        (pair.client if updater == "client" else pair.server).key_update(request_peer=requested)
+        # Each side reads what the other sent, KeyUpdates included; the second round carries the
+        # answer to a requested update (OpenSSL in user space sends it with its next write).
+        exchange(pair)
+        exchange(pair)
+        pair.server.verify_client_post_handshake()
+        pair.server.sendall(b"please authenticate")
+        assert recv_exactly(pair.client, 19) == b"please authenticate"
+        pair.client.sendall(b"here I am")
+        assert recv_exactly(pair.server, 9) == b"here I am"
+        subject = dict(item[0] for item in pair.server.getpeercert()["subject"])
+        assert subject["commonName"] == "client.example"
+        for sock, policy in ((pair.client, client_policy), (pair.server, server_policy)):
+            if policy is Policy.AFTER_FINISHED:
                 expect_ktls(sock)
         exchange(pair, 50000)
     finally:
