@@ -1,5 +1,6 @@
 """control.py: every non-data record has one defined outcome (pure decisions, no sockets)."""
 import _ssl
+import errno
 
 import pytest
 
@@ -220,3 +221,57 @@ def test_tls13_key_update_fragmented_over_records_is_legal(split):
     decision = only(control.decide(state, ContentType.HANDSHAKE, message[split:]))
     assert decision.action is Action.KEY_UPDATE and decision.update_requested
     assert state.handshake_buffer == b""
+
+
+# What OpenSSL 3.0.19 in user space did with each record after the handshake, measured against the
+# hostile peer (tests/security, Policy.USERSPACE): (version, type, payload) -> reason and alert.
+OPENSSL_RECORD_LAYER_OUTCOMES = [
+    (TLS_1_2_VERSION, ContentType.CHANGE_CIPHER_SPEC, b"\x01", "CCS_RECEIVED_EARLY", "unexpected_message"),
+    (TLS_1_2_VERSION, ContentType.CHANGE_CIPHER_SPEC, b"", "CCS_RECEIVED_EARLY", "unexpected_message"),
+    (TLS_1_3_VERSION, ContentType.CHANGE_CIPHER_SPEC, b"\x01", "BAD_RECORD_TYPE", "unexpected_message"),
+    (TLS_1_3_VERSION, 99, b"FORGED", "BAD_RECORD_TYPE", "unexpected_message"),
+    (TLS_1_2_VERSION, 99, b"FORGED", "UNEXPECTED_RECORD", "unexpected_message"),
+    (TLS_1_2_VERSION, ContentType.ALERT, b"", "INVALID_ALERT", "unexpected_message"),
+    (TLS_1_3_VERSION, ContentType.ALERT, b"", "BAD_LENGTH", "unexpected_message"),
+    (TLS_1_3_VERSION, ContentType.HANDSHAKE, b"", "BAD_LENGTH", "unexpected_message"),
+]
+
+
+@pytest.mark.parametrize("version, content_type, payload, reason, alert", OPENSSL_RECORD_LAYER_OUTCOMES)
+@pytest.mark.parametrize("side", [client, server])
+def test_record_layer_refusals_as_openssl_names_them(side, version, content_type, payload, reason, alert):
+    decision = only(control.decide(side(version), content_type, payload))
+    assert (decision.action, decision.reason, decision.alert.description_name) == (Action.FAIL, reason, alert)
+    assert decision.alert.is_fatal
+
+
+def test_tls12_empty_handshake_records_are_tolerated_up_to_openssls_limit():
+    """OpenSSL passes 32 empty records in a row and fails at the 33rd (MAX_EMPTY_RECORDS); a
+    non-empty record starts the count again."""
+    state = client(TLS_1_2_VERSION)
+    for _ in range(32):
+        assert only(control.decide(state, ContentType.HANDSHAKE, b"")).action is Action.IGNORE
+    decision = only(control.decide(state, ContentType.HANDSHAKE, b""))
+    assert (decision.action, decision.reason) == (Action.FAIL, "RECORD_TOO_SMALL")
+    state = client(TLS_1_2_VERSION)
+    for _ in range(32):
+        control.decide(state, ContentType.HANDSHAKE, b"")
+    assert only(control.decide(state, ContentType.ALERT, b"\x01\x5a")).action is Action.IGNORE
+    assert only(control.decide(state, ContentType.HANDSHAKE, b"")).action is Action.IGNORE
+
+
+@pytest.mark.parametrize("version, err, authenticated, alert", [
+    # The alert OpenSSL 3.0.19 sent in user space for the same record (tests/security, measured).
+    (TLS_1_2_VERSION, errno.EBADMSG, False, "bad_record_mac"),  # a forged tag, a record shorter than one
+    (TLS_1_3_VERSION, errno.EBADMSG, False, "bad_record_mac"),
+    (TLS_1_3_VERSION, errno.EBADMSG, True, "unexpected_message"),  # no content type (BAD_RECORD_TYPE)
+    (TLS_1_2_VERSION, errno.EBADMSG, True, "bad_record_mac"),  # TLS 1.2 has no inner content type
+    (TLS_1_2_VERSION, errno.EMSGSIZE, False, "record_overflow"),
+    (TLS_1_3_VERSION, errno.EMSGSIZE, False, "record_overflow"),
+    (TLS_1_2_VERSION, errno.EINVAL, False, "protocol_version"),  # header version 0x0301
+    (TLS_1_3_VERSION, errno.EINVAL, False, "decode_error"),
+    (TLS_1_3_VERSION, errno.ENOMEM, False, "internal_error"),
+])
+def test_alert_for_a_record_the_kernel_refused(version, err, authenticated, alert):
+    sent = control.alert_for_refused_record(version, err, authenticated=authenticated)
+    assert sent.is_fatal and sent.description_name == alert

@@ -325,6 +325,46 @@ def test_wrong_key_is_a_specific_decryption_error(pair):
 
 
 @pytest.mark.ktls
+@pytest.mark.parametrize("version, cipher", COMBINATIONS, ids=COMBINATION_IDS)
+@pytest.mark.parametrize("failure", ["wrong_tag", "record_too_long", "bad_header_version"])
+def test_after_a_refused_record_an_alert_can_still_be_sent(version, cipher, failure):
+    """Kernel behaviour the alert after a refused record depends on: a failed decryption leaves
+    EBADMSG pending on the socket (sk_err), and sends fail with it until SO_ERROR takes it; a
+    framing error is taken by the recvmsg that reports it. After that, TX still works: the peer's
+    kernel decrypts our alert."""
+    require_cipher(version, cipher)
+    peer, ours = loopback_pair()
+    with peer, ours:
+        to_ours, to_peer = fixed_keys(version, cipher, 0x10), fixed_keys(version, cipher, 0x80)
+        kernel.attach_ulp(ours)
+        kernel.install(ours, Direction.RX, to_ours)
+        kernel.install(ours, Direction.TX, to_peer)
+        kernel.attach_ulp(peer)
+        kernel.install(peer, Direction.RX, to_peer)  # no TX key: what the peer sends goes out raw
+        valid = records.RecordProtection(to_ours).seal(ContentType.APPLICATION_DATA, b"x")
+        if failure == "wrong_tag":
+            forged, expected_errno, pending = valid[:-1] + bytes([valid[-1] ^ 1]), errno.EBADMSG, errno.EBADMSG
+        elif failure == "record_too_long":
+            forged = records.build_record(ContentType.APPLICATION_DATA, bytes(16384 + 2048 + 300))
+            expected_errno, pending = errno.EMSGSIZE, 0
+        else:
+            forged, expected_errno, pending = valid[:1] + b"\x03\x01" + valid[3:], errno.EINVAL, 0
+        peer.sendall(forged)
+        with pytest.raises(KTLSRecordError) as info:
+            kernel.recv_record(ours, 100)
+        assert info.value.errno == expected_errno
+        alert = bytes([2, 20])
+        if pending:
+            with pytest.raises(OSError) as refused:
+                kernel.send_record(ours, ContentType.ALERT, alert)
+            assert refused.value.errno == pending
+        assert kernel.take_pending_error(ours) == pending
+        assert kernel.take_pending_error(ours) == 0
+        assert kernel.send_record(ours, ContentType.ALERT, alert) == 2
+        assert kernel.recv_record(peer, 100) == (ContentType.ALERT, alert)
+
+
+@pytest.mark.ktls
 def test_tls_stat_counts_installations():
     before = kernel.tls_stat()
     ktls_pair = make_pair(TLS_1_3_VERSION, KernelCipher.AES_GCM_128)
