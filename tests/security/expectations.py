@@ -72,13 +72,17 @@ KERNEL = {
     # The kernel drops a partial record at EOF: only the missing close_notify tells. Reported as
     # OpenSSL 3 (and so CPython) reports a TCP EOF without close_notify.
     "truncated_record_fin": Expect(ssl.SSLEOFError, "UNEXPECTED_EOF_WHILE_READING", EOF_MESSAGE),
-    "empty_change_cipher_spec": _ssl("UNEXPECTED_RECORD", "ChangeCipherSpec after the handshake"),
-    "empty_alert": _ssl("INVALID_ALERT", "alert record of 0 bytes"),
-    # Stricter than OpenSSL for TLS 1.2 (RFC 5246 6.2.1 forbids sending it; we refuse it).
-    "empty_handshake": _ssl("BAD_LENGTH", "empty handshake record"),
+    # OpenSSL's record-layer rules (issue 12): its reasons, per version.
+    "empty_change_cipher_spec": {TLS12: _ssl("CCS_RECEIVED_EARLY", "ChangeCipherSpec after the handshake"),
+                                 TLS13: _ssl("BAD_RECORD_TYPE", "record of content type 20 under TLS 1.3")},
+    "empty_alert": {TLS12: _ssl("INVALID_ALERT", "alert record of 0 bytes"),
+                    TLS13: _ssl("BAD_LENGTH", "empty alert record")},
+    "empty_handshake": {TLS12: TOLERATED, TLS13: _ssl("BAD_LENGTH", "empty handshake record")},
     "empty_application_data": TOLERATED,
-    "ccs_after_handshake": _ssl("UNEXPECTED_RECORD", "ChangeCipherSpec after the handshake"),
-    "unknown_content_type": _ssl("UNEXPECTED_RECORD", "record of unknown content type 99"),
+    "ccs_after_handshake": {TLS12: _ssl("CCS_RECEIVED_EARLY", "ChangeCipherSpec after the handshake"),
+                            TLS13: _ssl("BAD_RECORD_TYPE", "record of content type 20 under TLS 1.3")},
+    "unknown_content_type": {TLS12: _ssl("UNEXPECTED_RECORD", "record of unknown content type 99"),
+                             TLS13: _ssl("BAD_RECORD_TYPE", "record of content type 99 under TLS 1.3")},
     "hello_request": {TLS12: TOLERATED,  # answered with a no_renegotiation warning
                       TLS13: _ssl("UNEXPECTED_MESSAGE", "unexpected post-handshake hello_request")},
     "warning_alert_flood": _ssl("TOO_MANY_WARN_ALERTS", "more than 4 warning alerts in a row"),
