@@ -1296,6 +1296,17 @@ class KTLSSocket(ssl.SSLSocket):
             connection.release()
         return result
 
+    def shutdown(self, how):
+        """As CPython's: TLS ends for this object without close_notify, and the TCP connection is
+        shut down in ``how``. The connection stays with the socket until close(), which frees it
+        and, after a failure, still waits for the peer to receive what was sent (servers such as
+        socketserver shut the write side down right before they close)."""
+        connection = self._sslobj
+        super().shutdown(how)
+        if connection is not None:
+            self._ktls_unwrapped = connection
+            connection.release()
+
     def _real_close(self):
         connection = self._sslobj or getattr(self, "_ktls_unwrapped", None)
         if connection is None:
