@@ -28,7 +28,13 @@ def _serve(args) -> int:
     if not cert:
         cert, key = serve.make_self_signed(tempfile.mkdtemp(prefix="ktls-serve-"), args.hostname)
         print(f"ktls_ossl: self-signed certificate for {args.hostname}: {cert}", flush=True)
-    context = serve.server_context(cert, key, Policy(args.policy), args.ciphers, args.ciphersuites)
+    try:
+        context = serve.server_context(cert, key, Policy(args.policy), args.ciphers, args.ciphersuites,
+                                       min_version=args.min_version, max_version=args.max_version,
+                                       dhparam=args.dhparam, groups=args.groups)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; the context's own message
+        print(f"python -m ktls_ossl serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if args.echo:
         server = serve.TLSEchoServer((args.bind, args.port), context, verbose=args.verbose,
                                      read_path=args.echo_read, write_path=args.echo_write)
@@ -70,6 +76,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ktls_ossl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     policies = [p.value for p in Policy]
+    from .serve import TLS_VERSIONS
 
     probe = commands.add_parser("probe", help="show what this kernel's TLS can do")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
@@ -90,6 +97,11 @@ def main(argv=None) -> int:
     serve.add_argument("--policy", choices=policies, default=Policy.AFTER_FINISHED.value)
     serve.add_argument("--ciphers", help="TLS 1.2 cipher string")
     serve.add_argument("--ciphersuites", help="TLS 1.3 cipher suites")
+    serve.add_argument("--min-version", choices=TLS_VERSIONS, help="lowest TLS version accepted")
+    serve.add_argument("--max-version", choices=TLS_VERSIONS, help="highest TLS version accepted")
+    serve.add_argument("--dhparam", metavar="FILE", help="DH parameters (PEM) for TLS 1.2 DHE suites")
+    serve.add_argument("--groups", metavar="LIST",
+                       help="key exchange groups, e.g. X25519:ffdhe2048 (ffdhe* allow TLS 1.3 FFDHE)")
     serve.add_argument("--port-file", help="write the bound port here once listening")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(handler=_serve)
@@ -112,6 +124,9 @@ def main(argv=None) -> int:
     bench.set_defaults(handler=_bench)
 
     args = parser.parse_args(argv)
+    if (args.command == "serve" and args.min_version and args.max_version
+            and TLS_VERSIONS[args.min_version] > TLS_VERSIONS[args.max_version]):
+        serve.error(f"--min-version {args.min_version} is above --max-version {args.max_version}")
     return args.handler(args)
 
 

@@ -11,8 +11,8 @@ options, cipher string, verify mode and flags, the same exception types and mess
 OpenSSL carry the same ``library``/``reason`` and the same text; only the location tag at the end
 differs ("(ktls_ossl)" instead of "(_ssl.c:NNNN)").
 
-On top of ssl.SSLContext: ``ktls_policy``, ``require_ktls``, ``control_record_callback`` and
-``set_ciphersuites`` (TLS 1.3 suites).
+On top of ssl.SSLContext: ``ktls_policy``, ``require_ktls``, ``control_record_callback``,
+``set_ciphersuites`` (TLS 1.3 suites) and ``set_groups`` (key exchange groups).
 """
 from __future__ import annotations
 
@@ -653,6 +653,25 @@ class SSLContext(ssl.SSLContext):
         groups = ffi.new("int[1]", [nid])
         if not lib.SSL_CTX_set1_groups(self._ssl_ctx, groups, 1):
             raise _library_error()
+
+    def set_groups(self, groups: str, /) -> None:
+        """The key exchange groups this context offers or accepts, in OpenSSL's list format
+        ("X25519:secp256r1:ffdhe2048"; SSL_CTX_set1_groups_list). A ktls_ossl extension, named and
+        shaped after the set_groups() that CPython adds in 3.15 (gh-136306); CPython 3.11-3.14 has
+        only set_ecdh_curve(), one group at a time. FFDHE groups make TLS 1.3 finite-field DH
+        possible; TLS 1.2 DHE takes its parameters from load_dh_params().
+
+        An unknown group (or an empty list) raises ssl.SSLError("unrecognized group"), with no
+        library or reason: OpenSSL 3.0 does not always queue an error for this.
+        """
+        if not isinstance(groups, str):
+            got = "None" if groups is None else type(groups).__name__  # as _PyArg_BadArgument
+            raise TypeError(f"set_groups() argument must be str, not {got}")
+        if "\0" in groups:
+            raise ValueError("embedded null character")
+        lib.ERR_clear_error()
+        if lib.SSL_CTX_set1_groups_list(self._ssl_ctx, groups.encode("utf-8")) != 1:
+            raise _message_error("unrecognized group")
 
     def load_dh_params(self, path) -> None:
         os.fspath(path)  # the TypeError CPython's fopen wrapper raises for a non-path

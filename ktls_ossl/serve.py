@@ -327,15 +327,35 @@ class TLSEchoServer(_TLSServerMixin, socketserver.ThreadingTCPServer):
         super().__init__(address, EchoHandler)
 
 
+# Protocol names as openssl s_server's -min_protocol/-max_protocol spell them; the versions the
+# kernel can carry (TLS 1.0 and 1.1 are deprecated in ssl and below OpenSSL 3's default level).
+TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
 def server_context(cert: str, key: str, policy: Policy = Policy.AFTER_FINISHED,
-                   ciphers: str | None = None, ciphersuites: str | None = None) -> SSLContext:
+                   ciphers: str | None = None, ciphersuites: str | None = None, *,
+                   min_version: str | ssl.TLSVersion | None = None,
+                   max_version: str | ssl.TLSVersion | None = None,
+                   dhparam: str | None = None, groups: str | None = None) -> SSLContext:
+    """A server context as ``serve`` builds it. ``min_version``/``max_version``: a TLS_VERSIONS
+    name or an ssl.TLSVersion; ``dhparam``: PEM DH parameters for TLS 1.2 DHE suites
+    (load_dh_params); ``groups``: key exchange groups in OpenSSL's list format (set_groups).
+    Errors are the context's own (ssl.SSLError, OSError such as FileNotFoundError, ValueError)."""
     context = SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     context.ktls_policy = policy
+    if min_version is not None:
+        context.minimum_version = TLS_VERSIONS.get(min_version, min_version)
+    if max_version is not None:
+        context.maximum_version = TLS_VERSIONS.get(max_version, max_version)
     if ciphers:
         context.set_ciphers(ciphers)
     if ciphersuites:
         context.set_ciphersuites(ciphersuites)
+    if dhparam:
+        context.load_dh_params(dhparam)
+    if groups:
+        context.set_groups(groups)
     return context
 
 
@@ -416,4 +436,4 @@ def run_in_thread(server) -> threading.Thread:
 
 
 __all__ = ["HTTPSFileServer", "TLSEchoServer", "fetch", "make_self_signed", "server_context",
-           "serve_forever", "run_in_thread", "send_all_via", "SEND_PATHS", "RECV_PATHS"]
+           "serve_forever", "run_in_thread", "send_all_via", "SEND_PATHS", "RECV_PATHS", "TLS_VERSIONS"]
