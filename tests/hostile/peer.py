@@ -2,9 +2,10 @@
 
 Our own code, on top of ktls_ossl.records (record and handshake framing), ktls_ossl.keys (TLS 1.2 PRF
 and key block, TLS 1.3 HKDF-Expand-Label, AEAD nonces) and ``cryptography`` (X25519 ECDHE, ECDSA
-signatures, AEAD). One cipher per version is enough for the security cases:
-ECDHE-ECDSA-AES128-GCM-SHA256 (0xC02B) for TLS 1.2, TLS_AES_128_GCM_SHA256 (0x1301) for TLS 1.3,
-X25519 for the key exchange and ecdsa_secp256r1_sha256 for signatures.
+signatures, AEAD). The cipher is a parameter (``cipher=``, a ktls_ossl.keys.KernelCipher; the
+default AES-128-GCM is what the security cases use): each of the kernel's four ciphers with one suite
+per version (SUITES: ECDHE-ECDSA for TLS 1.2, with SHA-384 for AES-256-GCM in both versions), X25519
+for the key exchange and ecdsa_secp256r1_sha256 for signatures.
 
 A script drives one connection step by step:
 
@@ -23,6 +24,11 @@ count of equal parts or a list of leading fragment sizes; every record carries a
 ``max_fragment`` bytes, 2^14 unless told), preceded by empty handshake records (``empty_before=``),
 or several messages may share one record (``queue_handshake_bytes``). ``complete(**finished)``
 passes such options to the Finished of an otherwise honest handshake.
+
+Records may be damaged on purpose (``Protector.seal`` knobs, passed through ``queue_record``):
+a byte of the AEAD output flipped (``flip=``, ``tamper_tag=``), the body cut short
+(``body_length=``), another header type or version (``outer_type=``, ``header_version=``), TLS 1.3
+padding (``padding=``) or a whole inner plaintext of one's choosing (``inner=``).
 """
 from __future__ import annotations
 
@@ -37,11 +43,12 @@ import termios
 import time
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
 from ktls_ossl import keys
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
@@ -58,9 +65,36 @@ from ktls_ossl.records import (
 
 TLS12_SUITE = 0xC02B  # TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
 TLS13_SUITE = 0x1301  # TLS_AES_128_GCM_SHA256
-CIPHER = KernelCipher.AES_GCM_128
+CIPHER = KernelCipher.AES_GCM_128  # the default cipher
 HASH = "sha256"
 HASH_LEN = 32
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One kernel cipher's suites: IANA codes per version and the hash of the suite (HKDF and
+    transcript in TLS 1.3, PRF and transcript in TLS 1.2)."""
+
+    tls12: int
+    tls13: int
+    hash: str
+
+    @property
+    def hash_len(self) -> int:
+        return keys.hash_length(self.hash)
+
+
+SUITES = {
+    # ECDHE-ECDSA-AES128-GCM-SHA256, TLS_AES_128_GCM_SHA256
+    KernelCipher.AES_GCM_128: Suite(0xC02B, 0x1301, "sha256"),
+    # ECDHE-ECDSA-AES256-GCM-SHA384, TLS_AES_256_GCM_SHA384
+    KernelCipher.AES_GCM_256: Suite(0xC02C, 0x1302, "sha384"),
+    # ECDHE-ECDSA-CHACHA20-POLY1305 (RFC 7905: no explicit nonce), TLS_CHACHA20_POLY1305_SHA256
+    KernelCipher.CHACHA20_POLY1305: Suite(0xCCA9, 0x1303, "sha256"),
+    # ECDHE-ECDSA-AES128-CCM (RFC 7251, 16-byte tag), TLS_AES_128_CCM_SHA256
+    KernelCipher.AES_CCM_128: Suite(0xC0AC, 0x1304, "sha256"),
+}
+
 X25519 = 0x001D
 SECP256R1 = 0x0017  # offered (not used) so that a TLS 1.2 server may use its P-256 ECDSA key
 ECDSA_SECP256R1_SHA256 = 0x0403
@@ -71,6 +105,7 @@ EXT_SUPPORTED_GROUPS = 0x000A
 EXT_EC_POINT_FORMATS = 0x000B
 EXT_SIGNATURE_ALGORITHMS = 0x000D
 EXT_SUPPORTED_VERSIONS = 0x002B
+EXT_POST_HANDSHAKE_AUTH = 0x0031
 EXT_KEY_SHARE = 0x0033
 EXT_UNASSIGNED = 0xFAFA  # a GREASE value (RFC 8701): an extension every receiver must ignore
 EXT_RENEGOTIATION_INFO = 0xFF01
@@ -184,17 +219,30 @@ class _Reader:
         return found
 
 
-def _hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+def _digest(transcript: bytes, hash_name: str = HASH) -> bytes:
+    return hashlib.new(hash_name, transcript).digest()
 
 
-def _derive_secret(secret: bytes, label: str, transcript: bytes) -> bytes:
-    return keys.hkdf_expand_label(secret, label, hashlib.sha256(transcript).digest(), HASH_LEN, HASH)
+def _hkdf_extract(salt: bytes, ikm: bytes, hash_name: str = HASH) -> bytes:
+    return hmac.new(salt, ikm, hash_name).digest()
 
 
-def _tls13_finished(secret: bytes, transcript: bytes) -> bytes:
-    finished_key = keys.hkdf_expand_label(secret, "finished", b"", HASH_LEN, HASH)
-    return hmac.new(finished_key, hashlib.sha256(transcript).digest(), hashlib.sha256).digest()
+def _derive_secret(secret: bytes, label: str, transcript: bytes, hash_name: str = HASH) -> bytes:
+    return keys.hkdf_expand_label(secret, label, _digest(transcript, hash_name), keys.hash_length(hash_name),
+                                  hash_name)
+
+
+def _tls13_finished(secret: bytes, transcript: bytes, hash_name: str = HASH) -> bytes:
+    finished_key = keys.hkdf_expand_label(secret, "finished", b"", keys.hash_length(hash_name), hash_name)
+    return hmac.new(finished_key, _digest(transcript, hash_name), hash_name).digest()
+
+
+def _aead(traffic: TrafficKeys):
+    if traffic.cipher is KernelCipher.AES_CCM_128:
+        return AESCCM(traffic.key, tag_length=16)
+    if traffic.cipher is KernelCipher.CHACHA20_POLY1305:
+        return ChaCha20Poly1305(traffic.key)
+    return AESGCM(traffic.key)
 
 
 class Protector:
@@ -204,27 +252,56 @@ class Protector:
         self.keys = traffic
         self.seq = traffic.seq
         self.label = label
-        self._aead = AESGCM(traffic.key)
+        self._aead = _aead(traffic)
+        self.tag_size = traffic.cipher.tag_size
 
     @property
     def tls13(self) -> bool:
         return self.keys.version == TLS_1_3_VERSION
 
+    @property
+    def explicit_nonce(self) -> int:
+        """Bytes of explicit nonce in front of each record's AEAD output: 8 for TLS 1.2 GCM and
+        CCM, none for TLS 1.3 and for TLS 1.2 ChaCha20-Poly1305 (RFC 7905)."""
+        return 0 if self.tls13 or self.keys.cipher is KernelCipher.CHACHA20_POLY1305 else 8
+
     def seal(self, content_type: int, payload: bytes, *, header_version: int = TLS_1_2_VERSION,
-             padding: int = 0, tamper_tag: bool = False) -> bytes:
+             padding: int = 0, tamper_tag: bool = False, flip: int | None = None,
+             body_length: int | None = None, outer_type: int | None = None,
+             inner: bytes | None = None) -> bytes:
+        """One protected record. Knobs: ``header_version`` (in the header, and so in the AAD);
+        ``padding`` (TLS 1.3 zeros after the type); ``inner`` (TLS 1.3: the whole inner plaintext,
+        replacing payload, type and padding); ``outer_type`` (the header's type, also in the AAD:
+        TLS 1.3's outer type, TLS 1.2's type); ``flip`` (the byte at this index of the AEAD output,
+        ciphertext and tag, counted as a Python index, is inverted after sealing; ``tamper_tag``
+        is flip=-1 with one bit); ``body_length`` (the record body, explicit nonce included, cut to
+        this many bytes after sealing, the header's length with it)."""
         seq = self.seq
         self.seq += 1
         if self.tls13:
-            inner = payload + bytes([content_type]) + bytes(padding)
-            header = struct.pack(">BHH", ContentType.APPLICATION_DATA, header_version, len(inner) + 16)
+            if inner is None:
+                inner = payload + bytes([content_type]) + bytes(padding)
+            kind = ContentType.APPLICATION_DATA if outer_type is None else outer_type
+            header = struct.pack(">BHH", kind, header_version, len(inner) + self.tag_size)
             body = self._aead.encrypt(keys.record_nonce(self.keys, seq), inner, header)
         else:
-            explicit = struct.pack(">Q", seq)
-            aad = struct.pack(">QBHH", seq, content_type, header_version, len(payload))
-            body = explicit + self._aead.encrypt(keys.record_nonce(self.keys, seq, explicit), payload, aad)
-            header = struct.pack(">BHH", content_type, header_version, len(body))
+            kind = content_type if outer_type is None else outer_type
+            aad = struct.pack(">QBHH", seq, kind, header_version, len(payload))
+            if self.explicit_nonce:
+                explicit = struct.pack(">Q", seq)
+                body = explicit + self._aead.encrypt(keys.record_nonce(self.keys, seq, explicit), payload, aad)
+            else:
+                body = self._aead.encrypt(keys.record_nonce(self.keys, seq), payload, aad)
+            header = struct.pack(">BHH", kind, header_version, len(body))
         if tamper_tag:
             body = body[:-1] + bytes([body[-1] ^ 0x01])
+        if flip is not None:
+            sealed = bytearray(body[self.explicit_nonce:])
+            sealed[flip] ^= 0xFF
+            body = body[:self.explicit_nonce] + bytes(sealed)
+        if body_length is not None:
+            body = body[:body_length]
+            header = header[:3] + struct.pack(">H", len(body))
         return header + body
 
     def open(self, record: bytes, seq: int | None = None) -> tuple[int, bytes]:
@@ -238,10 +315,12 @@ class Protector:
                 raise PeerError("TLS 1.3 record without a content type")
             result = stripped[-1], stripped[:-1]
         else:
-            explicit, ciphertext = body[:8], body[8:]
-            aad = struct.pack(">QBHH", seq, header.content_type, header.version, len(ciphertext) - 16)
-            result = header.content_type, self._aead.decrypt(keys.record_nonce(self.keys, seq, explicit),
-                                                             ciphertext, aad)
+            explicit, ciphertext = body[:self.explicit_nonce], body[self.explicit_nonce:]
+            if len(ciphertext) < self.tag_size:
+                raise PeerError("record shorter than its authentication tag")
+            aad = struct.pack(">QBHH", seq, header.content_type, header.version, len(ciphertext) - self.tag_size)
+            nonce = keys.record_nonce(self.keys, seq, explicit) if explicit else keys.record_nonce(self.keys, seq)
+            result = header.content_type, self._aead.decrypt(nonce, ciphertext, aad)
         self.seq = seq + 1
         return result
 
@@ -264,10 +343,23 @@ class Observed:
     handshake: list[int] = field(default_factory=list)  # handshake message types (post-script)
     unreadable: int = 0  # records it could not decrypt
     end: str = ""  # "eof", "reset" or "timeout"
+    # Everything above in the order it arrived, as ("alert", text), ("handshake", type) or
+    # ("data", size); post-handshake messages the script itself read (recv_app) come first.
+    sequence: list[tuple[str, object]] = field(default_factory=list)
 
     @property
     def first_alert(self) -> str | None:
         return self.alerts[0] if self.alerts else None
+
+    def handshake_before_alert(self, msg_type: int) -> int:
+        """How many handshake messages of ``msg_type`` arrived before the first alert (all of
+        them when there was no alert)."""
+        count = 0
+        for kind, value in self.sequence:
+            if kind == "alert":
+                break
+            count += kind == "handshake" and value == msg_type
+        return count
 
 
 def _unacknowledged(sock: socket.socket) -> int:
@@ -291,11 +383,19 @@ class Endpoint:
 
     is_server = False
 
-    def __init__(self, sock: socket.socket, version: int, *, timeout: float = 10.0):
+    def __init__(self, sock: socket.socket, version: int, *, cipher: KernelCipher = CIPHER,
+                 timeout: float = 10.0):
         if version not in (TLS_1_2_VERSION, TLS_1_3_VERSION):
             raise ValueError("TLS 1.2 or 1.3")
         self.sock = sock
         self.version = version
+        self.cipher = KernelCipher(cipher)
+        suite = SUITES[self.cipher]
+        self.suite = suite.tls13 if version == TLS_1_3_VERSION else suite.tls12
+        self.hash, self.hash_len = suite.hash, suite.hash_len
+        # The largest handshake fragment this endpoint writes (1: every handshake message in
+        # one-byte records, ClientHello included).
+        self.max_fragment = MAX_PLAINTEXT
         self.sock.settimeout(timeout)
         self.transcript = b""
         self._inbox = b""
@@ -310,6 +410,11 @@ class Endpoint:
         self.master = b""
         self.secrets: dict[str, bytes] = {}
         self.messages: list[int] = []  # handshake message types received, in order
+        self._post_buffer = b""  # post-handshake handshake bytes not yet a whole message
+        # ("handshake", type) for each post-handshake message recv_app() met (NewSessionTicket...)
+        self.post_handshake: list[tuple[str, object]] = []
+        # Post-handshake CertificateRequest messages recv_app() met, whole (header and body).
+        self.certificate_requests: list[bytes] = []
 
     @property
     def tls13(self) -> bool:
@@ -394,9 +499,12 @@ class Endpoint:
             self._out += self.write.seal(content_type, payload, **tamper)
 
     def queue_handshake(self, msg_type: int, body: bytes, *, transcript: bool = True, fragments=None,
-                        max_fragment: int = MAX_PLAINTEXT, empty_before: int = 0, **tamper) -> bytes:
+                        max_fragment: int | None = None, empty_before: int = 0, **tamper) -> bytes:
         """One handshake message, in one record or as ``fragments`` (see ``fragment``), after
-        ``empty_before`` zero-length handshake records."""
+        ``empty_before`` zero-length handshake records (``max_fragment``: this endpoint's
+        ``max_fragment`` unless told)."""
+        if max_fragment is None:
+            max_fragment = self.max_fragment
         message = build_handshake(msg_type, body)
         if transcript:
             self.transcript += message
@@ -405,11 +513,11 @@ class Endpoint:
         self.queue_handshake_bytes(message, fragments=fragments, max_fragment=max_fragment, **tamper)
         return message
 
-    def queue_handshake_bytes(self, data: bytes, *, fragments=None, max_fragment: int = MAX_PLAINTEXT,
+    def queue_handshake_bytes(self, data: bytes, *, fragments=None, max_fragment: int | None = None,
                               **tamper) -> None:
         """Handshake-layer bytes as they are (several messages in one record, or a message's
         head only), cut into records; the transcript is not touched."""
-        for part in fragment(data, fragments, max_fragment):
+        for part in fragment(data, fragments, self.max_fragment if max_fragment is None else max_fragment):
             self.queue_record(ContentType.HANDSHAKE, part, **tamper)
 
     def queue_ccs(self) -> None:
@@ -434,6 +542,11 @@ class Endpoint:
                 received += payload
             elif content_type == ContentType.ALERT:
                 raise PeerError(f"the other side sent alert {_alert_text(payload)}")
+            elif content_type == ContentType.HANDSHAKE:
+                for message in self._post_handshake(payload):
+                    self.post_handshake.append(("handshake", message.msg_type))
+                    if message.msg_type == HandshakeType.certificate_request:
+                        self.certificate_requests.append(message.pack())
         if received != expected:
             raise PeerError(f"expected {expected!r} from the other side, got {received!r}")
 
@@ -462,8 +575,26 @@ class Endpoint:
     def next_write_key(self) -> None:
         """Our write direction moves to the next TLS 1.3 application secret (after a KeyUpdate)."""
         name = "server_ap" if self.is_server else "client_ap"
-        self.secrets[name] = keys.tls13_next_secret(self.secrets[name], HASH)
-        self.write = Protector(keys.tls13_traffic_keys(self.secrets[name], CIPHER, HASH), name)
+        self.secrets[name] = keys.tls13_next_secret(self.secrets[name], self.hash)
+        self.write = self._tls13_protector(name)
+
+    def _next_read_key(self) -> None:
+        """The other side's write direction moved to its next TLS 1.3 application secret."""
+        name = "client_ap" if self.is_server else "server_ap"
+        self.secrets[name] = keys.tls13_next_secret(self.secrets[name], self.hash)
+        self.read = self._tls13_protector(name)
+
+    def _post_handshake(self, payload: bytes) -> list:
+        """The whole post-handshake messages that ``payload`` (a handshake record's) completes;
+        a TLS 1.3 KeyUpdate moves the read keys at once."""
+        # Bytes left over from the handshake (a message in the Finished's record) come first.
+        self._post_buffer += self._handshake_buffer + payload
+        self._handshake_buffer = b""
+        messages, self._post_buffer = split_handshake_messages(self._post_buffer)
+        for message in messages:
+            if message.msg_type == HandshakeType.key_update and self.tls13:
+                self._next_read_key()
+        return messages
 
     def shutdown_write(self) -> None:
         """TCP FIN (no close_notify)."""
@@ -495,7 +626,7 @@ class Endpoint:
             observed.end = "closed by the script"
             return observed
         self.sock.settimeout(timeout)
-        buffered = self._handshake_buffer
+        observed.sequence = list(self.post_handshake)
         while True:
             try:
                 record = self.read_raw_record()
@@ -523,17 +654,14 @@ class Endpoint:
             content_type, payload = opened
             if content_type == ContentType.ALERT:
                 observed.alerts.append(_alert_text(payload))
+                observed.sequence.append(("alert", _alert_text(payload)))
             elif content_type == ContentType.APPLICATION_DATA:
                 observed.data += payload
+                observed.sequence.append(("data", len(payload)))
             elif content_type == ContentType.HANDSHAKE:
-                buffered += payload
-                messages, buffered = split_handshake_messages(buffered)
-                for message in messages:
+                for message in self._post_handshake(payload):
                     observed.handshake.append(message.msg_type)
-                    if message.msg_type == HandshakeType.key_update and self.tls13:
-                        name = "client_ap" if self.is_server else "server_ap"
-                        self.secrets[name] = keys.tls13_next_secret(self.secrets[name], HASH)
-                        self.read = Protector(keys.tls13_traffic_keys(self.secrets[name], CIPHER, HASH), name)
+                    observed.sequence.append(("handshake", message.msg_type))
 
     def close(self) -> None:
         try:
@@ -545,41 +673,43 @@ class Endpoint:
 
     def _tls12_master(self) -> None:
         self.master = keys.tls12_prf(self.shared, b"master secret", self.client_random + self.server_random,
-                                     48, HASH)
-        self._block = keys.tls12_key_block(self.master, self.client_random, self.server_random, CIPHER, HASH)
+                                     48, self.hash)
+        self._block = keys.tls12_key_block(self.master, self.client_random, self.server_random, self.cipher,
+                                           self.hash)
 
     def _tls12_protector(self, ours: bool) -> Protector:
         client = (self._block.client_write_key, self._block.client_write_iv, "client")
         server = (self._block.server_write_key, self._block.server_write_iv, "server")
         key, iv, label = server if ours == self.is_server else client
-        return Protector(keys.tls12_traffic_keys(key, iv, CIPHER, 0), label)
+        return Protector(keys.tls12_traffic_keys(key, iv, self.cipher, 0), label)
 
     def tls12_verify_data(self, server: bool) -> bytes:
         label = b"server finished" if server else b"client finished"
-        return keys.tls12_prf(self.master, label, hashlib.sha256(self.transcript).digest(), 12, HASH)
+        return keys.tls12_prf(self.master, label, _digest(self.transcript, self.hash), 12, self.hash)
 
     def _tls13_handshake_secrets(self) -> None:
-        early = _hkdf_extract(bytes(HASH_LEN), bytes(HASH_LEN))
-        derived = _derive_secret(early, "derived", b"")
-        handshake = _hkdf_extract(derived, self.shared)
-        self.secrets["client_hs"] = _derive_secret(handshake, "c hs traffic", self.transcript)
-        self.secrets["server_hs"] = _derive_secret(handshake, "s hs traffic", self.transcript)
-        self._master13 = _hkdf_extract(_derive_secret(handshake, "derived", b""), bytes(HASH_LEN))
+        h = self.hash
+        early = _hkdf_extract(bytes(self.hash_len), bytes(self.hash_len), h)
+        derived = _derive_secret(early, "derived", b"", h)
+        handshake = _hkdf_extract(derived, self.shared, h)
+        self.secrets["client_hs"] = _derive_secret(handshake, "c hs traffic", self.transcript, h)
+        self.secrets["server_hs"] = _derive_secret(handshake, "s hs traffic", self.transcript, h)
+        self._master13 = _hkdf_extract(_derive_secret(handshake, "derived", b"", h), bytes(self.hash_len), h)
 
     def _tls13_application_secrets(self) -> None:
         """From the transcript through the server's Finished."""
-        self.secrets["client_ap"] = _derive_secret(self._master13, "c ap traffic", self.transcript)
-        self.secrets["server_ap"] = _derive_secret(self._master13, "s ap traffic", self.transcript)
+        self.secrets["client_ap"] = _derive_secret(self._master13, "c ap traffic", self.transcript, self.hash)
+        self.secrets["server_ap"] = _derive_secret(self._master13, "s ap traffic", self.transcript, self.hash)
 
     def _tls13_protector(self, name: str) -> Protector:
-        return Protector(keys.tls13_traffic_keys(self.secrets[name], CIPHER, HASH), name)
+        return Protector(keys.tls13_traffic_keys(self.secrets[name], self.cipher, self.hash), name)
 
     def finished_body(self, verify_data: bytes | None = None) -> bytes:
         if verify_data is not None:
             return verify_data
         if self.tls13:
             name = "server_hs" if self.is_server else "client_hs"
-            return _tls13_finished(self.secrets[name], self.transcript)
+            return _tls13_finished(self.secrets[name], self.transcript, self.hash)
         return self.tls12_verify_data(server=self.is_server)
 
     def _check_peer_finished(self, body: bytes, expected: bytes) -> None:
@@ -592,8 +722,8 @@ class HostileServer(Endpoint):
 
     is_server = True
 
-    def __init__(self, sock, version, *, cert, key, timeout: float = 10.0):
-        super().__init__(sock, version, timeout=timeout)
+    def __init__(self, sock, version, *, cert, key, cipher: KernelCipher = CIPHER, timeout: float = 10.0):
+        super().__init__(sock, version, cipher=cipher, timeout=timeout)
         self.cert_der = cert.public_bytes(serialization.Encoding.DER)
         self.key = key
         self.session_id = b""
@@ -607,7 +737,7 @@ class HostileServer(Endpoint):
         suites = reader.vector(2)
         reader.vector(1)
         extensions = reader.extensions()
-        wanted = TLS13_SUITE if self.tls13 else TLS12_SUITE
+        wanted = self.suite
         if struct.pack(">H", wanted) not in [suites[i:i + 2] for i in range(0, len(suites), 2)]:
             raise PeerError(f"the client did not offer suite 0x{wanted:04x}")
         client_share = None
@@ -631,15 +761,13 @@ class HostileServer(Endpoint):
         if self.tls13:
             extensions = (_extension(EXT_SUPPORTED_VERSIONS, struct.pack(">H", TLS_1_3_VERSION))
                           + _extension(EXT_KEY_SHARE, struct.pack(">H", X25519) + _u16(self._public())))
-            suite = TLS13_SUITE
             session_id = self.session_id
         else:
             extensions = (_extension(EXT_RENEGOTIATION_INFO, b"\x00")
                           + _extension(EXT_EC_POINT_FORMATS, b"\x01\x00"))
-            suite = TLS12_SUITE
             session_id = b""
         body = (struct.pack(">H", TLS_1_2_VERSION) + self.server_random + _u8(session_id)
-                + struct.pack(">HB", suite, 0) + _u16(extensions))
+                + struct.pack(">HB", self.suite, 0) + _u16(extensions))
         self.queue_handshake(HandshakeType.server_hello, body)
         if self.tls13:
             self._tls13_handshake_secrets()
@@ -653,7 +781,8 @@ class HostileServer(Endpoint):
             self.read = self._tls13_protector("client_hs")
             self.queue_handshake(HandshakeType.encrypted_extensions, _u16(b""))
             self.queue_handshake(HandshakeType.certificate, _u8(b"") + _u24(_u24(self.cert_der) + _u16(b"")))
-            content = b" " * 64 + b"TLS 1.3, server CertificateVerify\x00" + hashlib.sha256(self.transcript).digest()
+            content = (b" " * 64 + b"TLS 1.3, server CertificateVerify\x00"
+                       + _digest(self.transcript, self.hash))
             signature = self.key.sign(content, ec.ECDSA(hashes.SHA256()))
             self.queue_handshake(HandshakeType.certificate_verify,
                                  struct.pack(">H", ECDSA_SECP256R1_SHA256) + _u16(signature))
@@ -685,7 +814,7 @@ class HostileServer(Endpoint):
 
     def recv_peer_finished(self) -> None:
         if self.tls13:
-            expected = _tls13_finished(self.secrets["client_hs"], self.transcript)
+            expected = _tls13_finished(self.secrets["client_hs"], self.transcript, self.hash)
             self._check_peer_finished(self.recv_handshake(HandshakeType.finished), expected)
             self.read = self._tls13_protector("client_ap")
             self.candidates = []
@@ -712,14 +841,79 @@ class HostileServer(Endpoint):
             self.flush()
 
 
+    # --- TLS 1.3 post-handshake client authentication (RFC 8446 4.6.2) ------------------------------
+
+    def queue_certificate_request(self, context: bytes = b"\x01") -> None:
+        """A post-handshake CertificateRequest; its Handshake Context is the handshake's transcript
+        (through the client's Finished) plus this message."""
+        message = self.queue_handshake(HandshakeType.certificate_request,
+                                       certificate_request_body(context=context), transcript=False)
+        self._pha_transcript = self.transcript + message
+        self._pha_context = context
+
+    def recv_client_authentication(self) -> x509.Certificate:
+        """Read the client's Certificate, CertificateVerify and Finished (skipping application
+        data), check the signature with the certificate's key and the Finished with the client's
+        current application secret (after any KeyUpdate: RFC 8446 4.4). On failure a fatal
+        alert goes out before PeerError."""
+        transcript = self._pha_transcript
+        found = []
+        while len(found) < 3:
+            content_type, payload = self.recv_record()
+            if content_type == ContentType.ALERT:
+                raise PeerError(f"the other side sent alert {_alert_text(payload)}")
+            if content_type != ContentType.HANDSHAKE:
+                continue
+            for message in self._post_handshake(payload):
+                if message.msg_type == HandshakeType.key_update:
+                    continue
+                found.append(message)
+        certificate, verify, finished = found
+        try:
+            if [m.msg_type for m in found] != [HandshakeType.certificate, HandshakeType.certificate_verify,
+                                                HandshakeType.finished]:
+                raise PeerError(f"client authentication: got messages {[m.msg_type for m in found]}")
+            reader = _Reader(certificate.body)
+            if reader.vector(1) != self._pha_context:
+                raise PeerError("client authentication: wrong certificate_request_context")
+            entries = _Reader(reader.vector(3))
+            if not entries.data:
+                raise PeerError("client authentication: no certificate")
+            cert = x509.load_der_x509_certificate(entries.vector(3))
+            transcript += certificate.pack()
+            reader = _Reader(verify.body)
+            if reader.number(2) != ECDSA_SECP256R1_SHA256:
+                raise PeerError("client authentication: unexpected signature scheme")
+            content = b" " * 64 + b"TLS 1.3, client CertificateVerify\x00" + _digest(transcript, self.hash)
+            try:
+                cert.public_key().verify(reader.vector(2), content, ec.ECDSA(hashes.SHA256()))
+            except Exception:
+                raise PeerError("client authentication: the CertificateVerify signature does not verify") from None
+            transcript += verify.pack()
+            expected = _tls13_finished(self.secrets["client_ap"], transcript, self.hash)
+            if not hmac.compare_digest(finished.body, expected):
+                raise PeerError("client authentication: the Finished does not verify under the client's "
+                                "current application secret")
+        except PeerError:
+            self.send_alert(2, AlertDescription.decrypt_error)
+            raise
+        return cert
+
+
 class HostileClient(Endpoint):
     """The client role, against our server."""
 
     is_server = False
 
-    def __init__(self, sock, version, *, server_name: str = "localhost", timeout: float = 10.0):
-        super().__init__(sock, version, timeout=timeout)
+    def __init__(self, sock, version, *, server_name: str = "localhost", cert=None, key=None,
+                 post_handshake_auth: bool = False, cipher: KernelCipher = CIPHER, timeout: float = 10.0):
+        super().__init__(sock, version, cipher=cipher, timeout=timeout)
         self.server_name = server_name.encode("ascii")
+        # A client certificate (cryptography objects, a P-256 key) for post-handshake
+        # authentication, offered in the ClientHello when post_handshake_auth (TLS 1.3).
+        self.cert_der = cert.public_bytes(serialization.Encoding.DER) if cert is not None else None
+        self.key = key
+        self.post_handshake_auth = post_handshake_auth
 
     def client_hello(self) -> bytes:
         self.client_random = os.urandom(32)
@@ -729,12 +923,14 @@ class HostileClient(Endpoint):
                       + _extension(EXT_SIGNATURE_ALGORITHMS,
                                    _u16(struct.pack(">HH", ECDSA_SECP256R1_SHA256, RSA_PSS_RSAE_SHA256))))
         if self.tls13:
-            suites = struct.pack(">H", TLS13_SUITE)
+            suites = struct.pack(">H", self.suite)
             session_id = os.urandom(32)  # middlebox compatibility mode, as OpenSSL does
             extensions += (_extension(EXT_SUPPORTED_VERSIONS, _u8(struct.pack(">H", TLS_1_3_VERSION)))
                            + _extension(EXT_KEY_SHARE, _u16(struct.pack(">H", X25519) + _u16(public))))
+            if self.post_handshake_auth:
+                extensions += _extension(EXT_POST_HANDSHAKE_AUTH, b"")
         else:
-            suites = struct.pack(">HH", TLS12_SUITE, SCSV_RENEGOTIATION)
+            suites = struct.pack(">HH", self.suite, SCSV_RENEGOTIATION)
             session_id = b""
             extensions += _extension(EXT_EC_POINT_FORMATS, b"\x01\x00")
         body = (struct.pack(">H", TLS_1_2_VERSION) + self.client_random + _u8(session_id) + _u16(suites)
@@ -744,7 +940,7 @@ class HostileClient(Endpoint):
     def queue_client_hello(self) -> None:
         message = self.client_hello()
         self.transcript += message
-        self.queue_record(ContentType.HANDSHAKE, message)
+        self.queue_handshake_bytes(message)
 
     def recv_server_hello(self) -> None:
         reader = _Reader(self.recv_handshake(HandshakeType.server_hello))
@@ -754,7 +950,7 @@ class HostileClient(Endpoint):
         suite = reader.number(2)
         reader.take(1)
         extensions = reader.extensions()
-        if suite != (TLS13_SUITE if self.tls13 else TLS12_SUITE):
+        if suite != self.suite:
             raise PeerError(f"the server chose suite 0x{suite:04x}")
         if self.tls13:
             share = _Reader(extensions[EXT_KEY_SHARE])
@@ -770,7 +966,7 @@ class HostileClient(Endpoint):
             self.recv_handshake(HandshakeType.encrypted_extensions)
             self.recv_handshake(HandshakeType.certificate)
             self.recv_handshake(HandshakeType.certificate_verify)
-            expected = _tls13_finished(self.secrets["server_hs"], self.transcript)
+            expected = _tls13_finished(self.secrets["server_hs"], self.transcript, self.hash)
             self._check_peer_finished(self.recv_handshake(HandshakeType.finished), expected)
             self._tls13_application_secrets()
             # The server writes under its application keys from now on (tickets, alerts).
@@ -809,6 +1005,24 @@ class HostileClient(Endpoint):
         if self.tls13:
             self.write = self._tls13_protector("client_ap")
 
+    def answer_certificate_request(self, request: bytes) -> None:
+        """Queue Certificate, CertificateVerify and Finished for a post-handshake CertificateRequest
+        (``request``: the whole message), keyed as RFC 8446 4.4 says: the Finished with the client's
+        current application traffic secret, after any KeyUpdate."""
+        if self.cert_der is None:
+            raise PeerError("a CertificateRequest, and this client has no certificate")
+        context = _Reader(request[4:]).vector(1)
+        transcript = self.transcript + request
+        transcript += self.queue_handshake(HandshakeType.certificate,
+                                           _u8(context) + _u24(_u24(self.cert_der) + _u16(b"")), transcript=False)
+        content = b" " * 64 + b"TLS 1.3, client CertificateVerify\x00" + _digest(transcript, self.hash)
+        signature = self.key.sign(content, ec.ECDSA(hashes.SHA256()))
+        transcript += self.queue_handshake(HandshakeType.certificate_verify,
+                                           struct.pack(">H", ECDSA_SECP256R1_SHA256) + _u16(signature),
+                                           transcript=False)
+        self.queue_handshake(HandshakeType.finished, _tls13_finished(self.secrets["client_ap"], transcript, self.hash),
+                             transcript=False)
+
     def recv_peer_finished(self) -> None:
         if self.tls13:
             return  # received and verified in recv_server_flight
@@ -828,8 +1042,11 @@ class HostileClient(Endpoint):
         self.recv_peer_finished()
 
 
-def hostile_endpoint(role: str, sock, version: int, *, cert=None, key=None, timeout: float = 10.0) -> Endpoint:
-    """``role`` is the hostile side's: "server" (against our client) or "client" (against our server)."""
+def hostile_endpoint(role: str, sock, version: int, *, cert=None, key=None, cipher: KernelCipher = CIPHER,
+                     timeout: float = 10.0, **options) -> Endpoint:
+    """``role`` is the hostile side's: "server" (against our client) or "client" (against our
+    server). ``cert``/``key``: the server's, or the client's for post-handshake authentication;
+    ``options``: more HostileClient settings (post_handshake_auth)."""
     if role == "server":
-        return HostileServer(sock, version, cert=cert, key=key, timeout=timeout)
-    return HostileClient(sock, version, timeout=timeout)
+        return HostileServer(sock, version, cert=cert, key=key, cipher=cipher, timeout=timeout, **options)
+    return HostileClient(sock, version, cert=cert, key=key, cipher=cipher, timeout=timeout, **options)

@@ -90,6 +90,8 @@ class Measurement:
     tx_rekeys: int = 0  # TlsTxRekeyOk delta (the peer is not kTLS: these are ours)
     rx_rekeys: int = 0  # TlsRxRekeyOk delta
     closed: bool = False
+    cipher: KernelCipher = KernelCipher.AES_GCM_128
+    extra: dict = field(default_factory=dict)  # what an ``ours`` step of run_case noted
 
     @property
     def exposed_plaintext(self) -> bytes:
@@ -97,21 +99,43 @@ class Measurement:
         return b"".join(data for kind, data in self.fd_records if kind > 0)
 
 
-def our_context(our_role: str, cert, ca_path: str, version: int, policy: Policy):
+def our_context(our_role: str, cert, ca_path: str, version: int, policy: Policy,
+                cipher: KernelCipher = KernelCipher.AES_GCM_128):
     if our_role == "client":
-        return client_context(ca_path, version=version, cipher=KernelCipher.AES_GCM_128, ktls_policy=policy)
-    return server_context(cert, version=version, cipher=KernelCipher.AES_GCM_128, ktls_policy=policy)
+        return client_context(ca_path, version=version, cipher=cipher, ktls_policy=policy)
+    return server_context(cert, version=version, cipher=cipher, ktls_policy=policy)
 
 
-def run_case(case: Case, our_role: str, version: int, policy: Policy, cert, ca_path: str) -> Measurement:
-    m = Measurement(case, our_role, version, policy)
+def read_to_eof(sock, m: Measurement, limit: int = 1 << 20) -> None:
+    """Read into m.delivered until EOF (m.orderly_eof) or ``limit`` bytes; errors propagate."""
+    while len(m.delivered) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            m.orderly_eof = True
+            break
+        m.delivered += chunk
+
+
+def run_case(case: Case, our_role: str, version: int, policy: Policy, cert, ca_path: str, *,
+             cipher: KernelCipher = KernelCipher.AES_GCM_128, ours=None, setup=None,
+             peer_options=None, timeout: float | None = None) -> Measurement:
+    """Play ``case`` against our side and measure. Keyword extensions (defaults: what every case of
+    cases.py runs with): ``cipher`` for both sides; ``setup(context)`` prepares our context beyond
+    case.settings (a certificate to load); ``ours(sock, m)`` replaces our side's part after the
+    handshake (by default: READY for a record-phase case, then read until EOF or error), appending
+    what it reads to m.delivered, setting m.orderly_eof and noting facts in m.extra; an exception
+    it raises counts as a read failure; ``peer_options`` go to hostile_endpoint (they may replace
+    cert and key: the hostile client's own certificate); ``timeout``: our socket's, instead of
+    IO_TIMEOUT (or STALL_TIMEOUT for a stalling case)."""
+    m = Measurement(case, our_role, version, policy, cipher=cipher)
     kernel.probe()  # its own installs must not count below
     fds_before = open_fds()
     stat_before = kernel.tls_stat()
     ours_raw, peer_raw = loopback_pair()
     control = Control()
+    endpoint_options = {"cert": cert.cert, "key": cert.key, **(peer_options or {})}
     peer = hostile_endpoint("server" if our_role == "client" else "client", peer_raw, version,
-                            cert=cert.cert, key=cert.key, timeout=PEER_TIMEOUT)
+                            cipher=cipher, timeout=PEER_TIMEOUT, **endpoint_options)
     outcome = {}
 
     def run_peer():
@@ -128,10 +152,12 @@ def run_case(case: Case, our_role: str, version: int, policy: Policy, cert, ca_p
 
     thread = threading.Thread(target=run_peer, daemon=True, name=f"hostile-{case.name}")
     thread.start()
-    ours_raw.settimeout(STALL_TIMEOUT if case.stall else IO_TIMEOUT)
-    context = our_context(our_role, cert, ca_path, version, policy)
+    ours_raw.settimeout(timeout if timeout is not None else STALL_TIMEOUT if case.stall else IO_TIMEOUT)
+    context = our_context(our_role, cert, ca_path, version, policy, cipher)
     for name, value in case.settings:  # e.g. post_handshake_auth for a post-handshake CertificateRequest
         setattr(context, name, value)
+    if setup is not None:
+        setup(context)
     sock = context.wrap_socket(ours_raw, server_side=our_role == "server",
                                server_hostname="localhost" if our_role == "client" else None,
                                do_handshake_on_connect=False, suppress_ragged_eofs=False)
@@ -143,14 +169,12 @@ def run_case(case: Case, our_role: str, version: int, policy: Policy, cert, ca_p
             m.error, m.failed_in = exc, "handshake"
         else:
             try:
-                if case.phase == "record":
-                    sock.sendall(READY)
-                while len(m.delivered) < 1 << 20:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        m.orderly_eof = True
-                        break
-                    m.delivered += chunk
+                if ours is not None:
+                    ours(sock, m)
+                else:
+                    if case.phase == "record":
+                        sock.sendall(READY)
+                    read_to_eof(sock, m)
             except Exception as exc:
                 m.error, m.failed_in = exc, "read"
         m.seconds = time.monotonic() - started
