@@ -275,27 +275,34 @@ def _message_name(kind: int) -> str:
         return f"handshake message type {kind}"
 
 
-def alert_for_refused_record(version: int, err: int, *, authenticated: bool = False) -> Alert:
-    """The fatal alert for a received record the kernel refused with ``err``: the one OpenSSL
-    sends in user space for the same record (RFC 8446 5.2 and 6.2, RFC 5246 6.2 and 7.2.2).
+def alert_for_refused_record(version: int, err: int, *, decrypting: bool = False,
+                             authenticated: bool = False) -> Alert:
+    """The fatal alert for a received record the kernel refused with ``err``: the one OpenSSL 3.0
+    sends in user space for the same record (measured: tests/security/test_conformance.py).
 
-    The kernel's errno is all there is to go on (the refused bytes stay in its queue):
-    - EBADMSG: authentication failed, or the record is shorter than its tag (both bad_record_mac);
-      or, with ``authenticated``, a TLS 1.3 record that authenticated but whose inner plaintext has
-      no content type (all zeros), which OpenSSL answers with unexpected_message.
+    The kernel's errno, and where it was found, is all there is to go on (the refused bytes stay in
+    its queue):
+    - EBADMSG while ``decrypting``: authentication failed (bad_record_mac); or, with
+      ``authenticated``, a TLS 1.3 record that authenticated but whose inner plaintext has no
+      content type (all zeros), which OpenSSL answers with unexpected_message.
+    - EBADMSG from the record parser: shorter than the cipher's overhead. OpenSSL answers
+      bad_record_mac in TLS 1.3, and internal_error in TLS 1.2 (its decryption routine refuses
+      the record before any MAC is checked).
     - EMSGSIZE: longer than the protocol allows (record_overflow).
-    - EINVAL: a record header whose version is not {3, 3}: OpenSSL checks it as decode_error in
-      TLS 1.3 (legacy_record_version) and as protocol_version in TLS 1.2.
+    - EINVAL: a record header whose version is not {3, 3}: decode_error in TLS 1.3
+      (legacy_record_version), protocol_version in TLS 1.2.
     Anything else is not the peer's doing as far as we can tell: internal_error.
     """
-    if err == errno.EBADMSG:
-        description = (AlertDescription.unexpected_message if authenticated and version == TLS_1_3_VERSION
+    tls13 = version == TLS_1_3_VERSION
+    if err == errno.EBADMSG and decrypting:
+        description = (AlertDescription.unexpected_message if authenticated and tls13
                        else AlertDescription.bad_record_mac)
+    elif err == errno.EBADMSG:
+        description = AlertDescription.bad_record_mac if tls13 else AlertDescription.internal_error
     elif err == errno.EMSGSIZE:
         description = AlertDescription.record_overflow
     elif err == errno.EINVAL:
-        description = (AlertDescription.decode_error if version == TLS_1_3_VERSION
-                       else AlertDescription.protocol_version)
+        description = AlertDescription.decode_error if tls13 else AlertDescription.protocol_version
     else:
         description = AlertDescription.internal_error
     return Alert(AlertLevel.FATAL, description)

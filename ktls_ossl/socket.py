@@ -727,7 +727,9 @@ class Connection:
         kernel.take_pending_error). Returns the exception for the caller to raise."""
         version = self._handoff.version
         authenticated = False
-        if kernel.take_pending_error(self._fd) == errno.EBADMSG and version == keys.TLS_1_3_VERSION:
+        # A failed decryption leaves its error pending; the record parser's errors do not.
+        decrypting = kernel.take_pending_error(self._fd) == errno.EBADMSG
+        if decrypting and version == keys.TLS_1_3_VERSION:
             # Decryption ran. A failed tag moved TlsDecryptError; a TLS 1.3 record that
             # authenticated but has no content type did not. The counter is the network
             # namespace's, so another connection's failure since our handoff makes the second
@@ -738,7 +740,8 @@ class Connection:
             exc = KTLSRecordError(exc.errno, "the peer sent a TLS 1.3 record that authenticated but has no "
                                              "content type (its inner plaintext is all zeros); the connection "
                                              "is unusable", exc.reason)
-        alert = control.alert_for_refused_record(version, exc.errno, authenticated=authenticated)
+        alert = control.alert_for_refused_record(version, exc.errno, decrypting=decrypting,
+                                                 authenticated=authenticated)
         self._terminate(exc, f"kernel refused a record: {exc.reason}")
         self._send_final_alert(alert)
         return exc

@@ -260,18 +260,20 @@ def test_tls12_empty_handshake_records_are_tolerated_up_to_openssls_limit():
     assert only(control.decide(state, ContentType.HANDSHAKE, b"")).action is Action.IGNORE
 
 
-@pytest.mark.parametrize("version, err, authenticated, alert", [
+@pytest.mark.parametrize("version, err, decrypting, authenticated, alert", [
     # The alert OpenSSL 3.0.19 sent in user space for the same record (tests/security, measured).
-    (TLS_1_2_VERSION, errno.EBADMSG, False, "bad_record_mac"),  # a forged tag, a record shorter than one
-    (TLS_1_3_VERSION, errno.EBADMSG, False, "bad_record_mac"),
-    (TLS_1_3_VERSION, errno.EBADMSG, True, "unexpected_message"),  # no content type (BAD_RECORD_TYPE)
-    (TLS_1_2_VERSION, errno.EBADMSG, True, "bad_record_mac"),  # TLS 1.2 has no inner content type
-    (TLS_1_2_VERSION, errno.EMSGSIZE, False, "record_overflow"),
-    (TLS_1_3_VERSION, errno.EMSGSIZE, False, "record_overflow"),
-    (TLS_1_2_VERSION, errno.EINVAL, False, "protocol_version"),  # header version 0x0301
-    (TLS_1_3_VERSION, errno.EINVAL, False, "decode_error"),
-    (TLS_1_3_VERSION, errno.ENOMEM, False, "internal_error"),
+    (TLS_1_2_VERSION, errno.EBADMSG, True, False, "bad_record_mac"),  # a forged tag
+    (TLS_1_3_VERSION, errno.EBADMSG, True, False, "bad_record_mac"),
+    (TLS_1_3_VERSION, errno.EBADMSG, True, True, "unexpected_message"),  # no content type (BAD_RECORD_TYPE)
+    (TLS_1_2_VERSION, errno.EBADMSG, True, True, "bad_record_mac"),  # TLS 1.2 has no inner content type
+    (TLS_1_3_VERSION, errno.EBADMSG, False, False, "bad_record_mac"),  # shorter than the tag
+    (TLS_1_2_VERSION, errno.EBADMSG, False, False, "internal_error"),  # shorter than nonce and tag
+    (TLS_1_2_VERSION, errno.EMSGSIZE, False, False, "record_overflow"),
+    (TLS_1_3_VERSION, errno.EMSGSIZE, False, False, "record_overflow"),
+    (TLS_1_2_VERSION, errno.EINVAL, False, False, "protocol_version"),  # header version 0x0301
+    (TLS_1_3_VERSION, errno.EINVAL, False, False, "decode_error"),
+    (TLS_1_3_VERSION, errno.ENOMEM, False, False, "internal_error"),
 ])
-def test_alert_for_a_record_the_kernel_refused(version, err, authenticated, alert):
-    sent = control.alert_for_refused_record(version, err, authenticated=authenticated)
+def test_alert_for_a_record_the_kernel_refused(version, err, decrypting, authenticated, alert):
+    sent = control.alert_for_refused_record(version, err, decrypting=decrypting, authenticated=authenticated)
     assert sent.is_fatal and sent.description_name == alert
