@@ -810,18 +810,23 @@ class Connection:
                 self._control.client_auth = None
                 self._event("client authenticated after the handshake")
 
-    def _to_openssl(self, decision: control.Decision) -> None:
+    def _to_openssl(self, decision: control.Decision, *, key_update: bool = False) -> bool:
         """OpenSSL processes the message (it owns sessions, the key schedule and certificate
-        checks); its answer goes out through the kernel. A rejection fails the connection."""
+        checks); its answer goes out through the kernel. A rejection fails the connection (after
+        OpenSSL's alert). Returns whether the answer holds a KeyUpdate of OpenSSL's."""
+        message = decision.handshake.pack()
         try:
-            answer = self._handshake.feed(ContentType.HANDSHAKE, decision.handshake.pack())
+            if key_update:
+                answer = self._handshake.feed_key_update(message)
+            else:
+                answer = self._handshake.feed(ContentType.HANDSHAKE, message)
         except BaseException as exc:
             self._check_open()
             self._queue_own_records(getattr(exc, "ktls_outgoing", []))
             self._flush_outgoing("read", best_effort=True)
             self._terminate(exc, f"OpenSSL rejected a post-handshake message: {exc}")
             raise
-        self._queue_own_records(answer)
+        return self._queue_own_records(answer)
 
     def _fail(self, decision: control.Decision):
         if decision.alert is not None:
@@ -915,15 +920,7 @@ class Connection:
         # OpenSSL's secrets move with the kernel's keys, in both directions (a post-handshake
         # authentication depends on them): it learns of the peer's KeyUpdate, and where the peer
         # asks for ours, OpenSSL writes it (at once, or when asked, depending on its version).
-        try:
-            answer = self._handshake.feed_key_update(decision.handshake.pack())
-        except BaseException as exc:
-            self._check_open()
-            self._queue_own_records(getattr(exc, "ktls_outgoing", []))
-            self._flush_outgoing("read", best_effort=True)
-            self._terminate(exc, f"OpenSSL rejected a KeyUpdate: {exc}")
-            raise
-        answered = self._queue_own_records(answer)
+        answered = self._to_openssl(decision, key_update=True)
         if decision.update_requested and not answered and self._tx_kernel:
             self._update_tx_keys(request_peer=False)
 

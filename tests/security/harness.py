@@ -20,7 +20,7 @@ from ..conftest import REKEY_COUNTERS, loopback_pair
 from ..hostile.peer import Observed, PeerError, hostile_endpoint
 from ..timing import scaled
 from ..tlshelpers import client_context, server_context
-from .cases import READY, Case, Control
+from .cases import FORGED, READY, Case, Control
 
 # Every timeout here is written for an idle development machine and multiplied by the machine's time
 # scale (tests/timing.py: about 10 under User-Mode Linux, more on a loaded machine), so that a slow run
@@ -212,3 +212,18 @@ def describe_error(exc: BaseException | None) -> str:
     if isinstance(exc, ssl.SSLError):
         text = text.replace(" (ktls_ossl)", "")
     return f"{type(exc).__name__}: {text}"
+
+
+def run_against_oracle(run) -> tuple[Measurement, Measurement]:
+    """``run(policy)`` twice on the same input: Policy.USERSPACE (plain OpenSSL, the oracle), then
+    Policy.AFTER_FINISHED; checks what holds for both (the kernel carries RX where it can, nothing
+    forged delivered, no fd leaked, the socket closed) and returns (oracle, measured)."""
+    oracle = run(Policy.USERSPACE)
+    measured = run(Policy.AFTER_FINISHED)
+    assert oracle.status is not None and not oracle.status.rx
+    if kernel.probe().ulp_available:
+        assert measured.status is not None and measured.status.rx, f"the kernel should carry RX here: {measured.status}"
+    for m in (oracle, measured):
+        assert FORGED not in m.delivered
+        assert not m.leaked_fds and m.closed
+    return oracle, measured

@@ -31,13 +31,12 @@ import pytest
 
 from ktls_ossl import KTLSRecordError, kernel
 from ktls_ossl.keys import KernelCipher
-from ktls_ossl.handshake import Policy
 from ktls_ossl.records import HandshakeType
 
 from ..conftest import kernel_can_rekey
 from ..timing import scaled
 from . import harness
-from .cases import BEFORE, FORGED, TLS12, TLS13
+from .cases import BEFORE, TLS12, TLS13
 from .conformance_cases import CONFORMANCE, variant_id, variants
 from .harness import run_case
 
@@ -166,14 +165,8 @@ def test_case_names_are_unique():
 def test_conformance_as_openssl(run, case, our_role, version, cipher):
     name = variant_id(case, our_role, version, cipher)
     ktls = kernel.probe().ulp_available
-    oracle = run(case, our_role, version, cipher, Policy.USERSPACE)
-    m = run(case, our_role, version, cipher, Policy.AFTER_FINISHED)
-    assert oracle.status is not None and not oracle.status.rx
-    if ktls:
-        assert m.status is not None and m.status.rx, f"the kernel should carry RX here: {m.status}"
+    oracle, m = harness.run_against_oracle(lambda policy: run(case, our_role, version, cipher, policy))
     for measured in (oracle, m):
-        assert FORGED not in measured.delivered
-        assert not measured.leaked_fds and measured.closed
         assert measured.failed_in != "handshake", harness.describe_error(measured.error)
     expected = outcome(oracle)
     got = outcome(m)
