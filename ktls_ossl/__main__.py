@@ -1,4 +1,6 @@
-"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo | bench``."""
+"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo | bench`` (also ``ktls-ossl``)."""
+# Only what the chosen command needs is imported: the benchmark code (multiprocessing, ...) and
+# serve.py (http.server, socketserver, ...) load when their command runs, never for ``probe``.
 from __future__ import annotations
 
 import argparse
@@ -72,11 +74,24 @@ def _bench(args) -> int:
     return bench.main(args)
 
 
+def _chosen_command(argv) -> str | None:
+    """The subcommand named in argv: the top-level parser has no options but -h, so it is the
+    first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    chosen = _chosen_command(argv)
     parser = argparse.ArgumentParser(prog="python -m ktls_ossl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     policies = [p.value for p in Policy]
-    from .serve import TLS_VERSIONS
+    # serve's and bench's modules are imported (and bench's options added) only when chosen.
+    if chosen == "serve":
+        from .serve import TLS_VERSIONS
+    else:
+        TLS_VERSIONS = {}
 
     probe = commands.add_parser("probe", help="show what this kernel's TLS can do")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
@@ -119,8 +134,9 @@ def main(argv=None) -> int:
     demo.set_defaults(handler=_demo)
 
     bench = commands.add_parser("bench", help="benchmarks against CPython ssl and OpenSSL's own kTLS")
-    from .bench import add_arguments
-    add_arguments(bench)
+    if chosen == "bench":
+        from .bench import add_arguments
+        add_arguments(bench)
     bench.set_defaults(handler=_bench)
 
     args = parser.parse_args(argv)

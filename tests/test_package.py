@@ -1,7 +1,9 @@
-"""Packaging: the extension reports its OpenSSL, and a build against OpenSSL < 3 stops clearly."""
+"""Packaging: the extension reports its OpenSSL, a build against OpenSSL < 3 stops clearly, the
+version has one source, and the command line imports only what the chosen command needs."""
 import importlib
 import os
 import ssl
+import subprocess
 import sys
 
 import pytest
@@ -9,6 +11,13 @@ import pytest
 import ktls_ossl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env_with_source_tree():
+    """A child Python imports this tree's ktls_ossl (the one under test), from any directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
 
 
 def test_openssl_version_is_the_runtime_library():
@@ -40,3 +49,33 @@ def test_build_refuses_openssl_1_1_with_a_clear_message(build_module, tmp_path, 
 
 def test_build_accepts_the_system_openssl_3(build_module):
     assert build_module.check_openssl_headers().endswith("opensslv.h")
+
+
+def test_probe_does_not_import_the_benchmark_code(tmp_path):
+    """``python -m ktls_ossl probe`` loads neither bench.py nor serve.py (both only for their command)."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['ktls_ossl', 'probe']\n"
+        "try:\n"
+        "    runpy.run_module('ktls_ossl', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print('loaded:', ' '.join(sorted(m for m in ('ktls_ossl.bench', 'ktls_ossl.serve', 'multiprocessing')"
+        " if m in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=str(tmp_path), env=_env_with_source_tree())
+    assert result.returncode == 0, result.stderr
+    assert "TLS" in result.stdout  # the probe table was printed
+    assert result.stdout.splitlines()[-1].strip() == "loaded:", result.stdout
+
+
+def test_the_lazily_added_options_are_there_for_their_command(capsys):
+    from ktls_ossl import __main__ as cli
+
+    for argv, option in ((["bench", "--help"], "--quick"), (["serve", "--help"], "--min-version"),
+                         (["--help"], "probe")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 0
+        assert option in capsys.readouterr().out
