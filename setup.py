@@ -3,13 +3,27 @@
 The extension ``ktls_ossl._ossl`` is built by cffi in API mode from ``cffi_build/``
 against the system's OpenSSL 3 (Debian: libssl-dev) and <linux/tls.h>.
 """
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version():
+    """``__version__`` from ktls_ossl/_version.py, read without importing ktls_ossl (which needs the
+    extension this setup.py is about to build)."""
+    namespace = {}
+    with open(os.path.join(HERE, "ktls_ossl", "_version.py"), encoding="utf-8") as source:
+        exec(source.read(), namespace)
+    return namespace["__version__"]
+
 
 setup(
     name="ktls_ossl",
-    version="0.1.0",
+    version=read_version(),
     description="Linux kernel TLS for Python, with OpenSSL 3 doing the handshake",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

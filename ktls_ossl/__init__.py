@@ -25,7 +25,7 @@ OPENSSL_VERSION_NUMBER = _lib.OpenSSL_version_num()
 # The headers the extension was compiled against (the runtime library may be newer).
 OPENSSL_BUILD_VERSION = _ffi.string(_lib.OPENSSL_VERSION_TEXT).decode("ascii")
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "SSLContext",

@@ -79,3 +79,22 @@ def test_the_lazily_added_options_are_there_for_their_command(capsys):
             cli.main(argv)
         assert info.value.code == 0
         assert option in capsys.readouterr().out
+
+
+def test_the_version_is_written_once_and_is_the_installed_distributions():
+    from importlib import metadata
+
+    from ktls_ossl import _version
+
+    assert ktls_ossl.__version__ == _version.__version__
+    # The distribution installed in this environment (editable or not) carries the same version.
+    assert ktls_ossl.__version__ == metadata.version("ktls_ossl")
+    # setup.py reads it from ktls_ossl/_version.py, without importing the package.
+    result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == ktls_ossl.__version__
+    # Nowhere else is the number written.
+    for name in ("setup.py", "pyproject.toml", os.path.join("ktls_ossl", "__init__.py")):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as source:
+            assert f'"{ktls_ossl.__version__}"' not in source.read(), name
