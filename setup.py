@@ -26,6 +26,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["ktls_ossl", "ktls_ossl.*"]),
     setup_requires=["cffi>=1.15"],
