@@ -976,7 +976,12 @@ class SSLContext(ssl.SSLContext):
     def _wrap_socket(self, sock, server_side, server_hostname=None, *, owner=None, session=None):
         """CPython's C entry point, with its signature: ssl.SSLSocket._create() calls it to get
         the object it keeps in ``_sslobj``. Here that is the socket layer's Connection on our
-        SSL_CTX, never CPython's _ssl._SSLSocket."""
+        SSL_CTX, never CPython's _ssl._SSLSocket. As CPython's newPySSLSocket, a context made for
+        one role refuses a socket of the other, before anything else is set up."""
+        if server_side and self._protocol == ssl.PROTOCOL_TLS_CLIENT:
+            raise _message_error("Cannot create a server socket with a PROTOCOL_TLS_CLIENT context")
+        if not server_side and self._protocol == ssl.PROTOCOL_TLS_SERVER:
+            raise _message_error("Cannot create a client socket with a PROTOCOL_TLS_SERVER context")
         return Connection(self, sock, bool(server_side), server_hostname, owner=owner, session=session)
 
 
