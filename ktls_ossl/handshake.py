@@ -758,15 +758,7 @@ class Handshake:
         current = lib.SSL_get_session(self.ssl)
         if current == ffi.NULL:
             return None
-        length = lib.i2d_SSL_SESSION(current, ffi.NULL)
-        if length <= 0:
-            raise errors.ssl_error_from_code(errors.pop_error_code())
-        encoded = ffi.new("unsigned char[]", length)
-        lib.i2d_SSL_SESSION(current, ffi.new("unsigned char **", encoded))
-        copy = lib.d2i_SSL_SESSION(ffi.NULL, ffi.new("const unsigned char **", encoded), length)
-        if copy == ffi.NULL:
-            raise errors.ssl_error_from_code(errors.pop_error_code())
-        return Session(copy, self.context)
+        return Session(_duplicate_session(current), self.context)
 
     def release(self) -> None:
         """Free the SSL object now (the socket was closed), as CPython does, instead of whenever
@@ -787,7 +779,16 @@ class Handshake:
             raise ValueError("Cannot set session for server-side SSLSocket.")
         if self.is_finished:
             raise ValueError("Cannot set session after handshake.")
-        if lib.SSL_set_session(self.ssl, session._pointer) != 1:
+        # A copy again, as CPython's session setter makes one (_ssl_session_dup): the connection
+        # must not change the application's session object, which OpenSSL marks unresumable when
+        # this connection is freed without a close_notify; the same Session resumes any number
+        # of connections, as CPython's does.
+        copy = _duplicate_session(session._pointer)
+        try:
+            ok = lib.SSL_set_session(self.ssl, copy)  # takes its own reference
+        finally:
+            lib.SSL_SESSION_free(copy)
+        if ok != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
 
     def note_close_notify(self, *, sent: bool = False, received: bool = False) -> None:
@@ -817,6 +818,22 @@ class Handshake:
         lib.ERR_clear_error()
         if lib.SSL_verify_client_post_handshake(self.ssl) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
+
+
+def _duplicate_session(pointer):
+    """A new SSL_SESSION equal to ``pointer``'s, owned by the caller and in no cache: an i2d/d2i
+    round trip, as CPython's _ssl_session_dup makes it: the encoding carries what resumption needs
+    and none of the in-memory state (the not-resumable mark among it) that the copy is there to
+    shed."""
+    length = lib.i2d_SSL_SESSION(pointer, ffi.NULL)
+    if length <= 0:
+        raise errors.ssl_error_from_code(errors.pop_error_code())
+    encoded = ffi.new("unsigned char[]", length)
+    lib.i2d_SSL_SESSION(pointer, ffi.new("unsigned char **", encoded))
+    copy = lib.d2i_SSL_SESSION(ffi.NULL, ffi.new("const unsigned char **", encoded), length)
+    if copy == ffi.NULL:
+        raise errors.ssl_error_from_code(errors.pop_error_code())
+    return copy
 
 
 def _cipher_tuple(pointer):

@@ -3,15 +3,27 @@ side against CPython's ssl on the same input: same outcome, same exception type,
 message (but for CPython's "(_ssl.c:N)" tag)."""
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 
 import pytest
 
 import ktls_ossl
+from ktls_ossl import Policy
+from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import loopback_pair
-from .tlshelpers import same_error
+from .tlshelpers import client_context, expect_ktls, recv_exactly, same_error, server_context, tls_pair
+
+VERSIONS = [pytest.param(TLS_1_2_VERSION, id="tls12"), pytest.param(TLS_1_3_VERSION, id="tls13")]
+
+
+def _data_from_server(pair, size=100) -> None:
+    """Data from the server, which also makes a TLS 1.3 client take the tickets sent before it."""
+    payload = bytes(range(size))
+    pair.server.sendall(payload)
+    assert recv_exactly(pair.client, size) == payload
 
 # --- the context's role is checked when a socket is wrapped ----------------------------------------
 
@@ -53,3 +65,39 @@ def test_wrap_refuses_a_context_of_the_other_role_like_cpython(protocol, server_
     assert type(mine) is ssl.SSLError and mine.errno == 0
     role = "server" if server_side else "client"
     assert str(mine).startswith(f"Cannot create a {role} socket with a ")
+
+
+# --- one Session resumes any number of connections -------------------------------------------------
+
+def _resumptions(server_cert, pki, version, *, ours):
+    """session_reused (client, server) of connections 2 and 3, both given connection 1's Session
+    object and each closed without close_notify (as most clients end)."""
+    server_ctx = server_context(server_cert, ours=ours, version=version, cipher=KernelCipher.AES_GCM_128)
+    client_ctx = client_context(pki.ca_path, ours=ours, version=version, cipher=KernelCipher.AES_GCM_128)
+    first = tls_pair(client_ctx, server_ctx)
+    try:
+        _data_from_server(first)
+        session = first.client.session
+    finally:
+        first.close()
+    outcomes = []
+    for _ in range(2):
+        pair = tls_pair(client_ctx, server_ctx, client_kwargs={"session": session})
+        try:
+            _data_from_server(pair)
+            if ours and pair.client.session_reused:
+                expect_ktls(pair.client)
+                expect_ktls(pair.server)
+            outcomes.append((pair.client.session_reused, pair.server.session_reused))
+        finally:
+            pair.close()  # no close_notify: OpenSSL marks the SSL's own session unresumable
+        gc.collect()  # whatever OpenSSL does at SSL_free has happened
+    return outcomes
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_session_resumes_every_connection_it_is_given_to_like_cpython(server_cert, pki, version):
+    theirs = _resumptions(server_cert, pki, version, ours=False)
+    assert theirs == [(True, True), (True, True)]
+    assert _resumptions(server_cert, pki, version, ours=True) == theirs
