@@ -177,14 +177,16 @@ class KTLSKeyLimitError(KernelTLSError):
 
 # --- Exceptions raised by the application's callbacks ----------------------------------------------
 
-def report_callback_error(exc: BaseException, callback, message: str) -> None:
+def report_callback_error(exc: BaseException, callback, message: str | None) -> None:
     """Report an exception that a callback raised where nobody can catch it, as CPython reports
     those of its own callbacks: through ``sys.unraisablehook``. Python code cannot build the
     hook's UnraisableHookArgs, so a hook the application installed gets an object with the same
-    attributes, and the default hook's output is written as the default hook writes it."""
+    attributes, and the default hook's output is written as the default hook writes it.
+    ``message`` None is PyErr_WriteUnraisable(callback)'s: the hook gets err_msg None and the
+    default hook writes "Exception ignored in"."""
     hook = sys.unraisablehook
     if hook is sys.__unraisablehook__:
-        print(f"{message}: {callback!r}", file=sys.stderr)
+        print(f"{message or 'Exception ignored in'}: {callback!r}", file=sys.stderr)
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         return
     hook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,

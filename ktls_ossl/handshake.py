@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import operator
 import os
 import ssl
 import weakref
@@ -50,6 +51,8 @@ _KEY_UPDATE = 24
 _CHANGE_CIPHER_SPEC = lib.SSL3_RT_CHANGE_CIPHER_SPEC
 _HANDSHAKE = lib.SSL3_RT_HANDSHAKE
 _ALERT = lib.SSL3_RT_ALERT
+_LONG_BITS = 8 * ffi.sizeof("long")
+_LONG_MIN, _LONG_MAX = -(1 << (_LONG_BITS - 1)), (1 << (_LONG_BITS - 1)) - 1
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,10 @@ class Handshake:
                         self.callback_error = exc
 
     def _on_servername(self, alert) -> int:
+        """CPython's _servername_callback: the name as sent (an A-label, bpo-28414), the callback's
+        exception or unusable answer reported through sys.unraisablehook, never raised: the
+        handshake fails with OpenSSL's CALLBACK_FAILED and the alert CPython sends (handshake_failure
+        for an exception, internal_error for what is no C long, else the number returned)."""
         callback = self.context.sni_callback
         owner = self.owner
         if callback is None or owner is None:
@@ -344,23 +351,28 @@ class Handshake:
         if name != ffi.NULL:
             raw = ffi.string(name)
             try:
-                server_name = raw.decode("idna")
-            except UnicodeError as exc:
-                self.callback_error = exc
+                server_name = raw.decode("ascii")
+            except UnicodeDecodeError as exc:
+                errors.report_callback_error(exc, raw, None)
                 alert[0] = lib.SSL_AD_INTERNAL_ERROR
                 return lib.SSL_TLSEXT_ERR_ALERT_FATAL
         try:
             result = callback(owner, server_name, self.context)
-        except BaseException as exc:  # re-raised by the handshake caller, as CPython reports it
-            self.callback_error = exc
+        except BaseException as exc:
+            errors.report_callback_error(exc, callback, None)
             alert[0] = lib.SSL_AD_HANDSHAKE_FAILURE
             return lib.SSL_TLSEXT_ERR_ALERT_FATAL
         if result is None:
             return lib.SSL_TLSEXT_ERR_OK
         try:
-            alert[0] = int(result)
-        except (TypeError, ValueError):
+            value = operator.index(result)  # PyLong_AsLong: __index__, a C long
+            if not _LONG_MIN <= value <= _LONG_MAX:
+                raise OverflowError("Python int too large to convert to C long")
+        except Exception as exc:
+            errors.report_callback_error(exc, result, None)
             alert[0] = lib.SSL_AD_INTERNAL_ERROR
+        else:
+            alert[0] = (value + (1 << 31)) % (1 << 32) - (1 << 31)  # (int) of the long
         return lib.SSL_TLSEXT_ERR_ALERT_FATAL
 
     def _event(self, what: str) -> None:

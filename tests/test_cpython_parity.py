@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import socket
 import ssl
+import sys
 
 import pytest
 
@@ -14,7 +15,7 @@ from ktls_ossl import Policy
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import loopback_pair
-from .tlshelpers import client_context, expect_ktls, recv_exactly, same_error, server_context, tls_pair
+from .tlshelpers import client_context, expect_ktls, in_thread, recv_exactly, same_error, server_context, tls_pair
 
 VERSIONS = [pytest.param(TLS_1_2_VERSION, id="tls12"), pytest.param(TLS_1_3_VERSION, id="tls13")]
 
@@ -101,3 +102,74 @@ def test_a_session_resumes_every_connection_it_is_given_to_like_cpython(server_c
     theirs = _resumptions(server_cert, pki, version, ours=False)
     assert theirs == [(True, True), (True, True)]
     assert _resumptions(server_cert, pki, version, ours=True) == theirs
+
+
+# --- the SNI callback: what it raises or returns is reported, not raised ----------------------------
+
+def _raising(sock, name, ctx):
+    raise ZeroDivisionError("in the callback")
+
+
+SNI_ANSWERS = {
+    "raises": _raising,  # handshake_failure alert, reported with the callback as object
+    "returns-str": lambda sock, name, ctx: "unrecognized",  # no int: internal_error, reported
+    "returns-float": lambda sock, name, ctx: 1.5,
+    "returns-too-large": lambda sock, name, ctx: 1 << 70,  # no C long: internal_error, reported
+    "returns-wrapping-long": lambda sock, name, ctx: 1 << 40,  # a long that (int) makes 0
+    "returns-alert": lambda sock, name, ctx: ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME,
+}
+
+
+def _sni_outcome(server_cert, pki, callback, *, ours, server_hostname="localhost"):
+    """(client's error, server's error, [(type, str, err_msg, object) reported], names seen)."""
+    seen = []
+
+    def recording(sock, name, ctx):
+        seen.append(name)
+        return callback(sock, name, ctx)
+
+    server_ctx = server_context(server_cert, ours=ours)
+    server_ctx.sni_callback = recording if callback is not _raising else callback
+    client_ctx = client_context(pki.ca_path, ours=False)  # the same client for both servers
+    client_ctx.check_hostname = False
+    reported = []
+    hook, sys.unraisablehook = sys.unraisablehook, lambda args: reported.append(
+        (args.exc_type, str(args.exc_value), args.err_msg, args.object))
+    raw_client, raw_server = loopback_pair()
+    try:
+        join = in_thread(server_ctx.wrap_socket, raw_server, True)
+        client_error = server_error = None
+        try:
+            client_ctx.wrap_socket(raw_client, server_hostname=server_hostname).close()
+        except ssl.SSLError as exc:
+            client_error = exc
+        try:
+            join().close()
+        except BaseException as exc:  # whatever escapes the server's handshake
+            server_error = exc
+    finally:
+        sys.unraisablehook = hook
+        raw_client.close()
+        raw_server.close()
+    return client_error, server_error, reported, seen
+
+
+@pytest.mark.parametrize("answer", SNI_ANSWERS.values(), ids=SNI_ANSWERS.keys())
+def test_sni_callback_failures_are_reported_not_raised_like_cpython(server_cert, pki, answer):
+    mine = _sni_outcome(server_cert, pki, answer, ours=True)
+    theirs = _sni_outcome(server_cert, pki, answer, ours=False)
+    same_error(mine[0], theirs[0])  # the client sees the same alert
+    assert isinstance(theirs[1], ssl.SSLError) and theirs[1].reason == "CALLBACK_FAILED"
+    same_error(mine[1], theirs[1])  # the server's handshake fails, nothing else escapes it
+    assert mine[2] == theirs[2]  # the same exception reaches sys.unraisablehook, or none does
+    if answer is _raising:
+        assert theirs[2] == [(ZeroDivisionError, "in the callback", None, _raising)]
+
+
+def test_sni_callback_gets_the_name_as_sent_like_cpython(server_cert, pki):
+    """An internationalised name reaches the callback as its A-label (bpo-28414)."""
+    mine = _sni_outcome(server_cert, pki, lambda sock, name, ctx: None, ours=True, server_hostname="bücher.example")
+    theirs = _sni_outcome(server_cert, pki, lambda sock, name, ctx: None, ours=False,
+                          server_hostname="bücher.example")
+    assert theirs[3] == ["xn--bcher-kva.example"]
+    assert mine[3] == theirs[3]
