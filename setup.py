@@ -29,6 +29,7 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["ktls_ossl", "ktls_ossl.*"]),
+    package_data={"ktls_ossl": ["py.typed"]},  # PEP 561: the package's annotations are for type checkers
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "cryptography>=41"],
     extras_require={
