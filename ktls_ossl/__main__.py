@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     chosen = _chosen_command(argv)
-    parser = argparse.ArgumentParser(prog="python -m ktls_ossl", description=__doc__)
+    prog = "ktls-ossl" if os.path.basename(sys.argv[0]) == "ktls-ossl" else "python -m ktls_ossl"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     policies = [p.value for p in Policy]
     # serve's and bench's modules are imported (and bench's options added) only when chosen.

@@ -98,3 +98,13 @@ def test_the_version_is_written_once_and_is_the_installed_distributions():
     for name in ("setup.py", "pyproject.toml", os.path.join("ktls_ossl", "__init__.py")):
         with open(os.path.join(ROOT, name), encoding="utf-8") as source:
             assert f'"{ktls_ossl.__version__}"' not in source.read(), name
+
+
+def test_the_ktls_ossl_console_script_is_the_module_command_line():
+    from importlib import metadata
+
+    from ktls_ossl import __main__ as cli
+
+    scripts = [e for e in metadata.entry_points(group="console_scripts") if e.name == "ktls-ossl"]
+    assert [e.value for e in scripts] == ["ktls_ossl.__main__:main"]
+    assert scripts[0].load() is cli.main
