@@ -9,7 +9,8 @@ cost more than the handshake's crypto:
   start) and since the last Finished message (where TLS 1.3's application keys start), and passes
   on to Python only the messages
   worth an audit event (ChangeCipherSpec, alerts, Finished, KeyUpdate), or every message where a
-  caller asked to watch them all;
+  caller asked to watch them all, or everything OpenSSL reports (record headers included) where
+  the context has a _msg_callback;
 - secret capture: the keylog callback keeps the TLS 1.3 application traffic secrets (the only
   way OpenSSL 3.0 gives them out) in the connection's state; Python is called only where a key
   log file is configured.
@@ -30,6 +31,7 @@ struct ktls_handshake_state {
     unsigned long long since_finished[2];
     unsigned long long since_ccs[2];
     int forward_all_messages;
+    int forward_to_application;
     unsigned char client_traffic_secret[...];
     unsigned char server_traffic_secret[...];
     size_t client_traffic_secret_len;
@@ -63,6 +65,9 @@ struct ktls_handshake_state {
     unsigned long long since_finished[2];
     unsigned long long since_ccs[2];
     int forward_all_messages;
+    /* The context has a _msg_callback (CPython's debug hook): every message OpenSSL reports,
+       record headers included, goes to Python, and the callback stays after the handshake. */
+    int forward_to_application;
     unsigned char client_traffic_secret[KTLS_MAX_SECRET];
     unsigned char server_traffic_secret[KTLS_MAX_SECRET];
     size_t client_traffic_secret_len;
@@ -113,16 +118,22 @@ static void ktls_record_counter(int write_p, int version, int content_type, cons
             state->since_ccs[direction] = 0;
         else
             state->since_ccs[direction]++;
+        if (state->forward_to_application)
+            ktls_msg_cb(write_p, version, content_type, buf, len, ssl, arg);
         return;
     }
-    if (content_type == SSL3_RT_INNER_CONTENT_TYPE)
+    if (content_type == SSL3_RT_INNER_CONTENT_TYPE) {
+        if (state->forward_to_application)
+            ktls_msg_cb(write_p, version, content_type, buf, len, ssl, arg);
         return;
+    }
     /* The Finished message is reported after the header of its last record: TLS 1.3's
        application keys start with the next record. */
     if (content_type == SSL3_RT_HANDSHAKE && len > 0
             && ((const unsigned char *)buf)[0] == SSL3_MT_FINISHED)
         state->since_finished[direction] = 0;
-    if (state->forward_all_messages || ktls_audited_message(content_type, buf, len))
+    if (state->forward_all_messages || state->forward_to_application
+            || ktls_audited_message(content_type, buf, len))
         ktls_msg_cb(write_p, version, content_type, buf, len, ssl, arg);
 }
 
@@ -135,9 +146,13 @@ static int ktls_attach_state(SSL *ssl, struct ktls_handshake_state *state)
     return 1;
 }
 
+/* The application's _msg_callback keeps the callback for what still passes OpenSSL. */
 static void ktls_stop_counting(SSL *ssl)
 {
-    SSL_set_msg_callback(ssl, NULL);
+    struct ktls_handshake_state *state = ktls_state_of(ssl);
+
+    if (state == NULL || !state->forward_to_application)
+        SSL_set_msg_callback(ssl, NULL);
 }
 
 static int ktls_hex_digit(char c)

@@ -51,6 +51,9 @@ _KEY_UPDATE = 24
 _CHANGE_CIPHER_SPEC = lib.SSL3_RT_CHANGE_CIPHER_SPEC
 _HANDSHAKE = lib.SSL3_RT_HANDSHAKE
 _ALERT = lib.SSL3_RT_ALERT
+_HEADER = lib.SSL3_RT_HEADER
+_INNER_CONTENT_TYPE = lib.SSL3_RT_INNER_CONTENT_TYPE
+_CPYTHON_CHANGE_CIPHER_SPEC_MSG = 0x0101  # CPython's stand-in message type for a ChangeCipherSpec
 _LONG_BITS = 8 * ffi.sizeof("long")
 _LONG_MIN, _LONG_MAX = -(1 << (_LONG_BITS - 1)), (1 << (_LONG_BITS - 1)) - 1
 
@@ -176,7 +179,7 @@ def ktls_keylog_cb(ssl_pointer, line):
 def ktls_msg_cb(write_p, version, content_type, buf, length, ssl_pointer, arg):
     handshake = _owner(ssl_pointer)
     if handshake is not None:
-        handshake._on_message(write_p, content_type, buf, length)
+        handshake._on_message(write_p, version, content_type, buf, length)
 
 
 # The ex_data slot through which the C callbacks find a connection's state: allocated once, here,
@@ -227,6 +230,11 @@ class Handshake:
         # message after watch_every_message().
         self.observers: list = []
         self.callback_error: BaseException | None = None
+        # What the context's _msg_callback (CPython's debug hook) raised last: raised, as CPython
+        # does, once the handshake, read or write during which it was called has ended.
+        self.application_error: BaseException | None = None
+        if context._msg_callback_wrapper is not None:
+            self._state.forward_to_application = 1
 
         if lib.SSL_set_fd(self.ssl, fd) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
@@ -314,7 +322,10 @@ class Handshake:
         where OpenSSL keeps the record layer)."""
         lib.ktls_stop_counting(self.ssl)
 
-    def _on_message(self, write_p: int, content_type: int, buf, length: int) -> None:
+    def _on_message(self, write_p: int, version: int, content_type: int, buf, length: int) -> None:
+        if content_type in (_HEADER, _INNER_CONTENT_TYPE):  # only ever for the application
+            self._to_application(write_p, version, content_type, buf, length)
+            return
         direction = Direction.TX if write_p else Direction.RX
         if content_type == _CHANGE_CIPHER_SPEC:
             self._event("change_cipher_spec " + ("sent" if write_p else "received"))
@@ -336,6 +347,32 @@ class Handshake:
                 except BaseException as exc:  # a callback cannot raise: reported by the caller
                     if self.callback_error is None:
                         self.callback_error = exc
+        if self._state.forward_to_application:
+            self._to_application(write_p, version, content_type, buf, length)
+
+    def _to_application(self, write_p: int, version: int, content_type: int, buf, length: int) -> None:
+        """The context's _msg_callback, called as CPython's _PySSL_msg_callback calls it: the
+        socket, "read"/"write", the version (a record header's own), the content type, the
+        message type as CPython derives it, and the bytes; ssl.py's enum conversion is in the
+        wrapper (context.py). The current context's callback, if it still has one."""
+        wrapper = self.context._msg_callback_wrapper
+        owner = self.owner
+        if wrapper is None or owner is None:
+            return
+        data = bytes(ffi.buffer(buf, length)) if length > 0 else b""
+        msg_type = _cpython_msg_type(content_type, data)
+        if content_type == _HEADER and len(data) >= 3:
+            version = _signed_char(data[1]) << 8 | _signed_char(data[2])
+        try:
+            wrapper(owner, "write" if write_p else "read", version, content_type, msg_type, data)
+        except BaseException as exc:
+            self.application_error = exc
+
+    def raise_application_error(self) -> None:
+        """After an operation that succeeded: what the _msg_callback raised during it."""
+        exc, self.application_error = self.application_error, None
+        if exc is not None:
+            raise exc
 
     def _on_servername(self, alert) -> int:
         """CPython's _servername_callback: the name as sent (an A-label, bpo-28414), the callback's
@@ -408,6 +445,12 @@ class Handshake:
         raise self.error_for(code, result, saved_errno)
 
     def error_for(self, code: int, result: int, saved_errno: int = 0) -> BaseException:
+        exc = self._error_for(code, result, saved_errno)
+        if self.application_error is not None:  # CPython chains it to the operation's error
+            exc.__context__, self.application_error = self.application_error, None
+        return exc
+
+    def _error_for(self, code: int, result: int, saved_errno: int = 0) -> BaseException:
         if self.callback_error is not None:
             exc, self.callback_error = self.callback_error, None
             lib.ERR_clear_error()
@@ -830,6 +873,21 @@ class Handshake:
         lib.ERR_clear_error()
         if lib.SSL_verify_client_post_handshake(self.ssl) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
+
+
+def _signed_char(byte: int) -> int:
+    return byte - 256 if byte > 127 else byte  # CPython reads the buffer as (signed) char
+
+
+def _cpython_msg_type(content_type: int, data: bytes) -> int:
+    """The message type CPython's _PySSL_msg_callback derives from OpenSSL's report."""
+    if content_type == _CHANGE_CIPHER_SPEC:
+        return _CPYTHON_CHANGE_CIPHER_SPEC_MSG
+    if content_type == _ALERT:
+        return _signed_char(data[1]) if len(data) > 1 else -1
+    if content_type in (_HANDSHAKE, _HEADER, _INNER_CONTENT_TYPE):
+        return _signed_char(data[0]) if data else -1
+    return -1
 
 
 def _duplicate_session(pointer):

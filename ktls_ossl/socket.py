@@ -466,6 +466,7 @@ class Connection:
                 self._handshake.stop_counting()
             self._after_handshake()
             self._done = True
+            self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
 
     def _check_required_before_handshake(self) -> None:
         if self._context.require_ktls and self.policy is not Policy.USERSPACE:
@@ -598,6 +599,7 @@ class Connection:
         if count and not self._delivered_any:
             self._delivered_any = True
             self._event(f"first application data delivered ({count} bytes)")
+        self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
         return count
 
     def _openssl_read(self, view, nbytes: int) -> int:
@@ -1042,7 +1044,9 @@ class Connection:
         if self._openssl_tx_stale is not None:
             raise self._openssl_tx_stale
         if self._tx_kernel:
-            return self._kernel_write(data)
+            count = self._kernel_write(data)
+            self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
+            return count
         with _Waiter(self, "write") as waiter:
             while True:
                 try:
@@ -1051,6 +1055,7 @@ class Connection:
                     self._check_open()
                     raise
                 if count >= 0:
+                    self._handshake.raise_application_error()
                     return count
                 waiter.wait(-count)
 

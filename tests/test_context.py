@@ -985,15 +985,6 @@ def test_private_wrap_socket_makes_a_connection_on_our_context(tcp_pair):
     assert (connection.server_side, connection.server_hostname) == (False, "example.test")
 
 
-def test_msg_callback_is_not_offered():
-    ctx = SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    assert ctx._msg_callback is None
-    ctx._msg_callback = None  # harmless
-    with pytest.raises(NotImplementedError):
-        ctx._msg_callback = print
-    assert ctx._msg_callback is None
-
-
 # --- create_default_context ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("purpose", [ssl.Purpose.SERVER_AUTH, ssl.Purpose.CLIENT_AUTH], ids=["server-auth", "client-auth"])

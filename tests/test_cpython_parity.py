@@ -239,3 +239,80 @@ def _open_files() -> set[str]:
         except OSError:
             pass  # closed while listed (the listing's own descriptor)
     return names
+
+
+# --- _msg_callback: CPython's debug hook, with CPython's arguments ---------------------------------
+
+def _messages(server_cert, pki, version, *, ours, policy=None, callback_error=None):
+    """(client's, server's) messages reported as (direction, version, content_type, msg_type):
+    those of the handshake (until wrap_socket returned) and all of them after data both ways."""
+    settings = {} if policy is None else {"ktls_policy": policy}
+    server_ctx = server_context(server_cert, ours=ours, version=version, cipher=KernelCipher.AES_GCM_256, **settings)
+    client_ctx = client_context(pki.ca_path, ours=ours, version=version, cipher=KernelCipher.AES_GCM_256, **settings)
+    seen = {"client": [], "server": []}
+    sockets = {"client": set(), "server": set()}
+
+    def recorder(side):
+        def record(conn, direction, version, content_type, msg_type, data):
+            sockets[side].add(id(conn))
+            assert isinstance(data, bytes)
+            seen[side].append((direction, version, content_type, msg_type))
+            if callback_error is not None and side == "client":
+                raise callback_error
+        return record
+
+    client_ctx._msg_callback, server_ctx._msg_callback = recorder("client"), recorder("server")
+    pair = tls_pair(client_ctx, server_ctx)
+    try:
+        handshake = {side: list(messages) for side, messages in seen.items()}
+        assert sockets == {"client": {id(pair.client)}, "server": {id(pair.server)}}  # conn: the SSLSocket
+        _data_from_server(pair)
+        pair.client.sendall(b"answer")
+        assert recv_exactly(pair.server, 6) == b"answer"
+        kernel_carried = isinstance(pair.client, ktls_ossl.KTLSSocket) and pair.client.ktls.rx
+    finally:
+        pair.close()
+    return handshake, seen, kernel_carried
+
+
+POLICIES = [pytest.param(Policy.USERSPACE, id="userspace"), pytest.param(Policy.AFTER_FINISHED, id="after-finished")]
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_msg_callback_reports_cpythons_messages(server_cert, pki, version, policy):
+    their_handshake, theirs, _ = _messages(server_cert, pki, version, ours=False)
+    my_handshake, mine, kernel_carried = _messages(server_cert, pki, version, ours=True, policy=policy)
+    assert theirs["client"][0][0::2] == ("write", ssl._TLSContentType.HEADER)  # the ClientHello's record
+    assert my_handshake == their_handshake  # under kTLS too: the handshake passes OpenSSL
+    if kernel_carried:
+        # Records the kernel carries never pass OpenSSL, so the data records are not reported
+        # (what is still given to OpenSSL, TLS 1.3 tickets, is).
+        assert policy is Policy.AFTER_FINISHED
+        for side in ("client", "server"):
+            assert len(my_handshake[side]) <= len(mine[side]) < len(theirs[side])
+    else:
+        assert mine == theirs
+
+
+def test_msg_callback_exception_is_raised_after_the_handshake_like_cpython(server_cert, pki):
+    errors = []
+    for ours in (True, False):
+        with pytest.raises(ZeroDivisionError) as info:
+            _messages(server_cert, pki, TLS_1_3_VERSION, ours=ours, callback_error=ZeroDivisionError("in msg_cb"))
+        errors.append(info.value)
+    assert [str(exc) for exc in errors] == ["in msg_cb"] * 2
+
+
+def test_msg_callback_property_like_cpython():
+    for cls in (ktls_ossl.SSLContext, ssl.SSLContext):
+        ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
+        assert ctx._msg_callback is None
+        ctx._msg_callback = print
+        assert ctx._msg_callback is print  # the function given, not the wrapper
+        with pytest.raises(TypeError, match="^42 is not callable.$"):
+            ctx._msg_callback = 42
+        assert ctx._msg_callback is print  # a rejected value leaves the callback
+        ctx._msg_callback = None
+        assert ctx._msg_callback is None
