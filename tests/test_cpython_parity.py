@@ -46,16 +46,17 @@ def _wrap_error(cls, protocol, server_side, *, connected=True, private=False):
         ctx.check_hostname = False  # else ssl.py refuses the missing server_hostname first
     client, server = loopback_pair()
     sock = client if connected else socket.socket()
+    opened = [client, server, sock]
     try:
         with pytest.raises(Exception) as info:
             if private:
                 ctx._wrap_socket(sock, server_side, None, owner=sock, session=None)
             else:
-                wrapped = ctx.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
-                wrapped.connect(server.getsockname())  # an unconnected socket wraps at connect()
+                opened.append(ctx.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False))
+                opened[-1].connect(server.getsockname())  # an unconnected socket wraps at connect()
         return info.value
     finally:
-        for item in (client, server, sock):
+        for item in opened:
             item.close()
 
 
