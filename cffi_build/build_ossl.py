@@ -18,6 +18,7 @@ if HERE not in sys.path:
 MODULES = [
     "openssl.crypto",
     "openssl.err",
+    "openssl.errnames",
     "openssl.bio",
     "openssl.objects",
     "openssl.evp",
@@ -64,14 +65,21 @@ def check_openssl_headers():
     )
 
 
+def _customizations(module, openssl_dir):
+    """A module's C code: fixed, or generated from the headers (``customizations(openssl_dir)``)."""
+    if module.CUSTOMIZATIONS is None:
+        return module.customizations(openssl_dir)
+    return module.CUSTOMIZATIONS
+
+
 def build_ffi(module_names=MODULES):
-    check_openssl_headers()
+    openssl_dir = os.path.dirname(check_openssl_headers())
     modules = [importlib.import_module(name) for name in module_names]
     ffi = FFI()
     ffi.cdef("\n".join(m.TYPES for m in modules))
     ffi.cdef("\n".join(m.FUNCTIONS for m in modules))
     source = "\n".join(
-        [m.INCLUDES for m in modules] + [m.CUSTOMIZATIONS for m in modules]
+        [m.INCLUDES for m in modules] + [_customizations(m, openssl_dir) for m in modules]
     )
     lib_dirs = [d for d in os.environ.get("OPENSSL_LIB_DIR", "").split(os.pathsep) if d]
     ffi.set_source(

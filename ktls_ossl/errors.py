@@ -1,8 +1,9 @@
 """Exceptions: OpenSSL's error queue as CPython's ssl exceptions, and kernel TLS failures.
 
 OpenSSL errors become exactly the ssl.SSLError subclasses CPython raises, with the same
-``library`` and ``reason`` names (taken from CPython's own table in ``_ssl``) and the same message
-layout, so code written against ``ssl`` keeps working. Kernel failures are ssl.SSLError subclasses
+``library`` and ``reason`` names (from tables generated out of OpenSSL's headers at build time, as
+CPython generates its own, on every Python version) and the same message layout, so code written
+against ``ssl`` keeps working. Kernel failures are ssl.SSLError subclasses
 too, with library "KTLS", the OS errno, and a message that says what to do.
 """
 from __future__ import annotations
@@ -14,14 +15,22 @@ import sys
 import traceback
 import types
 
-import _ssl
-
 from ._ossl import ffi, lib
 
 LOCATION = "(ktls_ossl)"
 
-_LIB_NAMES = getattr(_ssl, "lib_codes_to_names", {})
-_REASON_NAMES = getattr(_ssl, "err_codes_to_names", {})
+
+def _name_table(read, key) -> dict:
+    """{key(entry): name} from one of the extension's tables (cffi_build/openssl/errnames.py)."""
+    count = ffi.new("size_t *")
+    entries = read(count)
+    return {key(entry): ffi.string(entry.name).decode("ascii") for entry in (entries[i] for i in range(count[0]))}
+
+
+# {lib code: name} and {(lib code, reason code): name}, the names CPython gives SSLError.library and
+# .reason, generated from the OpenSSL headers the extension was built with.
+_LIB_NAMES = _name_table(lib.ktls_err_lib_names, lambda entry: entry.lib)
+_REASON_NAMES = _name_table(lib.ktls_err_reason_names, lambda entry: (entry.lib, entry.reason))
 
 SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 SSL_R_UNEXPECTED_EOF_WHILE_READING = 294

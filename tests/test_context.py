@@ -12,6 +12,7 @@ the socket layer.
 """
 from __future__ import annotations
 
+import _ssl
 import gc
 import re
 import ssl
@@ -22,9 +23,13 @@ import weakref
 import pytest
 
 from ktls_ossl import context as context_module
+from ktls_ossl import errors
 from ktls_ossl._ossl import ffi, lib
 from ktls_ossl.context import SSLContext, create_default_context, select_alpn_protocol
 from ktls_ossl.handshake import Policy
+
+from .conftest import loopback_pair
+from .tlshelpers import in_thread, same_error
 
 # All protocols this interpreter's ssl accepts.
 PROTOCOLS = [p for p in (ssl.PROTOCOL_TLS_CLIENT, ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS,
@@ -1008,3 +1013,111 @@ def test_create_default_context_reads_sslkeylogfile(monkeypatch, tmp_path):
 
 def test_create_default_context_rejects_what_cpython_rejects():
     assert outcome(create_default_context, "not a purpose") == outcome(ssl.create_default_context, "not a purpose")
+
+
+# --- OpenSSL error names: generated from the headers at build time ---------------------------------
+
+# CPython's generator read err.h's field layout (ERR_LIB_MASK, ERR_LIB_OFFSET) as two libraries.
+NOT_LIBRARIES = {"MASK", "OFFSET"}
+# Libraries whose error header OpenSSL does not install (crypto/dso, internal SM2 and property
+# parser): the installed headers give their library name, not their reasons.
+UNINSTALLED_ERROR_HEADERS = {"DSO", "SM2", "PROP"}
+
+
+def test_error_names_agree_with_cpythons_table():
+    """Python 3.11 still exposes CPython's generated tables: an oracle built from OpenSSL's sources."""
+    cpython_libs = getattr(_ssl, "lib_codes_to_names", None)
+    cpython_reasons = getattr(_ssl, "err_codes_to_names", None)
+    if cpython_libs is None or cpython_reasons is None:
+        pytest.skip("this Python's _ssl no longer exposes its error name tables (3.12+)")
+    ours_libs, ours_reasons = errors._LIB_NAMES, errors._REASON_NAMES
+    assert {code: name for code, name in cpython_libs.items() if name not in NOT_LIBRARIES} == ours_libs
+    missing = {}
+    for key, name in cpython_reasons.items():
+        if key in ours_reasons:
+            assert ours_reasons[key] == name, key
+        else:
+            missing[key] = name
+    # What the installed headers cannot name: reasons of libraries without an installed error
+    # header, and the FIPS-mode reasons OpenSSL 3.0 retired (no header defines them any more).
+    assert all(ours_libs[lib_code] in UNINSTALLED_ERROR_HEADERS or "FIPS" in name
+               for (lib_code, _), name in missing.items()), missing
+    assert len(ours_reasons) > 1000
+
+
+def test_error_names_cover_what_ktls_ossl_names_itself():
+    assert errors.error_names((lib.ERR_LIB_SSL << 23) | errors.SSL_R_CERTIFICATE_VERIFY_FAILED) == (
+        "SSL", "CERTIFICATE_VERIFY_FAILED")
+    assert errors._REASON_NAMES[(lib.ERR_LIB_SSL, errors.SSL_R_UNEXPECTED_EOF_WHILE_READING)] == (
+        "UNEXPECTED_EOF_WHILE_READING")
+    assert errors.error_names((lib.ERR_LIB_SSL << 23) | (errors.SSL_R_ALERT_BASE + 40)) == (
+        "SSL", "SSLV3_ALERT_HANDSHAKE_FAILURE")
+    assert errors._LIB_NAMES[lib.ERR_LIB_PEM] == "PEM" and errors._LIB_NAMES[lib.ERR_LIB_X509] == "X509"
+
+
+def _handshake_errors(server_ctx, client_ctx, server_hostname="localhost"):
+    """(what the client's handshake raised, what the server's raised) over loopback."""
+    raw_client, raw_server = loopback_pair()
+    try:
+        join = in_thread(server_ctx.wrap_socket, raw_server, True)
+        client_error = server_error = None
+        try:
+            client_ctx.wrap_socket(raw_client, server_hostname=server_hostname).close()
+        except ssl.SSLError as exc:
+            client_error = exc
+        raw_client.close()  # the server sees EOF if it still waits for the client
+        try:
+            join().close()
+        except ssl.SSLError as exc:
+            server_error = exc
+        return client_error, server_error
+    finally:
+        raw_client.close()
+        raw_server.close()
+
+
+def _tls12_only(ctx, ciphers=None):
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+
+
+HANDSHAKE_FAILURES = {
+    # (server setup, client setup, server_hostname); the client trusts pki unless set up otherwise
+    "untrusted-ca": (None, lambda ctx, other_ca: ctx.load_verify_locations(other_ca), "localhost"),
+    "hostname-mismatch": (None, None, "wrong.example"),
+    "protocol-version": (lambda ctx: setattr(ctx, "minimum_version", ssl.TLSVersion.TLSv1_3),
+                         lambda ctx, _: _tls12_only(ctx), "localhost"),
+    "no-shared-cipher": (lambda ctx: _tls12_only(ctx, "ECDHE-ECDSA-AES128-GCM-SHA256"),
+                         lambda ctx, _: _tls12_only(ctx, "ECDHE-ECDSA-AES256-GCM-SHA384"), "localhost"),
+}
+
+
+@pytest.mark.parametrize("case", HANDSHAKE_FAILURES)
+def test_handshake_errors_render_like_cpython(server_cert, pki, rsa_pki, case):
+    """Library, reason and message (less the location tag) of both sides' errors are CPython's, on
+    every Python version (3.12+ has no private table to borrow them from)."""
+    setup_server, setup_client, hostname = HANDSHAKE_FAILURES[case]
+    outcomes = []
+    for cls in (SSLContext, ssl.SSLContext):
+        server_ctx = cls(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(server_cert.chain_path, server_cert.key_path)
+        client_ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
+        if case == "untrusted-ca":
+            setup_client(client_ctx, rsa_pki.ca_path)
+        else:
+            client_ctx.load_verify_locations(pki.ca_path)
+            if setup_client:
+                setup_client(client_ctx, None)
+        if setup_server:
+            setup_server(server_ctx)
+        outcomes.append(_handshake_errors(server_ctx, client_ctx, hostname))
+    (my_client, my_server), (their_client, their_server) = outcomes
+    assert their_client is not None and their_client.library and their_client.reason
+    same_error(my_client, their_client)
+    if their_server is None:
+        assert my_server is None
+    else:
+        same_error(my_server, their_server)
+    if case in ("untrusted-ca", "hostname-mismatch"):
+        assert str(my_client).startswith("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ")
