@@ -1,7 +1,10 @@
 """Packaging: the extension reports its OpenSSL, a build against OpenSSL < 3 stops clearly, the
 version has one source, and the command line imports only what the chosen command needs."""
 import importlib
+import json
 import os
+import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -108,3 +111,72 @@ def test_the_ktls_ossl_console_script_is_the_module_command_line():
     scripts = [e for e in metadata.entry_points(group="console_scripts") if e.name == "ktls-ossl"]
     assert [e.value for e in scripts] == ["ktls_ossl.__main__:main"]
     assert scripts[0].load() is cli.main
+
+
+# --- <linux/tls.h> older than the newest kernel's ------------------------------------------------
+
+# What Linux 5.16 to 6.1 added to <linux/tls.h>, all of which the extension declares (an Ubuntu 22.04
+# or RHEL 9 build host has none of it): two setsockopt options and the SM4 and ARIA cipher ids.
+NEWER_TLS_H_NAMES = ("TLS_TX_ZEROCOPY_RO", "TLS_RX_EXPECT_NO_PAD", "TLS_CIPHER_SM4", "TLS_CIPHER_ARIA",
+                     "tls12_crypto_info_sm4", "tls12_crypto_info_aria")
+UAPI_VALUES = {"TLS_TX_ZEROCOPY_RO": 3, "TLS_RX_EXPECT_NO_PAD": 4, "TLS_CIPHER_SM4_GCM": 55,
+               "TLS_CIPHER_SM4_CCM": 56, "TLS_CIPHER_ARIA_GCM_128": 57, "TLS_CIPHER_ARIA_GCM_256": 58}
+HAS_FLAGS = ("HAS_TLS_TX_ZEROCOPY_RO", "HAS_TLS_RX_EXPECT_NO_PAD", "HAS_TLS_CIPHER_SM4", "HAS_TLS_CIPHER_ARIA")
+
+
+def _older_tls_h(text: str) -> str:
+    """<linux/tls.h> without what NEWER_TLS_H_NAMES names: its #defines and its struct definitions."""
+    names = "|".join(NEWER_TLS_H_NAMES)
+    text = re.sub(rf"^struct (?:{names})\w* {{.*?^}};\n", "", text, flags=re.M | re.S)
+    return re.sub(rf"^#define\s+(?:{names})\w*.*\n", "", text, flags=re.M)
+
+
+def test_the_extension_names_this_headers_kernel_abi():
+    from ktls_ossl._ossl import lib
+
+    assert {name: getattr(lib, name) for name in UAPI_VALUES} == UAPI_VALUES
+    assert all(getattr(lib, flag) in (0, 1) for flag in HAS_FLAGS)
+
+
+def test_build_with_an_older_linux_tls_h_and_probe(tmp_path):
+    """A build host whose <linux/tls.h> predates TLS_RX_EXPECT_NO_PAD, TLS_TX_ZEROCOPY_RO, SM4 and
+    ARIA builds (with the kernel ABI's values and HAS_* 0), and the probe runs on the result."""
+    system_header = "/usr/include/linux/tls.h"
+    if not os.path.exists(system_header):
+        pytest.skip("no /usr/include/linux/tls.h to strip")
+    include = tmp_path / "include" / "linux"
+    include.mkdir(parents=True)
+    with open(system_header, encoding="utf-8") as header:
+        stripped = _older_tls_h(header.read())
+    assert not any(name in stripped for name in NEWER_TLS_H_NAMES), "the stripped header still has them"
+    assert "TLS_CIPHER_CHACHA20_POLY1305" in stripped and "TLS_SET_RECORD_TYPE" in stripped
+    (include / "tls.h").write_text(stripped)
+    tree = tmp_path / "tree"
+    shutil.copytree(os.path.join(ROOT, "cffi_build"), tree / "cffi_build",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "ktls_ossl"), tree / "ktls_ossl",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), tree / name)
+    env = dict(os.environ, CFLAGS=f"{os.environ.get('CFLAGS', '')} -I{tmp_path / 'include'}".strip())
+    env.pop("PYTHONPATH", None)
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert f"-I{tmp_path / 'include'}" in build.stdout + build.stderr  # the stripped header was searched first
+    check = ("import json\nfrom ktls_ossl._ossl import lib\n"
+             f"print(json.dumps({{name: getattr(lib, name) for name in {list(UAPI_VALUES) + list(HAS_FLAGS)!r}}}))\n")
+    flags = subprocess.run([sys.executable, "-c", check], cwd=tree, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert flags.returncode == 0, flags.stderr
+    assert json.loads(flags.stdout) == {**UAPI_VALUES, **{flag: 0 for flag in HAS_FLAGS}}
+    probe = subprocess.run([sys.executable, "-m", "ktls_ossl", "probe"], cwd=tree, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    # What the running kernel accepts, not what the build's header knew: the same answer as this
+    # tree's build, made with the system header.
+    here = subprocess.run([sys.executable, "-m", "ktls_ossl", "probe"], cwd=tmp_path, env=_env_with_source_tree(),
+                          capture_output=True, text=True, timeout=120)
+    no_pad = [[line for line in output.splitlines() if line.startswith("TLS_RX_EXPECT_NO_PAD:")]
+              for output in (probe.stdout, here.stdout)]
+    assert no_pad[0] and no_pad[0] == no_pad[1]

@@ -21,6 +21,39 @@ INCLUDES = """
 #ifndef TCP_ULP
 #define TCP_ULP 31
 #endif
+
+/* Newer than the oldest <linux/tls.h> ktls_ossl builds with (Linux 5.11, the first with the
+ * ChaCha20-Poly1305 struct: older than any distribution's headers that ship OpenSSL 3).
+ * Option numbers and cipher ids are kernel ABI and never change, so an older header gets them
+ * from here, with the value of include/uapi/linux/tls.h, and a binary built there still drives a
+ * newer kernel; the running kernel says what it accepts (python -m ktls_ossl probe).
+ * HAS_<name> says whether the build's header defined it. */
+#ifdef TLS_TX_ZEROCOPY_RO
+#define HAS_TLS_TX_ZEROCOPY_RO 1
+#else
+#define HAS_TLS_TX_ZEROCOPY_RO 0
+#define TLS_TX_ZEROCOPY_RO 3        /* Linux 5.19 */
+#endif
+#ifdef TLS_RX_EXPECT_NO_PAD
+#define HAS_TLS_RX_EXPECT_NO_PAD 1
+#else
+#define HAS_TLS_RX_EXPECT_NO_PAD 0
+#define TLS_RX_EXPECT_NO_PAD 4      /* Linux 6.0 */
+#endif
+#ifdef TLS_CIPHER_SM4_GCM
+#define HAS_TLS_CIPHER_SM4 1
+#else
+#define HAS_TLS_CIPHER_SM4 0
+#define TLS_CIPHER_SM4_GCM 55       /* Linux 5.16 */
+#define TLS_CIPHER_SM4_CCM 56
+#endif
+#ifdef TLS_CIPHER_ARIA_GCM_128
+#define HAS_TLS_CIPHER_ARIA 1
+#else
+#define HAS_TLS_CIPHER_ARIA 0
+#define TLS_CIPHER_ARIA_GCM_128 57  /* Linux 6.1 */
+#define TLS_CIPHER_ARIA_GCM_256 58
+#endif
 """
 
 TYPES = """
@@ -32,6 +65,15 @@ static const int TLS_TX_ZEROCOPY_RO;
 static const int TLS_RX_EXPECT_NO_PAD;
 static const int TLS_SET_RECORD_TYPE;
 static const int TLS_GET_RECORD_TYPE;
+
+/* 1 where the build's <linux/tls.h> defined the name, 0 where INCLUDES supplied the uapi value.
+   SM4 and ARIA are declared by cipher id only: ktls_ossl drives neither (no KernelCipher, no
+   crypto_info struct declared), so nothing offers them; a struct added for them must be guarded
+   by these flags and kernel.py must ask lib.HAS_TLS_CIPHER_* before offering the cipher. */
+static const int HAS_TLS_TX_ZEROCOPY_RO;
+static const int HAS_TLS_RX_EXPECT_NO_PAD;
+static const int HAS_TLS_CIPHER_SM4;
+static const int HAS_TLS_CIPHER_ARIA;
 
 typedef int... socklen_t;
 
