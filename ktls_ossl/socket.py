@@ -257,6 +257,8 @@ class Connection:
         self._peer_closed = False
         self._sent_close = False
         self._failure: BaseException | None = None
+        self._tcp_eof_reported = False  # a read raised TCP EOF without close_notify
+        self._connection_error: ConnectionError | None = None  # a reset that a peek took (below)
         self.tickets_received = 0
         self._delivered_any = False
         # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel so far, and why sending is
@@ -591,6 +593,10 @@ class Connection:
         if nbytes == 0:
             return 0
         self._ensure_handshake()
+        if self._tcp_eof_reported and self._failure is not None:
+            # OpenSSL, failed by an EOF without close_notify, fails later reads with
+            # SSL_ERROR_SYSCALL and nothing queued: CPython's SSLEOFError without a reason.
+            raise errors.eof_error()
         self._raise_if_failed()
         if self._rx_kernel:
             count = self._kernel_read(view, nbytes)
@@ -648,6 +654,9 @@ class Connection:
         the call's ``waiter`` allows. What the kernel refuses ends the connection."""
         while True:
             self._check_open()
+            if self._connection_error is not None:
+                exc, self._connection_error = self._connection_error, None
+                return self._connection_ended(exc)
             try:
                 return kernel.recv_record_into(self._fd, target)
             except BlockingIOError:
@@ -657,9 +666,29 @@ class Connection:
                     raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
             except KTLSRecordError as exc:
                 raise self._record_refused(exc) from None
-            except ConnectionError as exc:  # e.g. a reset: final, not a later quiet EOF
+            except ConnectionError as exc:
                 self._check_open()
-                raise self._terminate(exc, f"connection lost: {exc}") from None
+                return self._connection_ended(exc)
+
+    def _connection_ended(self, exc: ConnectionError) -> kernel.ReceivedRecord:
+        """The kernel's read failed because TCP ended with a reset: the result a read gets in
+        user space, where CPython's ssl reads with OpenSSL (measured side by side, see
+        tests/test_connection_end.py). The kernel reports a reset before any byte still queued
+        that does not complete a record, so what came before the reset decides:
+
+        - EPIPE: TCP takes a reset as EPIPE when the peer's FIN came first (CLOSE_WAIT). A
+          user-space read sees that FIN (the receive queue is read before the error): TCP EOF
+          without close_notify, returned here as the kernel returns EOF.
+        - ECONNRESET and the like: a reset with no FIN before it. OpenSSL's read fails with
+          SSL_ERROR_SYSCALL, which CPython's SSL_read_ex reports as SSLEOFError without a reason
+          (never ConnectionResetError), and OpenSSL is not failed by it: the next read finds TCP
+          at its end (UNEXPECTED_EOF_WHILE_READING), as the kernel's next read returns EOF here.
+        """
+        if isinstance(exc, BrokenPipeError):
+            self._event("TCP reset after the peer's FIN: the FIN is the end")
+            return kernel.ReceivedRecord(0, 0, 0)
+        self._event(f"connection reset: {exc}")
+        raise errors.eof_error() from None
 
     def _scratch_buffer(self) -> bytearray:
         if self._scratch is None:  # only connections that do short reads pay for it
@@ -689,6 +718,7 @@ class Connection:
         if content_type == 0:
             if record.length == 0:
                 self._check_open()  # our own shutdown at close looks like EOF
+                self._tcp_eof_reported = True
                 raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
             raise KernelTLSError(0, "the kernel returned data without a record type (no TLS receive key "
                                     "is installed on this socket): the connection cannot continue", "NO_RECORD_TYPE")
@@ -711,6 +741,10 @@ class Connection:
                 record = kernel.recv_record_into(self._fd, scratch, _socket.MSG_DONTWAIT)
                 self._handle_control(record.content_type, bytes(scratch[: record.length]))
             except BlockingIOError:
+                return
+            except ConnectionError as exc:
+                # The peek took the kernel's error: the next read gets the outcome of a reset.
+                self._connection_error = exc
                 return
             except Exception as exc:
                 if isinstance(exc, KTLSRecordError):
