@@ -28,7 +28,10 @@ prepare-vm: venv
 demo: venv prepare-vm
 	$(VENV_PYTHON) scripts/demo
 
+# The sdist and the wheel must install into clean venvs and run (scripts/check-packaging, ~35 s)
+# before the suites run from the tree.
 test: venv prepare-vm
+	$(VENV_PYTHON) scripts/check-packaging
 	$(VENV_PYTHON) scripts/run-tests --kernels $(KERNELS)
 
 test-host: venv
