@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as errno_module
 import os
 import ssl
+import _ssl
 import sys
 import traceback
 import types
@@ -31,6 +32,19 @@ def _name_table(read, key) -> dict:
 # .reason, generated from the OpenSSL headers the extension was built with.
 _LIB_NAMES = _name_table(lib.ktls_err_lib_names, lambda entry: entry.lib)
 _REASON_NAMES = _name_table(lib.ktls_err_reason_names, lambda entry: (entry.lib, entry.reason))
+
+
+def _as_this_python_names(generated: dict, cpython: dict | None) -> dict:
+    """Our names, limited to the ones the running CPython gives: its table was generated from the
+    OpenSSL of its own build, and a reason it has no name for renders as "[SSL] ..." there (such
+    as TLSV1_ALERT_NO_APPLICATION_PROTOCOL on 3.11), so it must here too. Python 3.10 and 3.11 tell
+    (_ssl's tables); 3.12+ do not, and the generated names stand."""
+    if not cpython:
+        return generated
+    return {key: name for key, name in generated.items() if key in cpython}
+
+
+_REASON_NAMES = _as_this_python_names(_REASON_NAMES, getattr(_ssl, "err_codes_to_names", None))
 
 SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 SSL_R_UNEXPECTED_EOF_WHILE_READING = 294
