@@ -14,6 +14,7 @@ from .errors import (
     KTLSRecordError,
     KTLSRekeyUnsupportedError,
     KTLSUnavailableError,
+    KTLSUnwrappedError,
 )
 from .keys import KernelCipher, TrafficKeys
 from .handshake import Policy, Session
@@ -45,6 +46,7 @@ __all__ = [
     "KTLSRecordError",
     "KTLSRekeyUnsupportedError",
     "KTLSUnavailableError",
+    "KTLSUnwrappedError",
     "TrafficKeys",
     "kernel",
 ]

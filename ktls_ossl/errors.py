@@ -193,6 +193,11 @@ class KTLSKeyExpiredError(KernelTLSError):
     """The peer's KeyUpdate paused reception until the next key is installed (EKEYEXPIRED)."""
 
 
+class KTLSUnwrappedError(KernelTLSError):
+    """unwrap() ended TLS on a socket whose record layer is the kernel's, which cannot take its
+    keys off a socket again: sending or receiving plaintext there is impossible."""
+
+
 class KTLSKeyLimitError(KernelTLSError):
     """Sending more would exceed the AEAD usage limit of the current key, and the kernel cannot
     update keys (RFC 8446 section 5.5): close the connection and open a new one."""

@@ -55,6 +55,7 @@ from .errors import (
     KTLSRecordError,
     KTLSRekeyUnsupportedError,
     KTLSUnavailableError,
+    KTLSUnwrappedError,
 )
 from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, KeyUpdateRecord, Policy, Session
 from .kernel import Direction
@@ -1327,13 +1328,70 @@ class KTLSSocket(ssl.SSLSocket):
         return list(getattr(self, "_ktls_trail", ()))
 
     def unwrap(self):
+        """As CPython's: the close_notify exchange, then the same socket for plaintext. Where the
+        kernel carries a direction, it cannot take the TLS keys off the socket again (Linux has no
+        way to remove the tls ULP or its keys): what is sent would still go out as TLS records and
+        what arrives would still be decrypted, where the peer of a STARTTLS/ENDTLS exchange expects
+        plaintext. So the returned socket refuses data calls with KTLSUnwrappedError instead of
+        sending records where plaintext is expected; connections that go back to plaintext need
+        ktls_policy=Policy.USERSPACE."""
         connection = self._sslobj
         result = super().unwrap()
         if connection is not None:
             connection._event("unwrapped: TLS ended, the TCP socket stays open")
             self._ktls_unwrapped = connection
+            self._ktls_keys_stay = connection.status.tx or connection.status.rx
             connection.release()
         return result
+
+    def _refuse_plaintext_under_kernel_keys(self) -> None:
+        """Raise where unwrap() left the kernel's TLS keys on this socket (see unwrap)."""
+        if getattr(self, "_ktls_keys_stay", False):
+            raise KTLSUnwrappedError(
+                0, "unwrap() ended TLS, but the kernel cannot take its TLS keys off a socket: plaintext "
+                   "sent here would still go out encrypted, and what arrives would still be decrypted; "
+                   "use ktls_policy=Policy.USERSPACE for connections that return to plaintext",
+                "KTLS_CANNOT_UNWRAP")
+
+    # The data calls of a socket without TLS (_sslobj None): refused after unwrap() where the
+    # kernel keeps its keys; otherwise ssl.SSLSocket's.
+
+    def send(self, data, flags=0):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        return super().send(data, flags)
+
+    def sendall(self, data, flags=0):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        return super().sendall(data, flags)
+
+    def sendto(self, data, flags_or_addr, addr=None):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        if addr is None:
+            return super().sendto(data, flags_or_addr)
+        return super().sendto(data, flags_or_addr, addr)
+
+    def recv(self, buflen=1024, flags=0):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer, nbytes=None, flags=0):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recvfrom(self, buflen=1024, flags=0):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        return super().recvfrom(buflen, flags)
+
+    def recvfrom_into(self, buffer, nbytes=None, flags=0):
+        if self._sslobj is None:
+            self._refuse_plaintext_under_kernel_keys()
+        return super().recvfrom_into(buffer, nbytes, flags)
 
     def shutdown(self, how):
         """As CPython's: TLS ends for this object without close_notify, and the TCP connection is
@@ -1378,6 +1436,7 @@ class KTLSSocket(ssl.SSLSocket):
             if sent is not None:
                 return sent
             return self._sendfile_use_send(file, offset, count)
+        self._refuse_plaintext_under_kernel_keys()
         return super().sendfile(file, offset, count)
 
     def get_verified_chain(self):

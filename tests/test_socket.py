@@ -291,6 +291,57 @@ def test_close_notify_is_an_orderly_eof(pair_factory, version):
 
 
 @pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION], ids=["tls12", "tls13"])
+@pytest.mark.parametrize("policy", [Policy.USERSPACE, Policy.AFTER_FINISHED], ids=lambda p: p.name)
+def test_starttls_and_back_to_plaintext_with_a_stock_ssl_peer(server_cert, pki, policy, version):
+    """STARTTLS / ENDTLS against CPython's ssl: plaintext, TLS, unwrap() on both sides, plaintext.
+    In OpenSSL (USERSPACE, or no kernel TLS) the plaintext phase works as between two CPython
+    sockets. Where the kernel carries the connection it cannot take its keys off the socket, so
+    the unwrapped socket refuses data calls with a specific error, and no TLS record reaches the
+    peer where it expects plaintext."""
+    timeout = scaled(10.0)
+    ours_raw, peer_raw = loopback_pair()
+    ours_raw.settimeout(timeout)
+    peer_raw.settimeout(timeout)
+    with ours_raw, peer_raw:
+        peer_raw.sendall(b"STARTTLS")
+        assert recv_exactly(ours_raw, 8) == b"STARTTLS"
+        ours_ctx = server_context(server_cert, version=version, cipher=KernelCipher.AES_GCM_128, ktls_policy=policy)
+        peer_ctx = client_context(pki.ca_path, ours=False, version=version, cipher=KernelCipher.AES_GCM_128)
+        join = in_thread(lambda: peer_ctx.wrap_socket(peer_raw, server_hostname="localhost"))
+        ours = ours_ctx.wrap_socket(ours_raw, server_side=True)
+        peer = join()
+        in_kernel = policy is Policy.AFTER_FINISHED and kernel.probe().ulp_available
+        if in_kernel:
+            expect_ktls(ours)
+        peer.sendall(b"secret")
+        assert recv_exactly(ours, 6) == b"secret"
+        ours.sendall(b"terces")
+        assert recv_exactly(peer, 6) == b"terces"
+        join = in_thread(peer.unwrap)
+        plain = ours.unwrap()
+        plain_peer = join()
+        assert plain is ours
+        if not in_kernel:
+            plain.sendall(b"plain ours")
+            assert recv_exactly(plain_peer, 10) == b"plain ours"
+            plain_peer.sendall(b"plain peer")
+            assert recv_exactly(plain, 10) == b"plain peer"
+            return
+        calls = {"send": lambda: plain.send(b"plain"), "sendall": lambda: plain.sendall(b"plain"),
+                 "recv": lambda: plain.recv(10), "recv_into": lambda: plain.recv_into(bytearray(10))}
+        for name, call in calls.items():
+            with pytest.raises(ktls_ossl.KTLSUnwrappedError) as info:
+                call()
+            assert info.value.reason == "KTLS_CANNOT_UNWRAP", name
+            assert "Policy.USERSPACE" in str(info.value)
+        # Nothing went out after our close_notify: the peer's raw socket has nothing to read.
+        plain_peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            plain_peer.recv(100)
+
+
+@pytest.mark.ktls_or_fallback
 @pytest.mark.parametrize("suppress", [True, False])
 @pytest.mark.parametrize("ours", [True, False], ids=["ktls_ossl", "cpython"])
 def test_tcp_eof_without_close_notify(pair_factory, suppress, ours):
