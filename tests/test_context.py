@@ -28,8 +28,7 @@ from ktls_ossl._ossl import ffi, lib
 from ktls_ossl.context import SSLContext, create_default_context, select_alpn_protocol
 from ktls_ossl.handshake import Policy
 
-from .conftest import loopback_pair
-from .tlshelpers import in_thread, same_error
+from .tlshelpers import handshake_errors, same_error
 
 # All protocols this interpreter's ssl accepts.
 PROTOCOLS = [p for p in (ssl.PROTOCOL_TLS_CLIENT, ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS,
@@ -1055,27 +1054,6 @@ def test_error_names_cover_what_ktls_ossl_names_itself():
     assert errors._LIB_NAMES[lib.ERR_LIB_PEM] == "PEM" and errors._LIB_NAMES[lib.ERR_LIB_X509] == "X509"
 
 
-def _handshake_errors(server_ctx, client_ctx, server_hostname="localhost"):
-    """(what the client's handshake raised, what the server's raised) over loopback."""
-    raw_client, raw_server = loopback_pair()
-    try:
-        join = in_thread(server_ctx.wrap_socket, raw_server, True)
-        client_error = server_error = None
-        try:
-            client_ctx.wrap_socket(raw_client, server_hostname=server_hostname).close()
-        except ssl.SSLError as exc:
-            client_error = exc
-        raw_client.close()  # the server sees EOF if it still waits for the client
-        try:
-            join().close()
-        except ssl.SSLError as exc:
-            server_error = exc
-        return client_error, server_error
-    finally:
-        raw_client.close()
-        raw_server.close()
-
-
 def _tls12_only(ctx, ciphers=None):
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if ciphers:
@@ -1111,7 +1089,7 @@ def test_handshake_errors_render_like_cpython(server_cert, pki, rsa_pki, case):
                 setup_client(client_ctx, None)
         if setup_server:
             setup_server(server_ctx)
-        outcomes.append(_handshake_errors(server_ctx, client_ctx, hostname))
+        outcomes.append(handshake_errors(server_ctx, client_ctx, hostname))
     (my_client, my_server), (their_client, their_server) = outcomes
     assert their_client is not None and their_client.library and their_client.reason
     same_error(my_client, their_client)

@@ -17,7 +17,15 @@ from ktls_ossl import Policy
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
 from .conftest import loopback_pair
-from .tlshelpers import client_context, expect_ktls, in_thread, recv_exactly, same_error, server_context, tls_pair
+from .tlshelpers import (
+    client_context,
+    expect_ktls,
+    handshake_errors,
+    recv_exactly,
+    same_error,
+    server_context,
+    tls_pair,
+)
 
 VERSIONS = [pytest.param(TLS_1_2_VERSION, id="tls12"), pytest.param(TLS_1_3_VERSION, id="tls13")]
 
@@ -138,22 +146,10 @@ def _sni_outcome(server_cert, pki, callback, *, ours, server_hostname="localhost
     reported = []
     hook, sys.unraisablehook = sys.unraisablehook, lambda args: reported.append(
         (args.exc_type, str(args.exc_value), args.err_msg, args.object))
-    raw_client, raw_server = loopback_pair()
     try:
-        join = in_thread(server_ctx.wrap_socket, raw_server, True)
-        client_error = server_error = None
-        try:
-            client_ctx.wrap_socket(raw_client, server_hostname=server_hostname).close()
-        except ssl.SSLError as exc:
-            client_error = exc
-        try:
-            join().close()
-        except BaseException as exc:  # whatever escapes the server's handshake
-            server_error = exc
+        client_error, server_error = handshake_errors(server_ctx, client_ctx, server_hostname)
     finally:
         sys.unraisablehook = hook
-        raw_client.close()
-        raw_server.close()
     return client_error, server_error, reported, seen
 
 

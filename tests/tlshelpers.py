@@ -178,3 +178,25 @@ def in_thread(function, *args):
         return outcome.get("value")
 
     return join
+
+
+def handshake_errors(server_ctx, client_ctx, server_hostname="localhost"):
+    """(what the client's handshake raised, what the server's raised) over loopback, None where it
+    succeeded; on the server's side, whatever escaped its handshake."""
+    raw_client, raw_server = loopback_pair()
+    try:
+        join = in_thread(server_ctx.wrap_socket, raw_server, True)
+        client_error = server_error = None
+        try:
+            client_ctx.wrap_socket(raw_client, server_hostname=server_hostname).close()
+        except ssl.SSLError as exc:
+            client_error = exc
+        raw_client.close()  # the server sees EOF if it still waits for the client
+        try:
+            join().close()
+        except BaseException as exc:
+            server_error = exc
+        return client_error, server_error
+    finally:
+        raw_client.close()
+        raw_server.close()
