@@ -78,7 +78,9 @@ class Handoff:
 
 class KeyUpdateRecord(tuple):
     """(content type, payload) of a record OpenSSL wrote that ends with its KeyUpdate: whoever
-    sends it must change the send key right behind it."""
+    sends it must change the send key right behind it, to ``next_keys``."""
+
+    next_keys: TrafficKeys
 
     @property
     def update_requested(self) -> bool:
@@ -642,13 +644,18 @@ class Handshake:
         return records.RecordProtection(keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
 
     def feed_key_update(self, message: bytes) -> list[tuple[int, bytes]]:
-        """The peer's KeyUpdate, on which the kernel already moved its receive key, goes to OpenSSL
-        too, so that its view of the peer's traffic secret moves with the kernel's: a later
-        post-handshake authentication computes the client's Finished from it. Returns what
-        OpenSSL answers (see feed)."""
+        """The peer's KeyUpdate goes to OpenSSL, whose view of the peer's traffic secret must move
+        with the kernel's: a later post-handshake authentication computes the client's Finished
+        from it. Returns what OpenSSL answers (see feed); the kernel's next receive key is then
+        ``read_keys``."""
         answer = self.feed(ContentType.HANDSHAKE, message)
         self._openssl_read_state = self._next_openssl_state(Direction.RX)
         return answer
+
+    @property
+    def read_keys(self) -> TrafficKeys:
+        """The keys OpenSSL reads with now (after the handshake: the peer's current traffic keys)."""
+        return self._openssl_read_state.keys
 
     def key_update_records(self, request_peer: bool) -> list[tuple[int, bytes]]:
         """Our KeyUpdate, written by OpenSSL (so that its own send secret moves with the kernel's)
@@ -713,7 +720,9 @@ class Handshake:
                 messages, self._written_handshake = records.split_handshake_messages(self._written_handshake + payload)
                 if any(message.msg_type == records.HandshakeType.key_update for message in messages):
                     self._openssl_write_state = self._next_openssl_state(Direction.TX)
-                    opened.append(KeyUpdateRecord((content_type, payload)))
+                    record = KeyUpdateRecord((content_type, payload))
+                    record.next_keys = self._openssl_write_state.keys
+                    opened.append(record)
                     continue
             opened.append((content_type, payload))
         return opened

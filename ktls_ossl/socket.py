@@ -250,7 +250,6 @@ class Connection:
         self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
         self._tx_kernel = self._rx_kernel = False
         self._handoff = None
-        self._tx_secret = self._rx_secret = None
         self._decrypt_errors_at_handoff: int | None = None
         self._control: ControlState | None = None
         self._leftover = b""
@@ -536,7 +535,6 @@ class Connection:
             self._key_update_after = (self._context.key_update_records
                                       or keys.DEFAULT_KEY_UPDATE_RECORDS[handoff.cipher])
             self._tx_records_bound = handoff.tx.seq
-            self._tx_secret, self._rx_secret = handoff.tx_secret, handoff.rx_secret
             self._control = ControlState(handoff.version, self.server_side,
                                          post_handshake_auth=bool(self._context.post_handshake_auth))
             if handoff.version == keys.TLS_1_3_VERSION:
@@ -900,7 +898,7 @@ class Connection:
         for record in answer:
             then = None
             if isinstance(record, KeyUpdateRecord):
-                then = functools.partial(self._next_tx_key, record.update_requested)
+                then = functools.partial(self._next_tx_key, record.next_keys, record.update_requested)
                 key_update = True
             self._outgoing.append((*record, then))
         return key_update
@@ -937,7 +935,6 @@ class Connection:
     # --- key updates -------------------------------------------------------------------------------
 
     def _peer_key_update(self, decision: control.Decision) -> None:
-        handoff = self._handoff
         if not kernel.probe().rekey_supported:
             error = KTLSRekeyUnsupportedError(
                 0, f"the peer updated its TLS 1.3 keys (KeyUpdate) but kernel "
@@ -947,17 +944,16 @@ class Connection:
             self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
             self._send_final_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
             raise error
-        secret = keys.tls13_next_secret(self._rx_secret, handoff.hash_name)
+        # OpenSSL owns the key schedule, in both directions, and the kernel's keys follow it (a
+        # post-handshake authentication depends on OpenSSL's secrets): it learns of the peer's
+        # KeyUpdate, the kernel gets the receive key OpenSSL moved to, and where the peer asks for
+        # our update, OpenSSL writes it (at once, or when asked, depending on its version).
+        answered = self._to_openssl(decision, key_update=True)
         try:
-            kernel.rekey(self._fd, Direction.RX, keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
+            kernel.rekey(self._fd, Direction.RX, self._handshake.read_keys)
         except KernelTLSError as exc:
             raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
-        self._rx_secret = secret
         self._event("KeyUpdate received: RX rekeyed")
-        # OpenSSL's secrets move with the kernel's keys, in both directions (a post-handshake
-        # authentication depends on them): it learns of the peer's KeyUpdate, and where the peer
-        # asks for ours, OpenSSL writes it (at once, or when asked, depending on its version).
-        answered = self._to_openssl(decision, key_update=True)
         if decision.update_requested and not answered and self._tx_kernel:
             self._update_tx_keys(request_peer=False)
 
@@ -965,11 +961,9 @@ class Connection:
         """Our KeyUpdate, written by OpenSSL, goes out, and the TX key changes right behind it."""
         self._queue_own_records(self._handshake.key_update_records(request_peer))
 
-    def _next_tx_key(self, request_peer: bool) -> None:
-        handoff = self._handoff
-        secret = keys.tls13_next_secret(self._tx_secret, handoff.hash_name)
+    def _next_tx_key(self, next_keys: keys.TrafficKeys, request_peer: bool) -> None:
         try:
-            kernel.rekey(self._fd, Direction.TX, keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
+            kernel.rekey(self._fd, Direction.TX, next_keys)
         except (KernelTLSError, OSError) as exc:
             # The peer has the KeyUpdate and reads with the next key from here on: nothing sent
             # under the old key could be read, so the connection ends here, for good.
@@ -979,7 +973,6 @@ class Connection:
                                    "expects that key, so nothing more can be sent on this connection",
                                    reason)
             raise self._terminate(error, f"KeyUpdate sent; the kernel refused the next TX key: {exc}") from None
-        self._tx_secret = secret
         self._tx_records_bound = 0
         self.key_updates += 1
         self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
