@@ -3,8 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
 KERNELS ?= 6.1,7.2
+# The host suite runs on each supported Python: $(VENV)'s (Debian 12: 3.11) and one venv per version
+# below (.venv-3.X, from $$PYENV_ROOT/versions/3.X.*/bin/python3 or python3.X on PATH). The VM kernels
+# run the oldest (first kernel) and the newest (last kernel) of them (scripts/run-tests --pythons).
+EXTRA_PYTHONS ?= 3.10 3.12 3.13
+EXTRA_VENVS := $(foreach v,$(EXTRA_PYTHONS),.venv-$(v))
+comma := ,
+empty :=
+space := $(empty) $(empty)
+TEST_PYTHONS := $(subst $(space),$(comma),$(strip $(VENV_PYTHON) $(EXTRA_VENVS:%=%/bin/python)))
+BINDING_SOURCES := setup.py pyproject.toml $(wildcard cffi_build/*.py cffi_build/*/*.py)
 
-.PHONY: all deps venv demo test test-host test-vm prepare-vm bench security-doc clean
+.PHONY: all deps venv venvs demo test test-host test-vm prepare-vm bench security-doc clean
 
 all: test
 
@@ -16,11 +26,34 @@ $(VENV_PYTHON):
 	$(VENV_PYTHON) -m pip install -q --upgrade pip
 
 # Rebuilt whenever the bindings or the package metadata change.
-$(VENV)/.installed: $(VENV_PYTHON) setup.py pyproject.toml $(wildcard cffi_build/*.py cffi_build/*/*.py)
+$(VENV)/.installed: $(VENV_PYTHON) $(BINDING_SOURCES)
 	$(VENV_PYTHON) -m pip install -q -e '.[test]'
 	touch $@
 
 venv: deps $(VENV)/.installed
+
+# Kept: make would otherwise delete these as intermediate files of the pattern rules.
+.PRECIOUS: .venv-%/bin/python .venv-%/.installed
+
+# A Python that is not installed stops here, with the places it was looked for.
+.venv-%/bin/python:
+	@py=$$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$*.*/bin/python3 2>/dev/null | sort -V | tail -n 1); \
+	if [ -z "$$py" ] || ! "$$py" -c pass 2>/dev/null; then py=$$(command -v python$* || true); fi; \
+	if [ -z "$$py" ] || ! "$$py" -c 'import sys; assert "%d.%d" % sys.version_info[:2] == "$*"' 2>/dev/null; then \
+		echo "make: Python $* is not installed (looked for $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$*.*/bin/python3" \
+			"and python$* on PATH); the host suite runs on Python 3.10-3.13: install it (e.g. pyenv install $*)" >&2; \
+		exit 1; \
+	fi; \
+	echo "$$py -m venv .venv-$*"; "$$py" -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+
+# Each venv installs the tree in place (pip install -e): the extension is one abi3 build
+# (ktls_ossl/_ossl.abi3.so, cffi's limited API) that every supported Python loads.
+.venv-%/.installed: .venv-%/bin/python $(BINDING_SOURCES)
+	.venv-$*/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+venvs: venv $(EXTRA_VENVS:%=%/.installed)
 
 prepare-vm: venv
 	scripts/ktls-vm --kernel all --prepare
@@ -30,15 +63,16 @@ demo: venv prepare-vm
 
 # The sdist and the wheel must install into clean venvs and run (scripts/check-packaging, ~35 s)
 # before the suites run from the tree.
-test: venv prepare-vm
+# Then the host suite on every Python, and each VM kernel (oldest Python on the first, newest on the last).
+test: venvs prepare-vm
 	$(VENV_PYTHON) scripts/check-packaging
-	$(VENV_PYTHON) scripts/run-tests --kernels $(KERNELS)
+	$(VENV_PYTHON) scripts/run-tests --kernels $(KERNELS) --pythons $(TEST_PYTHONS)
 
-test-host: venv
-	$(VENV_PYTHON) scripts/run-tests --kernels ''
+test-host: venvs
+	$(VENV_PYTHON) scripts/run-tests --kernels '' --pythons $(TEST_PYTHONS)
 
-test-vm: venv prepare-vm
-	$(VENV_PYTHON) scripts/run-tests --no-host --kernels $(KERNELS)
+test-vm: venvs prepare-vm
+	$(VENV_PYTHON) scripts/run-tests --no-host --kernels $(KERNELS) --pythons $(TEST_PYTHONS)
 
 # Host + each VM kernel, then docs/BENCHMARKS.md; BENCH_ARGS=--quick|--full|... go to every run.
 bench: venv prepare-vm
