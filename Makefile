@@ -45,7 +45,7 @@ venv: deps $(VENV)/.installed
 		exit 1; \
 	fi; \
 	echo "$$py -m venv .venv-$*"; "$$py" -m venv .venv-$*
-	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q --upgrade pip setuptools wheel  # 3.12+ venvs have no setuptools; tests run setup.py
 
 # Each venv installs the tree in place (pip install -e): the extension is one abi3 build
 # (ktls_ossl/_ossl.abi3.so, cffi's limited API) that every supported Python loads.
