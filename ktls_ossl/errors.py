@@ -121,6 +121,24 @@ def eof_error() -> ssl.SSLEOFError:
     return _make(ssl.SSLEOFError, ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol", None, None)
 
 
+# How CPython reports SSL_ERROR_SYSCALL with OpenSSL's queue empty after SSL_read_ex/SSL_write_ex
+# (which return 0 on failure): up to 3.12 a return of 0 reads as EOF, whatever errno says, so a
+# reset or a broken pipe is SSLEOFError without a reason; 3.13 raises the errno (ConnectionResetError,
+# BrokenPipeError) where there is one. Measured side by side in tests/test_connection_end.py.
+_ERRNO_OVER_ZERO_RETURN = sys.version_info >= (3, 13)
+
+
+def syscall_error(result: int, saved_errno: int) -> BaseException:
+    """The exception for an OpenSSL call that failed with SSL_ERROR_SYSCALL and no queued error:
+    ``result`` is what the call returned (0 for the *_ex calls, -1 for handshake and shutdown),
+    ``saved_errno`` errno right after it. Kernel TLS reads and writes take the *_ex view."""
+    if saved_errno and (result != 0 or _ERRNO_OVER_ZERO_RETURN):
+        return OSError(saved_errno, os.strerror(saved_errno))  # its subclass, as CPython's
+    if result == 0:
+        return eof_error()
+    return ssl_error_from_code(0, default_message="Some I/O error occurred")
+
+
 def unexpected_eof_error() -> ssl.SSLEOFError:
     """TCP EOF without close_notify, as OpenSSL 3 reports it (SSL_R_UNEXPECTED_EOF_WHILE_READING)
     and CPython words it: what a user-space connection raises for the same event."""

@@ -464,11 +464,7 @@ class Handshake:
             top = errors.pop_error_code()
             if top:
                 return errors.ssl_error_from_code(top)
-            if result == 0:
-                return errors.eof_error()
-            if saved_errno:
-                return OSError(saved_errno, os.strerror(saved_errno))
-            return errors.ssl_error_from_code(0, default_message="Some I/O error occurred")
+            return errors.syscall_error(result, saved_errno)
         if code == lib.SSL_ERROR_WANT_X509_LOOKUP:
             lib.ERR_clear_error()
             exc = ssl.SSLError(code, "The operation did not complete (X509 lookup)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import enum
 import errno
 import functools
 import os
@@ -133,6 +134,17 @@ def _guarded(method):
 
 # SSLErrors that do not end the connection: it waits for the fd, or the peer closed in order.
 _NOT_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
+
+
+class _TcpEnd(enum.Enum):
+    """What this connection has reported of TCP's end, as a user-space connection reads it."""
+    OPEN = "open"
+    EOF_REPORTED = "a read reported TCP EOF without close_notify"
+    # A read or write reported a reset (or the broken pipe after one). The kernel's TLS layer does
+    # not report it as TCP would after that (7.x repeats ECONNRESET; after EPIPE a write may even
+    # succeed into the void), so from here the connection answers as TCP does in user space:
+    # reads find EOF, writes get EPIPE.
+    RESET_REPORTED = "a read or write reported a TCP reset"
 
 
 class _Waiter:
@@ -257,7 +269,7 @@ class Connection:
         self._peer_closed = False
         self._sent_close = False
         self._failure: BaseException | None = None
-        self._tcp_eof_reported = False  # a read raised TCP EOF without close_notify
+        self._tcp_end = _TcpEnd.OPEN
         self._connection_error: ConnectionError | None = None  # a reset that a peek took (below)
         self.tickets_received = 0
         self._delivered_any = False
@@ -571,6 +583,10 @@ class Connection:
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
+            if self._tcp_end is not _TcpEnd.OPEN:
+                # OpenSSL, failed by an EOF without close_notify, fails later reads and writes
+                # with SSL_ERROR_SYSCALL and nothing queued: CPython's SSLEOFError without a reason.
+                raise errors.eof_error()
             raise self._failure
 
     # --- reading ---------------------------------------------------------------------------------
@@ -592,10 +608,6 @@ class Connection:
         if nbytes == 0:
             return 0
         self._ensure_handshake()
-        if self._tcp_eof_reported and self._failure is not None:
-            # OpenSSL, failed by an EOF without close_notify, fails later reads with
-            # SSL_ERROR_SYSCALL and nothing queued: CPython's SSLEOFError without a reason.
-            raise errors.eof_error()
         self._raise_if_failed()
         if self._rx_kernel:
             count = self._kernel_read(view, nbytes)
@@ -656,6 +668,8 @@ class Connection:
             if self._connection_error is not None:
                 exc, self._connection_error = self._connection_error, None
                 return self._connection_ended(exc)
+            if self._tcp_end is _TcpEnd.RESET_REPORTED:
+                return kernel.ReceivedRecord(0, 0, 0)  # TCP's reads after a reported reset: EOF
             try:
                 return kernel.recv_record_into(self._fd, target)
             except BlockingIOError:
@@ -679,15 +693,40 @@ class Connection:
           user-space read sees that FIN (the receive queue is read before the error): TCP EOF
           without close_notify, returned here as the kernel returns EOF.
         - ECONNRESET and the like: a reset with no FIN before it. OpenSSL's read fails with
-          SSL_ERROR_SYSCALL, which CPython's SSL_read_ex reports as SSLEOFError without a reason
-          (never ConnectionResetError), and OpenSSL is not failed by it: the next read finds TCP
-          at its end (UNEXPECTED_EOF_WHILE_READING), as the kernel's next read returns EOF here.
+          SSL_ERROR_SYSCALL, which CPython reports as its SSL_read_ex failures
+          (errors.syscall_error: SSLEOFError without a reason up to 3.12, ConnectionResetError on
+          3.13), and OpenSSL is not failed by it: the next read finds TCP at its end
+          (UNEXPECTED_EOF_WHILE_READING), as the kernel's next read returns EOF here.
         """
+        self._tcp_end = _TcpEnd.RESET_REPORTED
         if isinstance(exc, BrokenPipeError):
             self._event("TCP reset after the peer's FIN: the FIN is the end")
             return kernel.ReceivedRecord(0, 0, 0)
         self._event(f"connection reset: {exc}")
-        raise errors.eof_error() from None
+        raise errors.syscall_error(0, exc.errno) from None
+
+    def _write_failed(self, exc: OSError) -> BaseException:
+        """A kernel TLS write (or sendfile) failed in the system call: what CPython raises where
+        SSL_write_ex fails the same way in user space (a reset, a broken pipe: see
+        errors.syscall_error); other OS errors as they are."""
+        self._check_open()
+        if isinstance(exc, ConnectionError):
+            self._tcp_end = _TcpEnd.RESET_REPORTED
+            self._event(f"write failed: {exc}")
+            return self._write_error(exc.errno)
+        return exc
+
+    def _check_not_reset(self) -> None:
+        """Writes after a reported reset fail as TCP's do then (EPIPE), in CPython's words."""
+        if self._tcp_end is _TcpEnd.RESET_REPORTED:
+            raise self._write_error(errno.EPIPE)
+
+    def _write_error(self, error: int) -> BaseException:
+        """SSL_write_ex failing in the system call: SSL_get_error calls that ZERO_RETURN once the
+        peer's close_notify was read, SSL_ERROR_SYSCALL (errors.syscall_error) before."""
+        if self._peer_closed:
+            return errors.zero_return_error()
+        return errors.syscall_error(0, error)
 
     def _scratch_buffer(self) -> bytearray:
         if self._scratch is None:  # only connections that do short reads pay for it
@@ -717,7 +756,8 @@ class Connection:
         if content_type == 0:
             if record.length == 0:
                 self._check_open()  # our own shutdown at close looks like EOF
-                self._tcp_eof_reported = True
+                if self._tcp_end is _TcpEnd.OPEN:
+                    self._tcp_end = _TcpEnd.EOF_REPORTED
                 raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
             raise KernelTLSError(0, "the kernel returned data without a record type (no TLS receive key "
                                     "is installed on this socket): the connection cannot continue", "NO_RECORD_TYPE")
@@ -1088,6 +1128,7 @@ class Connection:
                 waiter.wait(-count)
 
     def _kernel_write(self, data) -> int:
+        self._check_not_reset()
         self._check_key_limit()
         with _Waiter(self, "write") as waiter:
             while True:
@@ -1099,9 +1140,8 @@ class Connection:
                     break
                 except BlockingIOError:
                     waiter.wait(WANT_WRITE)
-                except OSError:
-                    self._check_open()
-                    raise
+                except OSError as exc:
+                    raise self._write_failed(exc) from None
         self._count_sent(sent // MAX_RECORD + 1)
         return sent
 
@@ -1126,14 +1166,14 @@ class Connection:
 
     def _kernel_sendfile_chunk(self, fileno: int, offset: int, size: int) -> int:
         """os.sendfile into the kernel's TLS: bytes sent, or -WANT_WRITE."""
+        self._check_not_reset()
         try:
             with self._tx_lock:
                 sent = os.sendfile(self._fd, fileno, offset, size)
         except BlockingIOError:
             return -WANT_WRITE
-        except OSError:
-            self._check_open()
-            raise
+        except OSError as exc:
+            raise self._write_failed(exc) from None
         self._count_sent(sent // MAX_RECORD + 1)
         return sent
 

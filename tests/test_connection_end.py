@@ -121,3 +121,50 @@ def test_peer_end_reads_as_with_cpython(server_cert, pki, version, our_role, how
     assert all(run == theirs[0] for run in mine), f"ours {mine} != CPython's {theirs[0]}"
     if data:
         assert theirs[0][0] == data
+
+
+def _send_outcome(sock):
+    try:
+        sock.sendall(b"after the end" * 100)
+        return "sent"
+    except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
+        return (type(exc).__name__, getattr(exc, "library", None), getattr(exc, "reason", None),
+                exc.args[0] if exc.args else None, strip_location(str(exc)))
+
+
+def _run_sends(server_cert, pki, *, ours, our_role, version, how, order):
+    if our_role == "client":
+        pair = tls_pair(client_context(pki.ca_path, ours=ours, version=version, cipher=CIPHER),
+                        server_context(server_cert, ours=False, version=version, cipher=CIPHER))
+        mine, peer = pair.client, pair.server
+    else:
+        pair = tls_pair(client_context(pki.ca_path, ours=False, version=version, cipher=CIPHER),
+                        server_context(server_cert, ours=ours, version=version, cipher=CIPHER))
+        mine, peer = pair.server, pair.client
+    try:
+        if ours and kernel.probe().ulp_available:
+            assert mine.ktls.tx, str(mine.ktls)
+        _end(peer, how, b"")
+        _wait_for_end(mine, how)
+        steps = {"send": _send_outcome, "recv": _outcome}
+        return [steps[step](mine) for step in order]
+    finally:
+        pair.close()
+
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("order", [("send", "send", "recv"), ("recv", "send", "send", "recv")],
+                         ids=["send-first", "recv-first"])
+@pytest.mark.parametrize("how", ENDS)
+@pytest.mark.parametrize("our_role", ["client", "server"])
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION], ids=["tls12", "tls13"])
+def test_send_after_a_peer_reset_as_with_cpython(server_cert, pki, version, our_role, how, order):
+    """Sends on a connection the peer has reset, before or after a read took the reset: each
+    outcome as CPython's ssl gives it on the running Python (up to 3.12 SSLEOFError; 3.13 the
+    errno: ConnectionResetError first, then BrokenPipeError as TCP gives it; never a send that
+    succeeds into a dead connection)."""
+    settings = dict(our_role=our_role, version=version, how=how, order=order)
+    theirs = [_run_sends(server_cert, pki, ours=False, **settings) for _ in range(RUNS)]
+    mine = [_run_sends(server_cert, pki, ours=True, **settings) for _ in range(RUNS)]
+    assert all(run == theirs[0] for run in theirs), f"CPython's ssl is not deterministic here: {theirs}"
+    assert all(run == theirs[0] for run in mine), f"ours {mine} != CPython's {theirs[0]}"
