@@ -20,6 +20,10 @@ from ._ossl import ffi, lib
 
 LOCATION = "(ktls_ossl)"
 
+# OpenSSL loads libssl's error texts at its first SSL_CTX_new; an error rendered before that (a
+# peer alert in a process that has made no context yet) would read "unknown error" otherwise.
+lib.OPENSSL_init_ssl(lib.OPENSSL_INIT_LOAD_SSL_STRINGS | lib.OPENSSL_INIT_LOAD_CRYPTO_STRINGS, ffi.NULL)
+
 
 def _name_table(read, key) -> dict:
     """{key(entry): name} from one of the extension's tables (cffi_build/openssl/errnames.py)."""

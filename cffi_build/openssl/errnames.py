@@ -26,6 +26,12 @@ _REASON = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Z0-9_]+?)_R_([A-Z0-9_]+)[ \
 # Not libraries: err.h's field layout, which CPython's generator also picked up (as MASK and OFFSET).
 _NOT_LIBRARIES = {"MASK", "OFFSET"}
 
+# Reasons <openssl/sslerr.h> defines but OpenSSL's crypto/err/openssl.txt (the list CPython's
+# generator reads) does not: no CPython names them (3.10-3.13 render "[SSL] tlsv1 alert no
+# application protocol"), so neither do we. Checked side by side on each Python (the ALPN interop
+# test) and against the names compiled into the running Python's _ssl (tests/test_errnames.py).
+_NOT_IN_CPYTHON_TABLES = {("SSL", "TLSV1_ALERT_NO_APPLICATION_PROTOCOL"), ("SSL", "TLSV1_ALERT_UNKNOWN_PSK_IDENTITY")}
+
 
 def _read(path):
     with open(path, encoding="latin-1") as header:
@@ -43,7 +49,7 @@ def scan(openssl_dir):
     reasons = {}
     for path in sorted(glob.glob(os.path.join(openssl_dir, "*err.h"))):
         for prefix, name, number in _REASON.findall(_read(path)):
-            if prefix in by_prefix:
+            if prefix in by_prefix and (prefix, name) not in _NOT_IN_CPYTHON_TABLES:
                 reasons.setdefault((by_prefix[prefix], int(number)), name)
     if not libs or not reasons:
         raise SystemExit(f"ktls_ossl: no error codes found in {openssl_dir}/*err.h; "

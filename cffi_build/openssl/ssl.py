@@ -113,6 +113,9 @@ const SSL_METHOD *TLS_method(void);
 const SSL_METHOD *TLS_client_method(void);
 const SSL_METHOD *TLS_server_method(void);
 SSL_CTX *SSL_CTX_new(const SSL_METHOD *);
+int OPENSSL_init_ssl(uint64_t, const void *);
+#define OPENSSL_INIT_LOAD_SSL_STRINGS ...
+#define OPENSSL_INIT_LOAD_CRYPTO_STRINGS ...
 void SSL_CTX_free(SSL_CTX *);
 int SSL_CTX_up_ref(SSL_CTX *);
 int SSL_CTX_set_app_data(SSL_CTX *, void *);
