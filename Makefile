@@ -82,8 +82,10 @@ bench: venv prepare-vm
 
 # The hostile-peer suite on the host and each VM kernel, re-recording its outcomes, then
 # docs/security-outcomes.json and the table in docs/SECURITY.md (make test fails where they differ).
-security-doc: venv prepare-vm
-	KTLS_SECURITY_UPDATE=1 $(VENV_PYTHON) scripts/run-tests --kernels $(KERNELS) -- tests/security \
+# Each VM kernel with the Python make test gives it (oldest, newest), the host with $(VENV)'s.
+security-doc: venvs prepare-vm
+	KTLS_SECURITY_UPDATE=1 $(VENV_PYTHON) scripts/run-tests --kernels $(KERNELS) --pythons $(TEST_PYTHONS) \
+		--host-python $(VENV_PYTHON) -- tests/security \
 		--ignore=tests/security/test_security_doc.py  # it checks the docs this target is about to write
 	$(VENV_PYTHON) scripts/security-table --write
 

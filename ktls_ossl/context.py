@@ -23,6 +23,8 @@ import sys
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import _ssl
 
@@ -30,6 +32,11 @@ from . import errors
 from ._ossl import ffi, lib
 from .handshake import Policy  # importing handshake also attaches the keylog/msg/SNI callbacks
 from .socket import Connection, KTLSSocket
+
+if TYPE_CHECKING:
+    # typeshed's names for buffers and paths exist only for type checkers; the annotations that
+    # use them are never evaluated at run time (postponed by the __future__ import).
+    from _typeshed import ReadableBuffer, StrOrBytesPath
 
 __all__ = ["SSLContext", "create_default_context", "select_alpn_protocol"]
 
@@ -440,7 +447,7 @@ class SSLContext(ssl.SSLContext):
         return self._ktls_policy
 
     @ktls_policy.setter
-    def ktls_policy(self, value) -> None:
+    def ktls_policy(self, value: Policy | str) -> None:
         if isinstance(value, Policy):
             policy = value
         elif isinstance(value, str):
@@ -472,7 +479,7 @@ class SSLContext(ssl.SSLContext):
         return self._require_ktls
 
     @require_ktls.setter
-    def require_ktls(self, value) -> None:
+    def require_ktls(self, value: bool) -> None:
         # A strict bool: a security switch should not turn on (or off) through a stray truthy value.
         if not isinstance(value, bool):
             raise TypeError(f"require_ktls must be a bool, not {type(value).__name__}")
@@ -485,18 +492,19 @@ class SSLContext(ssl.SSLContext):
         return self._key_update_records
 
     @key_update_records.setter
-    def key_update_records(self, value) -> None:
+    def key_update_records(self, value: int | None) -> None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError("key_update_records must be a positive int or None")
         self._key_update_records = value
 
     @property
-    def control_record_callback(self):
+    def control_record_callback(self) -> Callable[[KTLSSocket, int, bytes], object] | None:
         """Called by the socket layer for each non-data record the kernel hands up (or None)."""
         return self._control_record_callback
 
     @control_record_callback.setter
-    def control_record_callback(self, callback) -> None:
+    def control_record_callback(
+            self, callback: Callable[[KTLSSocket, int, bytes], object] | None) -> None:
         if callback is not None and not callable(callback):
             raise TypeError("control_record_callback must be callable or None")
         self._control_record_callback = callback
@@ -520,8 +528,9 @@ class SSLContext(ssl.SSLContext):
         callback = lib.SSL_CTX_get_verify_callback(self._ssl_ctx)
         lib.SSL_CTX_set_verify(self._ssl_ctx, _VERIFY_MODES[mode], callback)
 
+    # The setters here take any int, as CPython's C setters do; the getters give ssl's enums.
     @property
-    def verify_mode(self):
+    def verify_mode(self) -> ssl.VerifyMode:
         value = lib.SSL_CTX_get_verify_mode(self._ssl_ctx) & _VERIFY_MODE_MASK
         for mode, bits in _VERIFY_MODES.items():
             if bits == value:
@@ -529,7 +538,7 @@ class SSLContext(ssl.SSLContext):
         raise ssl.SSLError("invalid return value from SSL_CTX_get_verify_mode")
 
     @verify_mode.setter
-    def verify_mode(self, value) -> None:
+    def verify_mode(self, value: int) -> None:
         mode = _as_int(value)
         if mode == ssl.CERT_NONE and self._check_hostname:
             raise ValueError("Cannot set verify_mode to CERT_NONE when check_hostname is enabled.")
@@ -540,18 +549,18 @@ class SSLContext(ssl.SSLContext):
         return self._check_hostname
 
     @check_hostname.setter
-    def check_hostname(self, value) -> None:
+    def check_hostname(self, value: bool) -> None:
         enable = bool(value)
         if enable and lib.SSL_CTX_get_verify_mode(self._ssl_ctx) == lib.SSL_VERIFY_NONE:
             self._set_verify(ssl.CERT_REQUIRED)  # check_hostname=True implies CERT_REQUIRED
         self._check_hostname = enable
 
     @property
-    def verify_flags(self):
+    def verify_flags(self) -> ssl.VerifyFlags:
         return ssl.VerifyFlags(lib.X509_VERIFY_PARAM_get_flags(lib.SSL_CTX_get0_param(self._ssl_ctx)))
 
     @verify_flags.setter
-    def verify_flags(self, value) -> None:
+    def verify_flags(self, value: int) -> None:
         new_flags = _as_unsigned_long_mask(value)
         params = lib.SSL_CTX_get0_param(self._ssl_ctx)
         flags = lib.X509_VERIFY_PARAM_get_flags(params)
@@ -579,7 +588,7 @@ class SSLContext(ssl.SSLContext):
         return self._hostflags & never != never
 
     @hostname_checks_common_name.setter
-    def hostname_checks_common_name(self, value) -> None:
+    def hostname_checks_common_name(self, value: bool) -> None:
         if value:
             self._host_flags = self._hostflags & ~lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
         else:
@@ -591,7 +600,7 @@ class SSLContext(ssl.SSLContext):
         return self._post_handshake_auth
 
     @post_handshake_auth.setter
-    def post_handshake_auth(self, value) -> None:
+    def post_handshake_auth(self, value: bool) -> None:
         self._post_handshake_auth = bool(value)
 
     @post_handshake_auth.deleter
@@ -601,11 +610,11 @@ class SSLContext(ssl.SSLContext):
     # --- protocol versions, options, ciphers ---------------------------------------------------
 
     @property
-    def protocol(self):
+    def protocol(self) -> ssl._SSLMethod:
         return ssl._SSLMethod(self._protocol)
 
     @property
-    def options(self):
+    def options(self) -> ssl.Options:
         # CPython returns the uint64 as a C long, so with bit 63 set ssl.Options gets a negative
         # number (and maps it the way enum does); convert the same way to read the same.
         value = lib.SSL_CTX_get_options(self._ssl_ctx)
@@ -614,7 +623,7 @@ class SSLContext(ssl.SSLContext):
         return ssl.Options(value - (1 << 64) if value >> 63 else value)
 
     @options.setter
-    def options(self, value) -> None:
+    def options(self, value: int) -> None:
         if _OPTIONS_ARE_UINT64:
             new_options = _as_uint64(value)
         else:
@@ -655,27 +664,27 @@ class SSLContext(ssl.SSLContext):
             raise ValueError(f"Unsupported protocol version 0x{limit & _UINT_MASK:x}")
 
     @property
-    def minimum_version(self):
+    def minimum_version(self) -> ssl.TLSVersion:
         if self._fixed_version is not None:
             return ssl.TLSVersion.MINIMUM_SUPPORTED  # what CPython's TLSv1_2_method() context reports
         version = lib.SSL_CTX_get_min_proto_version(self._ssl_ctx)
         return ssl.TLSVersion(version or ssl.TLSVersion.MINIMUM_SUPPORTED)
 
     @minimum_version.setter
-    def minimum_version(self, value) -> None:
+    def minimum_version(self, value: int) -> None:
         if value == ssl.TLSVersion.SSLv3:  # as ssl.py does, before the C setter runs
             self.options &= ~ssl.Options.OP_NO_SSLv3
         self._set_version_limit(value, maximum=False)
 
     @property
-    def maximum_version(self):
+    def maximum_version(self) -> ssl.TLSVersion:
         if self._fixed_version is not None:
             return ssl.TLSVersion.MAXIMUM_SUPPORTED
         version = lib.SSL_CTX_get_max_proto_version(self._ssl_ctx)
         return ssl.TLSVersion(version or ssl.TLSVersion.MAXIMUM_SUPPORTED)
 
     @maximum_version.setter
-    def maximum_version(self, value) -> None:
+    def maximum_version(self, value: int) -> None:
         self._set_version_limit(value, maximum=True)
 
     @property
@@ -683,7 +692,7 @@ class SSLContext(ssl.SSLContext):
         return lib.SSL_CTX_get_num_tickets(self._ssl_ctx)
 
     @num_tickets.setter
-    def num_tickets(self, value) -> None:
+    def num_tickets(self, value: int) -> None:
         count = _as_long(value)
         if count < 0:
             raise ValueError("value must be non-negative")
@@ -699,7 +708,7 @@ class SSLContext(ssl.SSLContext):
         return lib.SSL_CTX_get_security_level(self._ssl_ctx)
 
     @security_level.setter
-    def security_level(self, value) -> None:
+    def security_level(self, value: int) -> None:
         raise AttributeError(self._READ_ONLY_SECURITY_LEVEL)
 
     @security_level.deleter
@@ -727,7 +736,7 @@ class SSLContext(ssl.SSLContext):
         finally:
             lib.SSL_free(connection)
 
-    def set_ecdh_curve(self, name) -> None:
+    def set_ecdh_curve(self, name: str) -> None:
         encoded = os.fsencode(name)
         if b"\0" in encoded:
             raise ValueError("embedded null byte")
@@ -768,7 +777,7 @@ class SSLContext(ssl.SSLContext):
         if lib.SSL_CTX_set1_groups_list(self._ssl_ctx, groups.encode("utf-8")) != 1:
             raise _message_error("unrecognized group")
 
-    def load_dh_params(self, path) -> None:
+    def load_dh_params(self, path: str) -> None:
         os.fspath(path)  # the TypeError CPython's fopen wrapper raises for a non-path
         with open(path, "rb") as params_file:  # OSError with the filename, as CPython
             data = params_file.read()
@@ -791,7 +800,10 @@ class SSLContext(ssl.SSLContext):
 
     # --- certificates and keys -------------------------------------------------------------------
 
-    def load_cert_chain(self, certfile, keyfile=None, password=None) -> None:
+    def load_cert_chain(
+            self, certfile: StrOrBytesPath, keyfile: StrOrBytesPath | None = None,
+            password: Callable[[], str | bytes | bytearray] | str | bytes | bytearray | None = None,
+    ) -> None:
         lib.ERR_clear_error()
         certfile_path = _filesystem_path(certfile, "certfile")
         keyfile_path = _filesystem_path(keyfile, "keyfile") if keyfile is not None else None
@@ -831,7 +843,10 @@ class SSLContext(ssl.SSLContext):
             return _os_error(saved_errno)
         return _library_error()
 
-    def load_verify_locations(self, cafile=None, capath=None, cadata=None) -> None:
+    def load_verify_locations(
+            self, cafile: StrOrBytesPath | None = None, capath: StrOrBytesPath | None = None,
+            cadata: str | ReadableBuffer | None = None,
+    ) -> None:
         if cafile is None and capath is None and cadata is None:
             raise TypeError("cafile, capath and cadata cannot be all omitted")
         cafile_path = _filesystem_path(cafile, "cafile") if cafile is not None else None
@@ -939,7 +954,7 @@ class SSLContext(ssl.SSLContext):
         return {"x509": len(certificates), "crl": crl,
                 "x509_ca": sum(1 for _, is_ca in certificates if is_ca)}
 
-    def get_ca_certs(self, binary_form=False) -> list:
+    def get_ca_certs(self, binary_form: bool = False) -> list:
         ders = [_certificate_der(cert) for cert, is_ca in self._store_certificates() if is_ca]
         if binary_form:
             return ders
@@ -965,11 +980,12 @@ class SSLContext(ssl.SSLContext):
     # --- callbacks: SNI, ALPN, keylog, message --------------------------------------------------
 
     @property
-    def sni_callback(self):
+    def sni_callback(self) -> Callable[[KTLSSocket, str | None, SSLContext], int | None] | None:
         return self._sni_callback
 
     @sni_callback.setter
-    def sni_callback(self, callback) -> None:
+    def sni_callback(
+            self, callback: Callable[[KTLSSocket, str | None, SSLContext], int | None] | None) -> None:
         if self._protocol == ssl.PROTOCOL_TLS_CLIENT:
             raise ValueError("sni_callback cannot be set on TLS_CLIENT context")
         self._sni_callback = None  # as CPython: a rejected value also removes the old callback
@@ -1000,11 +1016,11 @@ class SSLContext(ssl.SSLContext):
         lib.SSL_CTX_set_alpn_select_cb(self._ssl_ctx, lib.ktls_alpn_select_cb, self._handle)
 
     @property
-    def keylog_filename(self):
+    def keylog_filename(self) -> StrOrBytesPath | None:
         return self._keylog_filename
 
     @keylog_filename.setter
-    def keylog_filename(self, filename) -> None:
+    def keylog_filename(self, filename: StrOrBytesPath | None) -> None:
         # As CPython: the old file is closed and the setting cleared first, even if opening fails.
         with _KEYLOG_LOCK:
             old_file, self._keylog_file, self._keylog_filename = self._keylog_file, None, None
@@ -1063,18 +1079,24 @@ class SSLContext(ssl.SSLContext):
 
     # wrap_socket() is inherited: ssl.py calls self.sslsocket_class._create(..., context=self).
 
-    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+    def wrap_bio(
+            self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+            server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None,
+    ) -> NoReturn:
         raise NotImplementedError(
             "ktls_ossl.SSLContext cannot wrap memory BIOs: kernel TLS needs a connected socket. "
             "Use ssl.SSLContext for SSLObject/MemoryBIO (e.g. asyncio's SSL transport).")
 
     # Members newer CPythons add that would configure CPython's hidden, unused SSL_CTX: refused.
-    def set_psk_client_callback(self, callback):
+    def set_psk_client_callback(
+            self, callback: Callable[[str | None], tuple[str | None, bytes]] | None) -> NoReturn:
         """CPython 3.13's TLS-PSK client callback: not supported by ktls_ossl."""
         raise NotImplementedError("ktls_ossl.SSLContext does not support set_psk_client_callback() "
                                   "(TLS-PSK); use ssl.SSLContext for pre-shared keys")
 
-    def set_psk_server_callback(self, callback, identity_hint=None):
+    def set_psk_server_callback(
+            self, callback: Callable[[str | None], bytes] | None, identity_hint: str | None = None,
+    ) -> NoReturn:
         """CPython 3.13's TLS-PSK server callback: not supported by ktls_ossl."""
         raise NotImplementedError("ktls_ossl.SSLContext does not support set_psk_server_callback() "
                                   "(TLS-PSK); use ssl.SSLContext for pre-shared keys")
@@ -1158,7 +1180,10 @@ def _stdlib_default_settings(purpose) -> list:
     return _STDLIB_DEFAULTS[key]
 
 
-def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+def create_default_context(
+        purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: StrOrBytesPath | None = None,
+        capath: StrOrBytesPath | None = None, cadata: str | ReadableBuffer | None = None,
+) -> SSLContext:
     """ssl.create_default_context(), building a ktls_ossl SSLContext (same settings, step by step)."""
     if not isinstance(purpose, ssl._ASN1Object):
         raise TypeError(purpose)

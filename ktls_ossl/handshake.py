@@ -19,12 +19,16 @@ import os
 import ssl
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import errors, keys, records
 from .audit import AuditTrail
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
 from .records import ContentType
+
+if TYPE_CHECKING:
+    from .context import SSLContext  # context imports this module: a run-time import would be circular
 
 # The audit trail of every connection (what Handshake.record_event keeps in sock.ktls_events).
 log = logging.getLogger("ktls_ossl")
@@ -94,7 +98,8 @@ class HandoffUnavailable(Exception):
 class Session:
     """A TLS session for resumption (the counterpart of ssl.SSLSession)."""
 
-    def __init__(self, pointer, context):
+    def __init__(self, pointer: ffi.CData, context: SSLContext | None) -> None:
+        # pointer: an SSL_SESSION * that this Session owns (and frees).
         self._pointer = ffi.gc(pointer, lib.SSL_SESSION_free)
         self._context = weakref.ref(context) if context is not None else None
 

@@ -17,6 +17,7 @@ import sys
 import termios
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._ossl import ffi, lib
 from .errors import (
@@ -30,6 +31,11 @@ from .errors import (
 from . import records
 from .records import ContentType
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, VERSION_NAMES, KernelCipher, TrafficKeys
+
+if TYPE_CHECKING:
+    # typeshed's buffer names exist only for type checkers; the annotations that use them are
+    # never evaluated at run time (postponed by the __future__ import).
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 SOL_TLS = lib.SOL_TLS
 TCP_ULP = lib.TCP_ULP
@@ -66,18 +72,19 @@ class Direction(enum.Enum):
         return lib.TLS_TX if self is Direction.TX else lib.TLS_RX
 
 
-def _fileno(sock) -> int:
+# The functions that take a socket reach its fd through _fileno(), so they take a bare fd as well.
+def _fileno(sock: socket.socket | int) -> int:
     return sock if isinstance(sock, int) else sock.fileno()
 
 
-def _setsockopt(sock, level: int, optname: int, value: bytes) -> None:
+def _setsockopt(sock: socket.socket | int, level: int, optname: int, value: bytes) -> None:
     """setsockopt on the fd itself (no socket object, no dup); raises OSError."""
     if lib.setsockopt(_fileno(sock), level, optname, value, len(value)) != 0:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
 
 
-def _getsockopt(sock, level: int, optname: int, size: int) -> bytes | int:
+def _getsockopt(sock: socket.socket | int, level: int, optname: int, size: int) -> bytes | int:
     """getsockopt on the fd itself: the option's bytes, or the errno (no exception, since the
     audit trail's sample of a missing key fails on every handshake)."""
     buffer = ffi.new("unsigned char[]", size)
@@ -139,7 +146,7 @@ def ulp_not_attached_error(err: int, direction: Direction) -> KTLSUnavailableErr
         "ULP_UNAVAILABLE")
 
 
-def attach_ulp(sock) -> None:
+def attach_ulp(sock: socket.socket | int) -> None:
     """setsockopt(TCP_ULP, "tls") on a connected TCP socket."""
     try:
         _setsockopt(sock, socket.IPPROTO_TCP, TCP_ULP, b"tls")
@@ -182,19 +189,19 @@ def _install_error(err: int, direction: Direction, keys: TrafficKeys, *, update:
     return KTLSCipherUnavailableError(err, advice, "CIPHER_UNAVAILABLE")
 
 
-def install(sock, direction: Direction, keys: TrafficKeys) -> None:
+def install(sock: socket.socket | int, direction: Direction, keys: TrafficKeys) -> None:
     """Hand one direction's keys to the kernel (TLS_TX / TLS_RX). The ULP must be attached."""
     _set_keys(sock, direction, keys, update=False)
 
 
-def rekey(sock, direction: Direction, keys: TrafficKeys) -> None:
+def rekey(sock: socket.socket | int, direction: Direction, keys: TrafficKeys) -> None:
     """Replace the keys of a direction after a TLS 1.3 KeyUpdate (Linux 6.14+)."""
     if keys.version != TLS_1_3_VERSION:
         raise KTLSRekeyUnsupportedError(errno.EINVAL, "rekeying is defined for TLS 1.3 only", "REKEY_UNSUPPORTED")
     _set_keys(sock, direction, keys, update=True)
 
 
-def _set_keys(sock, direction: Direction, keys: TrafficKeys, *, update: bool) -> None:
+def _set_keys(sock: socket.socket | int, direction: Direction, keys: TrafficKeys, *, update: bool) -> None:
     try:
         _setsockopt(sock, SOL_TLS, direction.optname, crypto_info_bytes(keys))
     except OSError as exc:
@@ -205,7 +212,7 @@ def _set_keys(sock, direction: Direction, keys: TrafficKeys, *, update: bool) ->
         raise _install_error(exc.errno, direction, keys, update=update) from None
 
 
-def read_crypto_info(sock, direction: Direction) -> TrafficKeys:
+def read_crypto_info(sock: socket.socket | int, direction: Direction) -> TrafficKeys:
     """What the kernel holds for a direction, with the live iv and rec_seq (includes the key).
 
     The kernel wants either the 4-byte header size (version and cipher only) or the exact size of
@@ -217,7 +224,7 @@ def read_crypto_info(sock, direction: Direction) -> TrafficKeys:
     return _crypto_info_after_header(sock, direction, header)
 
 
-def records_processed(sock, direction: Direction) -> int | None:
+def records_processed(sock: socket.socket | int, direction: Direction) -> int | None:
     """The kernel's record sequence number for a direction, None when it holds no key there
     (also when the tls ULP is not attached). Sampled inside every handshake by the audit trail,
     so a missing key costs one failed getsockopt and no exception."""
@@ -230,7 +237,7 @@ def records_processed(sock, direction: Direction) -> int | None:
         return None
 
 
-def _crypto_info_header(sock, direction: Direction) -> bytes | int:
+def _crypto_info_header(sock: socket.socket | int, direction: Direction) -> bytes | int:
     return _getsockopt(sock, SOL_TLS, direction.optname, ffi.sizeof("struct tls_crypto_info"))
 
 
@@ -239,7 +246,7 @@ def _crypto_info_error(err: int, direction: Direction) -> KernelTLSError:
                                "(are keys installed?)", "GETSOCKOPT_FAILED")
 
 
-def _crypto_info_after_header(sock, direction: Direction, header: bytes) -> TrafficKeys:
+def _crypto_info_after_header(sock: socket.socket | int, direction: Direction, header: bytes) -> TrafficKeys:
     version, cipher_type = struct.unpack("=HH", header)
     cipher = KernelCipher(cipher_type)
     raw = _getsockopt(sock, SOL_TLS, direction.optname, CRYPTO_INFO_SIZES[cipher])
@@ -256,7 +263,7 @@ def _crypto_info_after_header(sock, direction: Direction, header: bytes) -> Traf
     )
 
 
-def set_rx_expect_no_pad(sock, enabled: bool = True) -> None:
+def set_rx_expect_no_pad(sock: socket.socket | int, enabled: bool = True) -> None:
     """TLS 1.3 only: promise the peer sends no record padding, so the kernel decrypts in place."""
     try:
         _setsockopt(sock, SOL_TLS, lib.TLS_RX_EXPECT_NO_PAD, struct.pack("=I", int(enabled)))
@@ -299,7 +306,7 @@ def _receive_error(err: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-def recv_record_into(sock, buffer, flags: int = 0) -> ReceivedRecord:
+def recv_record_into(sock: socket.socket | int, buffer: WriteableBuffer, flags: int = 0) -> ReceivedRecord:
     """One recvmsg with the record-type cmsg into ``buffer`` (any writable buffer).
 
     Returns either application data (possibly several records' worth) or exactly one control
@@ -322,14 +329,15 @@ def recv_record_into(sock, buffer, flags: int = 0) -> ReceivedRecord:
     raise _receive_error(-n)
 
 
-def recv_record(sock, bufsize: int = MAX_RECORD_PLAINTEXT, flags: int = 0) -> tuple[int, bytes]:
+def recv_record(sock: socket.socket | int, bufsize: int = MAX_RECORD_PLAINTEXT,
+                flags: int = 0) -> tuple[int, bytes]:
     """(content_type, payload) of the next record (or run of data records) on a kTLS socket."""
     buffer = bytearray(bufsize)
     record = recv_record_into(sock, buffer, flags)
     return record.content_type, bytes(memoryview(buffer)[: record.length])
 
 
-def send_record(sock, content_type: int, data, flags: int = 0) -> int:
+def send_record(sock: socket.socket | int, content_type: int, data: ReadableBuffer, flags: int = 0) -> int:
     """Send ``data`` as one record of ``content_type`` (alert 21, handshake 22, ...) through TLS_TX."""
     if not 0 < content_type < 256:
         raise ValueError(f"invalid TLS content type {content_type}")
@@ -351,7 +359,7 @@ def send_record(sock, content_type: int, data, flags: int = 0) -> int:
     raise OSError(err, os.strerror(err))
 
 
-def take_pending_error(sock) -> int:
+def take_pending_error(sock: socket.socket | int) -> int:
     """Take the error the kernel holds pending on the socket (getsockopt SO_ERROR reads and clears
     it); 0 when there is none.
 
@@ -368,13 +376,13 @@ def take_pending_error(sock) -> int:
     return int.from_bytes(value, sys.byteorder, signed=True)
 
 
-def unread_bytes(sock) -> int:
+def unread_bytes(sock: socket.socket | int) -> int:
     """Bytes in the TCP receive queue that nobody has read (SIOCINQ); on a kTLS socket, what the
     kernel has not yet consumed as records."""
     return struct.unpack("i", fcntl.ioctl(_fileno(sock), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
-def unacknowledged_bytes(sock) -> int:
+def unacknowledged_bytes(sock: socket.socket | int) -> int:
     """Bytes sent or queued that the peer's TCP has not acknowledged yet (SIOCOUTQ), a FIN
     counting as one."""
     return struct.unpack("i", fcntl.ioctl(_fileno(sock), termios.TIOCOUTQ, b"\0\0\0\0"))[0]

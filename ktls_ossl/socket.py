@@ -46,6 +46,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import control, errors, kernel, keys, records
 from ._ossl import ffi, lib
@@ -61,6 +62,12 @@ from .errors import (
 from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, KeyUpdateRecord, Policy, Session
 from .kernel import Direction
 from .records import Alert, AlertDescription, AlertLevel, ContentType
+
+if TYPE_CHECKING:
+    # typeshed's names (as its ssl.pyi and socket.pyi use them) exist only for type checkers; the
+    # annotations that use them are never evaluated at run time (postponed by the __future__ import).
+    from _typeshed import ReadableBuffer, WriteableBuffer
+    from socket import _Address, _RetAddress, _SendableFile
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
 # The longest close() waits, after a failure, for the peer to acknowledge what we sent (_linger).
@@ -1360,7 +1367,7 @@ class KTLSSocket(ssl.SSLSocket):
             return list(connection.events)
         return list(getattr(self, "_ktls_trail", ()))
 
-    def unwrap(self):
+    def unwrap(self) -> _socket.socket:
         """As CPython's: the close_notify exchange, then the same socket for plaintext. Where the
         kernel carries a direction, it cannot take the TLS keys off the socket again (Linux has no
         way to remove the tls ULP or its keys): what is sent would still go out as TLS records and
@@ -1389,44 +1396,46 @@ class KTLSSocket(ssl.SSLSocket):
     # The data calls of a socket without TLS (_sslobj None): refused after unwrap() where the
     # kernel keeps its keys; otherwise ssl.SSLSocket's.
 
-    def send(self, data, flags=0):
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         return super().send(data, flags)
 
-    def sendall(self, data, flags=0):
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         return super().sendall(data, flags)
 
-    def sendto(self, data, flags_or_addr, addr=None):
+    def sendto(self, data: ReadableBuffer, flags_or_addr: int | _Address,
+               addr: _Address | None = None) -> int:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         if addr is None:
             return super().sendto(data, flags_or_addr)
         return super().sendto(data, flags_or_addr, addr)
 
-    def recv(self, buflen=1024, flags=0):
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         return super().recv(buflen, flags)
 
-    def recv_into(self, buffer, nbytes=None, flags=0):
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         return super().recv_into(buffer, nbytes, flags)
 
-    def recvfrom(self, buflen=1024, flags=0):
+    def recvfrom(self, buflen: int = 1024, flags: int = 0) -> tuple[bytes, _RetAddress]:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         return super().recvfrom(buflen, flags)
 
-    def recvfrom_into(self, buffer, nbytes=None, flags=0):
+    def recvfrom_into(self, buffer: WriteableBuffer, nbytes: int | None = None,
+                      flags: int = 0) -> tuple[int, _RetAddress]:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         return super().recvfrom_into(buffer, nbytes, flags)
 
-    def shutdown(self, how):
+    def shutdown(self, how: int) -> None:
         """As CPython's: TLS ends for this object without close_notify, and the TCP connection is
         shut down in ``how``. The connection stays with the socket until close(), which frees it
         and, after a failure, still waits for the peer to receive what was sent (servers such as
@@ -1451,7 +1460,7 @@ class KTLSSocket(ssl.SSLSocket):
         fd = _socket.socket.detach(self)
         connection.release(close_fd=functools.partial(os.close, fd) if fd >= 0 else None)
 
-    def recv_record(self, bufsize: int = MAX_RECORD):
+    def recv_record(self, bufsize: int = MAX_RECORD) -> tuple[int, bytes]:
         self._checkClosed()
         if self._sslobj is None:
             raise ValueError("Read on closed or unwrapped SSL socket.")
@@ -1462,7 +1471,7 @@ class KTLSSocket(ssl.SSLSocket):
             raise ValueError("No SSL wrapper around " + str(self))
         self._sslobj.key_update(request_peer)
 
-    def sendfile(self, file, offset=0, count=None):
+    def sendfile(self, file: _SendableFile, offset: int = 0, count: int | None = None) -> int:
         """With TX in the kernel this is os.sendfile: the kernel encrypts the file's pages."""
         if self._sslobj is not None:
             sent = self._sslobj.sendfile(file, offset, count)
@@ -1472,12 +1481,14 @@ class KTLSSocket(ssl.SSLSocket):
         self._refuse_plaintext_under_kernel_keys()
         return super().sendfile(file, offset, count)
 
-    def get_verified_chain(self):
+    # Both give None while no TLS connection is attached (not yet connected, or unwrapped): a case
+    # that typeshed's list[bytes] leaves out.
+    def get_verified_chain(self) -> list[bytes] | None:
         """The verified chain, leaf first, as DER bytes."""
         self._checkClosed()
         return self._sslobj.get_verified_chain() if self._sslobj is not None else None
 
-    def get_unverified_chain(self):
+    def get_unverified_chain(self) -> list[bytes] | None:
         """The chain the peer sent, leaf first, as DER bytes."""
         self._checkClosed()
         return self._sslobj.get_unverified_chain() if self._sslobj is not None else None

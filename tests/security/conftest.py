@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from .outcomes import RESULTS_DIR, kernel_label, write_json
+from .outcomes import RESULTS_DIR, kernel_label, python_label, write_json
 
 RUN_OUTCOMES: dict[str, dict] = {}
 
@@ -24,4 +24,5 @@ def record_outcome():
 def pytest_sessionfinish(session, exitstatus):
     if RUN_OUTCOMES:
         write_json(os.path.join(RESULTS_DIR, f"{kernel_label()}.json"),
-                   {"kernel": kernel_label(), "release": os.uname().release, "outcomes": RUN_OUTCOMES})
+                   {"kernel": kernel_label(), "release": os.uname().release, "python": python_label(),
+                    "outcomes": RUN_OUTCOMES})

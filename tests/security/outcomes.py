@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import sys
 
 from ktls_ossl.handshake import Policy
 from ktls_ossl.records import ContentType
@@ -38,6 +39,16 @@ RECORD_NAMES = {ContentType.CHANGE_CIPHER_SPEC: "change_cipher_spec", ContentTyp
 
 def kernel_label() -> str:
     return os.environ.get("KTLS_VM_KERNEL", "host")
+
+
+def python_label() -> str:
+    """The running Python, as docs/security-outcomes.json records the one each kernel's outcomes
+    were measured with ("pythons"): a few outcomes are CPython's own words and differ by version
+    (a TCP reset is SSLEOFError up to 3.12, ConnectionResetError on 3.13)."""
+    return "%d.%d" % sys.version_info[:2]
+
+
+PYTHONS_KEY = "pythons"  # {kernel label: the Python its committed outcomes were measured with}
 
 
 def key(case: str, our_role: str, version: int, policy: Policy) -> str:
@@ -137,6 +148,11 @@ def render(data: dict) -> str:
         for outcome in data.get(label, {}).values():
             if outcome.get("error"):
                 messages.setdefault((outcome["error"], outcome.get("reason") or ""), set()).add(outcome["message"])
+    pythons = data.get(PYTHONS_KEY, {})
+    if pythons:
+        lines += ["", "Measured with Python " + ", ".join(
+            f"{pythons[label]} ({'the host' if label == 'host' else 'Linux ' + label})" for label in LABELS if label in pythons)
+            + ": a TCP reset reads as that Python's ssl reports it (SSLEOFError up to 3.12, ConnectionResetError on 3.13)."]
     lines += ["", "Exceptions and their messages, as raised:", ""]
     for (error, reason), texts in sorted(messages.items()):
         for text in sorted(texts):
