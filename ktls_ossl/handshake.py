@@ -15,7 +15,6 @@ import enum
 import ipaddress
 import logging
 import operator
-import os
 import ssl
 import weakref
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 from . import errors, keys, records
 from .audit import AuditTrail
 from ._ossl import ffi, lib
-from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher, TrafficKeys
+from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, Direction, KernelCipher, TrafficKeys
 from .records import ContentType
 
 if TYPE_CHECKING:
@@ -40,11 +39,6 @@ class Policy(enum.Enum):
     AFTER_FINISHED = "after-finished"  # default: exact keys after the peer's Finished is verified
     AFTER_CCS = "after-ccs"  # OpenSSL's own kTLS (SSL_OP_ENABLE_KTLS): TLS 1.2 keys at ChangeCipherSpec
     USERSPACE = "userspace"  # never kTLS: plain OpenSSL, like CPython's ssl
-
-
-class Direction(enum.IntEnum):
-    RX = 0  # OpenSSL's write_p == 0
-    TX = 1
 
 
 WANT_READ = lib.SSL_ERROR_WANT_READ
@@ -203,10 +197,19 @@ def ktls_servername_cb(ssl_pointer, alert, arg):
     return handshake._on_servername(alert)
 
 
-class Handshake:
-    """An OpenSSL SSL object bound to a socket fd, with its secrets and record counters."""
+def _memory_bio():
+    bio = lib.BIO_new(lib.BIO_s_mem())
+    if bio == ffi.NULL:
+        raise MemoryError("BIO_new failed")
+    lib.BIO_set_mem_eof_return(bio, -1)  # empty means "no more yet", not EOF
+    return bio
 
-    def __init__(self, context, fd: int, *, server_side: bool, server_hostname: str | None,
+
+class Handshake:
+    """An OpenSSL SSL object with its secrets and record counters, bound to a socket fd, or (fd
+    None) to memory BIOs that a driver fills and empties (ktls_ossl.pump.RecordPump)."""
+
+    def __init__(self, context, fd: int | None, *, server_side: bool, server_hostname: str | None,
                  policy: Policy, owner=None, session=None):
         self.context = context
         self._session_context = context
@@ -230,7 +233,7 @@ class Handshake:
             raise errors.ssl_error_from_code(errors.pop_error_code())
         self.finished_received = False
         self.events = AuditTrail()  # bounded: a peer decides how many events there are
-        self._label = f"{'server' if server_side else 'client'} fd={fd}"
+        self._label = f"{'server' if server_side else 'client'} {'memory' if fd is None else f'fd={fd}'}"
         # Called as observer(write_p, content_type, data) from inside OpenSSL's message callback,
         # after the record accounting: the moment to sample what the kernel holds. They see the
         # audited messages (ChangeCipherSpec, alerts, Finished, KeyUpdate); every handshake
@@ -243,7 +246,12 @@ class Handshake:
         if context._msg_callback_wrapper is not None:
             self._state.forward_to_application = 1
 
-        if lib.SSL_set_fd(self.ssl, fd) != 1:
+        self._memory = fd is None
+        if fd is None:
+            if policy is Policy.AFTER_CCS:
+                raise ValueError("Policy.AFTER_CCS is OpenSSL's own kTLS, which needs OpenSSL on the socket")
+            lib.SSL_set_bio(self.ssl, _memory_bio(), _memory_bio())
+        elif lib.SSL_set_fd(self.ssl, fd) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
         # Read-ahead off is what keeps every record after the handshake in the kernel's queue.
         lib.SSL_set_read_ahead(self.ssl, 0)
@@ -435,6 +443,32 @@ class Handshake:
 
     # --- handshake and user-space I/O ----------------------------------------------------------
 
+    # --- memory BIOs (fd None) --------------------------------------------------------------------
+
+    def give_incoming(self, data: bytes) -> None:
+        """Bytes from the peer, for OpenSSL to read (memory BIOs only)."""
+        if data and lib.BIO_write(lib.SSL_get_rbio(self.ssl), data, len(data)) != len(data):
+            raise MemoryError("OpenSSL's memory BIO refused the bytes")
+
+    def give_incoming_eof(self) -> None:
+        """The peer closed TCP: OpenSSL's next read finds EOF instead of "no more yet"."""
+        lib.BIO_set_mem_eof_return(lib.SSL_get_rbio(self.ssl), 0)
+
+    @property
+    def incoming_unread(self) -> int:
+        """Bytes given to OpenSSL that it has not read yet."""
+        return lib.BIO_ctrl_pending(lib.SSL_get_rbio(self.ssl))
+
+    def take_outgoing(self) -> bytes:
+        """What OpenSSL wrote for the peer since the last call (memory BIOs only)."""
+        wbio = lib.SSL_get_wbio(self.ssl)
+        pending = lib.BIO_ctrl_pending(wbio)
+        if not pending:
+            return b""
+        buffer = ffi.new("unsigned char[]", pending)
+        got = lib.BIO_read(wbio, buffer, pending)
+        return bytes(ffi.buffer(buffer, max(got, 0)))
+
     def step(self) -> int:
         """One SSL_do_handshake: 0 when complete, WANT_READ/WANT_WRITE to wait, else raises."""
         lib.ERR_clear_error()
@@ -555,8 +589,9 @@ class Handshake:
         """
         if not self.is_finished:
             raise HandoffUnavailable("the handshake is not complete")
-        if self.has_pending():
-            # OpenSSL already took bytes past the handshake out of the kernel: they cannot go back.
+        if self.has_pending() or (self._memory and self.incoming_unread):
+            # OpenSSL already took bytes past the handshake out of the kernel (or was given them
+            # on memory BIOs): they cannot go back.
             raise HandoffUnavailable("OpenSSL holds received data past the handshake")
         if lib.SSL_get_current_compression(self.ssl) != ffi.NULL:
             raise HandoffUnavailable("TLS compression is in use; the kernel does not decompress")
@@ -620,9 +655,7 @@ class Handshake:
         the kernel decrypted since), and what it writes is unprotected with its own write state
         before the kernel sends it. These two RecordProtection objects mirror OpenSSL's state.
         """
-        rbio = lib.BIO_new(lib.BIO_s_mem())
-        lib.BIO_set_mem_eof_return(rbio, -1)  # empty means "no more yet", not EOF
-        lib.SSL_set0_rbio(self.ssl, rbio)
+        lib.SSL_set0_rbio(self.ssl, _memory_bio())
         self._openssl_read_state = records.RecordProtection(handoff.rx)
         self._openssl_write_state = None
         # TLS 1.3: OpenSSL's traffic secrets as it holds them (KeyUpdates move them, and the
@@ -632,9 +665,7 @@ class Handshake:
         self._openssl_secrets = {Direction.RX: handoff.rx_secret, Direction.TX: handoff.tx_secret}
         self._written_handshake = b""
         if tx:
-            wbio = lib.BIO_new(lib.BIO_s_mem())
-            lib.BIO_set_mem_eof_return(wbio, -1)
-            lib.SSL_set0_wbio(self.ssl, wbio)
+            lib.SSL_set0_wbio(self.ssl, _memory_bio())
             self._openssl_write_state = records.RecordProtection(handoff.tx)
 
     def _next_openssl_state(self, direction: Direction) -> records.RecordProtection:

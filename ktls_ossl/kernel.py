@@ -5,7 +5,6 @@ kTLS socket can produce is turned into a specific exception with advice in one p
 """
 from __future__ import annotations
 
-import enum
 import errno
 import fcntl
 import os
@@ -30,7 +29,7 @@ from .errors import (
 )
 from . import records
 from .records import ContentType
-from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, VERSION_NAMES, KernelCipher, TrafficKeys
+from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, VERSION_NAMES, Direction, KernelCipher, TrafficKeys
 
 if TYPE_CHECKING:
     # typeshed's buffer names exist only for type checkers; the annotations that use them are
@@ -61,15 +60,6 @@ _CIPHER_MODULES = {
     KernelCipher.AES_CCM_128: "ccm, ctr, aes",
     KernelCipher.CHACHA20_POLY1305: "chacha20poly1305, chacha20, poly1305",
 }
-
-
-class Direction(enum.Enum):
-    TX = "tx"
-    RX = "rx"
-
-    @property
-    def optname(self) -> int:
-        return lib.TLS_TX if self is Direction.TX else lib.TLS_RX
 
 
 # The functions that take a socket reach its fd through _fileno(), so they take a bare fd as well.
@@ -141,9 +131,24 @@ def ulp_error(err: int, release: str | None = None) -> KTLSUnavailableError:
 def ulp_not_attached_error(err: int, direction: Direction) -> KTLSUnavailableError:
     """setsockopt(SOL_TLS, TLS_TX/TLS_RX) on a socket that has no tls ULP attached."""
     return KTLSUnavailableError(
-        err, f"cannot install {direction.value.upper()} keys: the tls ULP is not attached to this "
+        err, f"cannot install {direction.name} keys: the tls ULP is not attached to this "
              "socket; call kernel.attach_ulp() on the connected socket before installing keys",
         "ULP_UNAVAILABLE")
+
+
+def shutdown(sock: socket.socket | int, how: int) -> None:
+    """shutdown(2) on a connection's descriptor, which stays open (no socket object owns it here);
+    a socket that is not connected any more has nothing to shut down."""
+    try:
+        owner = socket.socket(fileno=_fileno(sock))
+    except OSError:
+        return
+    try:
+        owner.shutdown(how)
+    except OSError:
+        pass
+    finally:
+        owner.detach()
 
 
 def attach_ulp(sock: socket.socket | int) -> None:
@@ -168,7 +173,7 @@ def crypto_info_bytes(keys: TrafficKeys) -> bytes:
 
 
 def _install_error(err: int, direction: Direction, keys: TrafficKeys, *, update: bool) -> KernelTLSError:
-    what = f"{VERSION_NAMES[keys.version]} {keys.cipher.display_name} {direction.value.upper()}"
+    what = f"{VERSION_NAMES[keys.version]} {keys.cipher.display_name} {direction.name}"
     if update and err == errno.EBUSY:
         return KTLSRekeyUnsupportedError(
             err, f"the kernel cannot replace {what} keys on a live socket; TLS 1.3 rekey needs "
@@ -242,7 +247,7 @@ def _crypto_info_header(sock: socket.socket | int, direction: Direction) -> byte
 
 
 def _crypto_info_error(err: int, direction: Direction) -> KernelTLSError:
-    return KernelTLSError(err, f"reading the {direction.value.upper()} crypto info failed "
+    return KernelTLSError(err, f"reading the {direction.name} crypto info failed "
                                "(are keys installed?)", "GETSOCKOPT_FAILED")
 
 
@@ -472,7 +477,7 @@ class ProbeReport:
         ok = entry.tx if direction is Direction.TX else entry.rx
         if ok and entry.round_trip:
             return None
-        return entry.error or (f"the kernel cannot {direction.value.upper()} "
+        return entry.error or (f"the kernel cannot {direction.name} "
                                f"{VERSION_NAMES[version]} {entry.cipher.display_name}")
 
     def as_dict(self) -> dict:
@@ -584,11 +589,11 @@ def _errno_text(err: int | None) -> str:
 
 def _rekey_refusal(refused: list[tuple[Direction, KernelTLSError]]) -> str:
     """Which direction(s) the kernel would not rekey, and why, as one sentence."""
-    directions = " and ".join(f"{d.value.upper()} ({_errno_name(exc.errno)})" for d, exc in refused)
+    directions = " and ".join(f"{d.name} ({_errno_name(exc.errno)})" for d, exc in refused)
     if all(exc.errno == errno.EBUSY for _, exc in refused):
         return (f"the kernel refused new TLS 1.3 keys for {directions} on a live socket: key updates "
                 f"(KeyUpdate) need Linux 6.14 or later (running {os.uname().release})")
-    return "; ".join(f"the kernel refused the new {d.value.upper()} key: {exc.message} "
+    return "; ".join(f"the kernel refused the new {d.name} key: {exc.message} "
                      f"({_errno_text(exc.errno)})" for d, exc in refused)
 
 

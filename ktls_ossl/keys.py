@@ -14,12 +14,28 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-TLS_1_2_VERSION = 0x0303
-TLS_1_3_VERSION = 0x0304
+from ._ossl import lib
+
+# From the compiled <linux/tls.h> (cffi_build/linux/tls.py), never hand-copied.
+TLS_1_2_VERSION = lib.TLS_1_2_VERSION
+TLS_1_3_VERSION = lib.TLS_1_3_VERSION
 VERSION_NAMES = {TLS_1_2_VERSION: "TLSv1.2", TLS_1_3_VERSION: "TLSv1.3"}
 
 # The largest record sequence number a 64-bit counter can hold; TLS forbids wrapping it.
 MAX_SEQUENCE = (1 << 64) - 1
+
+
+class Direction(enum.IntEnum):
+    """One direction of a connection, seen from our side. The value is OpenSSL's ``write_p`` (0 for
+    what it read, 1 for what it wrote), so OpenSSL's per-direction counters index by it."""
+
+    RX = 0
+    TX = 1
+
+    @property
+    def optname(self) -> int:
+        """The kernel's socket option for this direction's keys (TLS_RX / TLS_TX)."""
+        return lib.TLS_TX if self is Direction.TX else lib.TLS_RX
 
 
 class KernelCipher(enum.IntEnum):
@@ -30,10 +46,10 @@ class KernelCipher(enum.IntEnum):
     implicit part.
     """
 
-    AES_GCM_128 = 51
-    AES_GCM_256 = 52
-    AES_CCM_128 = 53
-    CHACHA20_POLY1305 = 54
+    AES_GCM_128 = lib.TLS_CIPHER_AES_GCM_128
+    AES_GCM_256 = lib.TLS_CIPHER_AES_GCM_256
+    AES_CCM_128 = lib.TLS_CIPHER_AES_CCM_128
+    CHACHA20_POLY1305 = lib.TLS_CIPHER_CHACHA20_POLY1305
 
     @property
     def key_size(self) -> int:

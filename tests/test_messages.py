@@ -72,7 +72,7 @@ def test_errno_zero_renders_no_errno_suffix(error_type):
 
 # --- ENOPROTOOPT: what actually happened ------------------------------------------------------------
 
-@pytest.mark.parametrize("direction", list(Direction), ids=lambda d: d.value)
+@pytest.mark.parametrize("direction", list(Direction), ids=lambda d: d.name.lower())
 def test_install_without_the_ulp_says_to_attach_it(tcp_pair, direction):
     """setsockopt(SOL_TLS) on a TCP socket without the ULP fails with ENOPROTOOPT on any kernel, with
     or without the tls module: the socket lacks the ULP, the kernel does not lack TCP_ULP."""
