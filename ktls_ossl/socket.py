@@ -32,8 +32,6 @@ kernel that a readiness-driven caller would not be told about).
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import enum
 import errno
@@ -48,20 +46,18 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import control, errors, kernel, keys, records
+from . import errors, kernel, keys, records
 from ._ossl import ffi, lib
-from .control import Action, ControlState
 from .errors import (
     KernelTLSError,
-    KTLSKeyExpiredError,
-    KTLSRecordError,
     KTLSRekeyUnsupportedError,
     KTLSUnavailableError,
     KTLSUnwrappedError,
 )
-from .handshake import WANT_READ, WANT_WRITE, Handshake, HandoffUnavailable, KeyUpdateRecord, Policy, Session
+from .handshake import WANT_READ, Handshake, HandoffUnavailable, Policy, Session
+from .session import KernelSession, hand_over
 from .kernel import Direction
-from .records import Alert, AlertDescription, AlertLevel, ContentType
+from .records import ContentType
 
 if TYPE_CHECKING:
     # typeshed's names (as its ssl.pyi and socket.pyi use them) exist only for type checkers; the
@@ -72,7 +68,6 @@ if TYPE_CHECKING:
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
 # The longest close() waits, after a failure, for the peer to acknowledge what we sent (_linger).
 LINGER_AFTER_FAILURE = 2.0
-CLOSE_NOTIFY = Alert(AlertLevel.WARNING, AlertDescription.close_notify).pack()
 
 
 @dataclass(frozen=True)
@@ -143,15 +138,13 @@ def _guarded(method):
 _NOT_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
 
 
-class _TcpEnd(enum.Enum):
-    """What this connection has reported of TCP's end, as a user-space connection reads it."""
-    OPEN = "open"
-    EOF_REPORTED = "a read reported TCP EOF without close_notify"
-    # A read or write reported a reset (or the broken pipe after one). The kernel's TLS layer does
-    # not report it as TCP would after that (7.x repeats ECONNRESET; after EPIPE a write may even
-    # succeed into the void), so from here the connection answers as TCP does in user space:
-    # reads find EOF, writes get EPIPE.
-    RESET_REPORTED = "a read or write reported a TCP reset"
+class ConnectionState(enum.Enum):
+    """Where a connection's record layer is: decided once, when the handshake completes. (Closing
+    is ``release()``'s, which works without a lock: see the module doc.)"""
+    HANDSHAKING = "handshaking"
+    KERNEL = "the kernel carries the record layer (RX, and TX unless the status says why not)"
+    OPENSSL = "OpenSSL carries the record layer (the policy, or the kernel could not take it)"
+    FAILED = "the handshake failed"  # final: every later call raises its error again
 
 
 class _Waiter:
@@ -181,6 +174,11 @@ class _Waiter:
 
     def __enter__(self) -> "_Waiter":
         return self
+
+    @property
+    def nonblocking(self) -> bool:
+        """The caller waits for readiness itself (a non-blocking socket)."""
+        return self._connection.owner.gettimeout() == 0.0
 
     def __exit__(self, *exc_info) -> None:
         if self._epoll is not None:
@@ -252,33 +250,12 @@ class Connection:
         self._linger_limit = 0.0
         self._freed = False
         self._life_lock = threading.Lock()
-        # Records we send on our own (alerts, KeyUpdates, OpenSSL's post-handshake answers) that
-        # could not go out yet on a non-blocking socket: (content type, payload, then) in order;
-        # ``then`` runs once the record is out (the TX key change behind a KeyUpdate). Nothing
-        # else is read or written before they are out, which bounds them to one record's answers.
-        self._outgoing: collections.deque = collections.deque()
-        self._outgoing_lock = threading.Lock()
-        # TLS 1.3 on a kernel that rekeys: the kernel may park a decrypted KeyUpdate behind data.
-        self._records_may_park = False
-        # Where the TX key can change (TLS 1.3 on a kernel that rekeys), every record the kernel
-        # sends for us goes out under this lock, so that no data record can slip between a
-        # KeyUpdate message and the key change that must follow it. Elsewhere it is a no-op:
-        # an uncontended lock still costs a clock read per send.
-        self._tx_lock = contextlib.nullcontext()
-        self._done = False
+        self.state = ConnectionState.HANDSHAKING
         self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
-        self._tx_kernel = self._rx_kernel = False
         self._handoff = None
-        self._decrypt_errors_at_handoff: int | None = None
-        self._control: ControlState | None = None
-        self._leftover = b""
-        self._scratch = None
-        self._peer_closed = False
-        self._sent_close = False
-        self._failure: BaseException | None = None
-        self._tcp_end = _TcpEnd.OPEN
-        self._connection_error: ConnectionError | None = None  # a reset that a peek took (below)
-        self.tickets_received = 0
+        # The kernel's record layer once it holds the RX keys (session.KernelSession).
+        self._session: KernelSession | None = None
+        self._failure: BaseException | None = None  # ConnectionState.FAILED: the handshake's error
         self._delivered_any = False
         # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel so far, and why sending is
         # impossible once OpenSSL moved its TLS 1.3 write key without the kernel (KeyUpdate).
@@ -289,12 +266,6 @@ class Connection:
         if self.policy is Policy.AFTER_CCS:
             # Where OpenSSL's own kTLS installed keys shows at the first message after it did.
             self._handshake.watch_every_message()
-        self.key_updates = 0
-        self._key_update_after = None
-        # An upper bound of the records sent under the current TX key (each send() closes at
-        # least one record, and one per 16 KiB), refreshed from the kernel's rec_seq near limits.
-        self._tx_records_bound = 0
-        self.key_limit_reached = False
 
     # --- lifetime (see the module doc) ---------------------------------------------------------
 
@@ -337,18 +308,7 @@ class Connection:
         self._shutdown(_socket.SHUT_RDWR)
 
     def _shutdown(self, how: int) -> None:
-        """shutdown(2) on the connection's descriptor, which stays open (no socket object owns it
-        here); a connection that is not connected any more has nothing to shut down."""
-        try:
-            sock = _socket.socket(fileno=self._fd)
-        except OSError:
-            return
-        try:
-            sock.shutdown(how)
-        except OSError:
-            pass
-        finally:
-            sock.detach()
+        kernel.shutdown(self._fd, how)
 
     def _free(self) -> None:
         """Free OpenSSL's state and close the fd where asked: once each, whichever of release()
@@ -420,7 +380,7 @@ class Connection:
             self._note_openssl_offload()
         if content_type != ContentType.HANDSHAKE or not data:
             return
-        if data[0] == records.HandshakeType.finished and not write_p and not self._done:
+        if data[0] == records.HandshakeType.finished and not write_p and self.state is ConnectionState.HANDSHAKING:
             if self.policy is Policy.USERSPACE:
                 rx = "none (policy USERSPACE)"
             else:
@@ -457,7 +417,7 @@ class Connection:
     @_guarded
     def do_handshake(self) -> None:
         with self._lock:
-            if self._done:
+            if self.state in (ConnectionState.KERNEL, ConnectionState.OPENSSL):
                 return
             self._check_required_before_handshake()
             if self._failure is not None:
@@ -470,7 +430,7 @@ class Connection:
                             want = self._handshake.step()
                         except Exception as exc:
                             self._check_open()  # the socket closed under the handshake: that is the error
-                            self._failure = exc
+                            self._failure, self.state = exc, ConnectionState.FAILED
                             self._event(f"handshake failed: {exc}")
                             raise
                         if want == 0:
@@ -486,7 +446,7 @@ class Connection:
             if self.policy is not Policy.AFTER_CCS:  # AFTER_CCS watches OpenSSL's KeyUpdates
                 self._handshake.stop_counting()
             self._after_handshake()
-            self._done = True
+            self.state = ConnectionState.KERNEL if self._session is not None else ConnectionState.OPENSSL
             self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
 
     def _check_required_before_handshake(self) -> None:
@@ -528,54 +488,39 @@ class Connection:
         try:
             if sock.family not in (_socket.AF_INET, _socket.AF_INET6) or sock.type != _socket.SOCK_STREAM:
                 raise HandoffUnavailable("kernel TLS needs a TCP socket")
-            report = kernel.probe()
-            if not report.ulp_available:
-                raise HandoffUnavailable(report.ulp_message)
-            handoff = self._handshake.handoff()
-            rx_reason = report.unavailable_reason(handoff.version, handoff.cipher, Direction.RX)
-            if rx_reason:
-                raise HandoffUnavailable(rx_reason)
-            tx_reason = report.unavailable_reason(handoff.version, handoff.cipher, Direction.TX)
-            kernel.attach_ulp(self._fd)
-            # RX first: with RX in the kernel and TX in OpenSSL the connection still works; the
-            # other way round OpenSSL would answer post-handshake messages with stale write state.
-            kernel.install(self._fd, Direction.RX, handoff.rx)
-            self._rx_kernel = True
-            self._event(f"RX installed in the kernel at record {handoff.rx.seq}")
-            if tx_reason is None:
-                try:
-                    kernel.install(self._fd, Direction.TX, handoff.tx)
-                    self._tx_kernel = True
-                    self._event(f"TX installed in the kernel at record {handoff.tx.seq}")
-                except KernelTLSError as exc:
-                    tx_reason = exc.message
-            self._handshake.detach_from_socket(handoff, tx=self._tx_kernel)
-            self._handoff = handoff
-            self._key_update_after = (self._context.key_update_records
-                                      or keys.DEFAULT_KEY_UPDATE_RECORDS[handoff.cipher])
-            self._tx_records_bound = handoff.tx.seq
-            self._control = ControlState(handoff.version, self.server_side,
-                                         post_handshake_auth=bool(self._context.post_handshake_auth))
-            if handoff.version == keys.TLS_1_3_VERSION:
-                # What tells a failed tag from a record without a content type (_record_refused).
-                self._decrypt_errors_at_handoff = kernel.decrypt_error_count()
-            if handoff.version == keys.TLS_1_3_VERSION and report.rekey_supported:
-                self._tx_lock = threading.RLock()
-                self._records_may_park = True
+            self._session = hand_over(
+                self._fd, self._handshake, event=self._event, server_side=self.server_side,
+                post_handshake_auth=bool(self._context.post_handshake_auth),
+                key_update_after=self._context.key_update_records,
+                waiter_for=lambda operation: _Waiter(self, operation), check_open=self._check_open,
+                on_control_record=self._on_control_record)
+            handoff = self._handoff = self._session.handoff
+            tx_reason = self._session.tx_reason
             cipher_label = f"{handoff.cipher.display_name} ({handoff.suite})"
-        except (HandoffUnavailable, KernelTLSError) as exc:
-            if self._rx_kernel:
-                raise  # the kernel holds RX keys: there is no going back to OpenSSL
+        except (HandoffUnavailable, KernelTLSError) as exc:  # raised before any key is in the kernel
             tx_reason = rx_reason = getattr(exc, "message", None) or str(exc)
             cipher_label = cipher_name
             self._event(f"kernel handoff not possible: {exc}")
         rekey = None
-        if self._rx_kernel:
+        rx_kernel = self._session is not None
+        if rx_kernel:
             rekey = self._handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
-        self._status = KTLSStatus(self.policy, self._tx_kernel, self._rx_kernel,
+        self._status = KTLSStatus(self.policy, self._tx_kernel, rx_kernel,
                                   None if self._tx_kernel else tx_reason,
-                                  None if self._rx_kernel else rx_reason, cipher_label, version,
+                                  None if rx_kernel else rx_reason, cipher_label, version,
                                   rekey_supported=rekey)
+
+    @property
+    def tickets_received(self) -> int:
+        return self._session.tickets_received if self._session is not None else 0
+
+    @property
+    def key_updates(self) -> int:
+        return self._session.key_updates if self._session is not None else 0
+
+    @property
+    def key_limit_reached(self) -> bool:
+        return self._session.key_limit_reached if self._session is not None else False
 
     @property
     def status(self) -> KTLSStatus:
@@ -584,17 +529,31 @@ class Connection:
         return dataclasses.replace(self._status, key_updates=self.key_updates,
                                    key_limit_reached=self.key_limit_reached)
 
+    @property
+    def _tx_kernel(self) -> bool:
+        """The kernel sends for this connection (its session holds the TX keys)."""
+        return self._session is not None and self._session.tx_in_kernel
+
     def _ensure_handshake(self) -> None:
-        if not self._done:
+        if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.FAILED:
             self.do_handshake()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
-            if self._tcp_end is not _TcpEnd.OPEN:
-                # OpenSSL, failed by an EOF without close_notify, fails later reads and writes
-                # with SSL_ERROR_SYSCALL and nothing queued: CPython's SSLEOFError without a reason.
-                raise errors.eof_error()
             raise self._failure
+        if self._session is not None:
+            self._session.raise_if_failed()
+
+    def _on_control_record(self, content_type: int, payload: bytes) -> None:
+        """The context's control_record_callback sees each control record first (its errors are
+        reported, never raised: the built-in handling must run)."""
+        callback = self._context.control_record_callback
+        if callback is not None:
+            try:
+                callback(self.owner, content_type, payload)
+            except Exception as exc:
+                errors.report_callback_error(exc, callback, "Exception ignored in control_record_callback")
+            self._check_open()  # the callback may have closed the socket
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -616,8 +575,9 @@ class Connection:
             return 0
         self._ensure_handshake()
         self._raise_if_failed()
-        if self._rx_kernel:
-            count = self._kernel_read(view, nbytes)
+        if self._session is not None:
+            with _Waiter(self, "read") as waiter:
+                count = self._session.read_into(view, nbytes, waiter)
         else:
             count = self._openssl_read(view, nbytes)
         if count and not self._delivered_any:
@@ -642,423 +602,7 @@ class Connection:
                     return count
                 waiter.wait(-count)
 
-    def _kernel_read(self, view, nbytes: int) -> int:
-        if self._leftover:
-            count = min(nbytes, len(self._leftover))
-            view[:count] = self._leftover[:count]
-            self._leftover = self._leftover[count:]
-            return count
-        self._flush_outgoing("read")
-        with _Waiter(self, "read") as waiter:
-            while True:
-                if self._peer_closed:
-                    return 0
-                # Straight into the caller's buffer only where a data record would be delivered:
-                # data that is about to be refused must not reach application memory.
-                if nbytes >= MAX_RECORD and control.data_refused(self._control) is None:
-                    target = view[:nbytes]
-                else:
-                    target = self._scratch_buffer()
-                record = self._receive(target, waiter)
-                count = self._take_record(record, target, view, nbytes)
-                if count is None:
-                    continue
-                if self._records_may_park and self.owner.gettimeout() == 0.0:
-                    self._take_parked_records()
-                return count
-
-    def _receive(self, target, waiter: _Waiter) -> kernel.ReceivedRecord:
-        """One recvmsg from the kernel into ``target`` (data, or one control record), waiting as
-        the call's ``waiter`` allows. What the kernel refuses ends the connection."""
-        while True:
-            self._check_open()
-            if self._connection_error is not None:
-                exc, self._connection_error = self._connection_error, None
-                return self._connection_ended(exc)
-            if self._tcp_end is _TcpEnd.RESET_REPORTED:
-                return kernel.ReceivedRecord(0, 0, 0)  # TCP's reads after a reported reset: EOF
-            try:
-                return kernel.recv_record_into(self._fd, target)
-            except BlockingIOError:
-                waiter.wait(WANT_READ)
-            except KTLSKeyExpiredError as exc:
-                if not self._resume_under_current_key():
-                    raise self._terminate(exc, f"kernel refused a record: {exc.reason}") from None
-            except KTLSRecordError as exc:
-                raise self._record_refused(exc) from None
-            except ConnectionError as exc:
-                self._check_open()
-                return self._connection_ended(exc)
-
-    def _connection_ended(self, exc: ConnectionError) -> kernel.ReceivedRecord:
-        """The kernel's read failed because TCP ended with a reset: the result a read gets in
-        user space, where CPython's ssl reads with OpenSSL (measured side by side, see
-        tests/test_connection_end.py). The kernel reports a reset before any byte still queued
-        that does not complete a record, so what came before the reset decides:
-
-        - EPIPE: TCP takes a reset as EPIPE when the peer's FIN came first (CLOSE_WAIT). A
-          user-space read sees that FIN (the receive queue is read before the error): TCP EOF
-          without close_notify, returned here as the kernel returns EOF.
-        - ECONNRESET and the like: a reset with no FIN before it. OpenSSL's read fails with
-          SSL_ERROR_SYSCALL, which CPython reports as its SSL_read_ex failures
-          (errors.syscall_error: SSLEOFError without a reason up to 3.12, ConnectionResetError on
-          3.13), and OpenSSL is not failed by it: the next read finds TCP at its end
-          (UNEXPECTED_EOF_WHILE_READING), as the kernel's next read returns EOF here.
-        """
-        self._tcp_end = _TcpEnd.RESET_REPORTED
-        if isinstance(exc, BrokenPipeError):
-            self._event("TCP reset after the peer's FIN: the FIN is the end")
-            return kernel.ReceivedRecord(0, 0, 0)
-        self._event(f"connection reset: {exc}")
-        raise errors.syscall_error(0, exc.errno) from None
-
-    def _write_failed(self, exc: OSError) -> BaseException:
-        """A kernel TLS write (or sendfile) failed in the system call: what CPython raises where
-        SSL_write_ex fails the same way in user space (a reset, a broken pipe: see
-        errors.syscall_error); other OS errors as they are."""
-        self._check_open()
-        if isinstance(exc, ConnectionError):
-            self._tcp_end = _TcpEnd.RESET_REPORTED
-            self._event(f"write failed: {exc}")
-            return self._write_error(exc.errno)
-        return exc
-
-    def _check_not_reset(self) -> None:
-        """Writes after a reported reset fail as TCP's do then (EPIPE), in CPython's words."""
-        if self._tcp_end is _TcpEnd.RESET_REPORTED:
-            raise self._write_error(errno.EPIPE)
-
-    def _write_error(self, error: int) -> BaseException:
-        """SSL_write_ex failing in the system call: SSL_get_error calls that ZERO_RETURN once the
-        peer's close_notify was read, SSL_ERROR_SYSCALL (errors.syscall_error) before."""
-        if self._peer_closed:
-            return errors.zero_return_error()
-        return errors.syscall_error(0, error)
-
-    def _scratch_buffer(self) -> bytearray:
-        if self._scratch is None:  # only connections that do short reads pay for it
-            self._scratch = bytearray(MAX_RECORD)
-        return self._scratch
-
-    def _take_record(self, record, target, view, nbytes: int) -> int | None:
-        """What one received record means for a read: the byte count delivered into ``view``,
-        or None where the read goes on (a control record was handled, an empty record)."""
-        content_type = record.content_type
-        if content_type == ContentType.APPLICATION_DATA:
-            if record.length == 0:
-                # Empty data records are legal. The kernel consumes them inside recvmsg without a
-                # trace (a run of them surfaces at most once, as this zero-length read), so
-                # OpenSSL's limit on a run of them cannot be applied here (see README).
-                return None
-            refused = control.data_refused(self._control)
-            if refused:
-                self._fail(refused)
-            self._control.saw_application_data()
-            if target is not self._scratch:
-                return record.length
-            count = min(nbytes, record.length)
-            view[:count] = target[:count]
-            self._leftover = bytes(target[count:record.length])
-            return count
-        if content_type == 0:
-            if record.length == 0:
-                self._check_open()  # our own shutdown at close looks like EOF
-                if self._tcp_end is _TcpEnd.OPEN:
-                    self._tcp_end = _TcpEnd.EOF_REPORTED
-                raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
-            raise KernelTLSError(0, "the kernel returned data without a record type (no TLS receive key "
-                                    "is installed on this socket): the connection cannot continue", "NO_RECORD_TYPE")
-        self._handle_control(content_type, bytes(target[: record.length]))
-        return None
-
-    def _take_parked_records(self) -> None:
-        """After a read on a non-blocking socket, whose caller waits for readiness itself: control
-        records the kernel decrypted and holds (a KeyUpdate that stopped the read) are handled now,
-        since the kernel reports nothing readable while it holds one. (A blocking read takes them
-        at its next call.) A 1-byte peek tells what comes next; data stays in the kernel. A
-        failure is kept for the next call: the data just read is the caller's."""
-        scratch = self._scratch_buffer()
-        while not self._peer_closed and self._failure is None:
-            try:
-                peeked = kernel.recv_record_into(self._fd, memoryview(scratch)[:1],
-                                                 _socket.MSG_DONTWAIT | _socket.MSG_PEEK)
-                if peeked.content_type != ContentType.HANDSHAKE:
-                    return  # data, an alert, EOF: readiness reports them, the next read takes them
-                record = kernel.recv_record_into(self._fd, scratch, _socket.MSG_DONTWAIT)
-                self._handle_control(record.content_type, bytes(scratch[: record.length]))
-            except BlockingIOError:
-                return
-            except ConnectionError as exc:
-                # The peek took the kernel's error: the next read gets the outcome of a reset.
-                self._connection_error = exc
-                return
-            except Exception as exc:
-                if isinstance(exc, KTLSRecordError):
-                    exc = self._record_refused(exc)
-                if self._failure is None:
-                    self._failure = exc
-                # The caller learns it at its next read; shutting reception down makes the socket
-                # readable, so that a caller waiting for readiness makes that read.
-                self._shutdown(_socket.SHUT_RD)
-                return
-
-    def _record_refused(self, exc: KTLSRecordError) -> KTLSRecordError:
-        """The kernel refused a received record: the connection is over. The peer gets the fatal
-        alert OpenSSL sends for that record in user space, behind everything sent before it; the
-        kernel's pending error is taken first, or it would refuse the alert too (see
-        kernel.take_pending_error). Returns the exception for the caller to raise."""
-        version = self._handoff.version
-        authenticated = False
-        # A failed decryption leaves its error pending; the record parser's errors do not.
-        decrypting = kernel.take_pending_error(self._fd) == errno.EBADMSG
-        if decrypting and version == keys.TLS_1_3_VERSION:
-            # Decryption ran. A failed tag moved TlsDecryptError; a TLS 1.3 record that
-            # authenticated but has no content type did not. The counter is the network
-            # namespace's, so another connection's failure since our handoff makes the second
-            # case look like the first (bad_record_mac); a failed tag never looks authenticated.
-            before = self._decrypt_errors_at_handoff
-            authenticated = before is not None and kernel.decrypt_error_count() == before
-        if authenticated:
-            exc = KTLSRecordError(exc.errno, "the peer sent a TLS 1.3 record that authenticated but has no "
-                                             "content type (its inner plaintext is all zeros); the connection "
-                                             "is unusable", exc.reason)
-        alert = control.alert_for_refused_record(version, exc.errno, decrypting=decrypting,
-                                                 authenticated=authenticated)
-        self._terminate(exc, f"kernel refused a record: {exc.reason}")
-        self._send_final_alert(alert)
-        return exc
-
-    def _resume_under_current_key(self) -> bool:
-        """The kernel pauses reception after every handshake record that starts with byte 24 (the
-        KeyUpdate type), expecting the next key. We install that key as soon as a complete KeyUpdate
-        ends its record, so a pause we meet was not for one: the first fragment of a KeyUpdate,
-        or a fragment of another message that happens to start with that byte. The records behind
-        it are still under the current key, which goes back in at the kernel's next sequence
-        number."""
-        if not self._records_may_park:
-            return False
-        current = kernel.read_crypto_info(self._fd, Direction.RX)
-        kernel.rekey(self._fd, Direction.RX, current)
-        self._event(f"kernel paused at a record that did not end a KeyUpdate: RX resumed under the "
-                    f"current key at record {current.seq}")
-        return True
-
-    # --- control records --------------------------------------------------------------------------
-
-    def _handle_control(self, content_type: int, payload: bytes) -> None:
-        """One non-data record: the application's callback sees it first, then the built-in
-        action always runs (a callback cannot stop a key change or drop a ticket). What the
-        action sends goes out before this returns, or stays queued on a non-blocking socket."""
-        self._event(f"control record type={content_type} length={len(payload)}")
-        callback = self._context.control_record_callback
-        if callback is not None:
-            try:
-                callback(self.owner, content_type, payload)
-            except Exception as exc:
-                errors.report_callback_error(exc, callback, "Exception ignored in control_record_callback")
-            self._check_open()  # the callback may have closed the socket
-        for decision in control.decide(self._control, content_type, payload):
-            self._carry_out(decision)
-        self._flush_outgoing("read")
-
-    def _carry_out(self, decision: control.Decision) -> None:
-        action = decision.action
-        if action is Action.CLOSE:
-            self._peer_closed = True
-            self._handshake.note_close_notify(received=True)
-            self._event("close_notify received")
-        elif action is Action.IGNORE:
-            self._event(decision.message or "ignored")
-        elif action is Action.PEER_ALERT:
-            raise self._terminate(errors.peer_alert_error(decision.alert.description),
-                                  f"fatal alert received: {decision.alert.description_name}")
-        elif action is Action.FAIL:
-            self._fail(decision)
-        elif action is Action.REFUSE_RENEGOTIATION:
-            self._queue_alert(decision.alert)
-            self._event(decision.message)
-        elif action is Action.SESSION_TICKET:
-            self._to_openssl(decision)
-            self.tickets_received += 1
-            self._event("NewSessionTicket accepted by OpenSSL")
-        elif action is Action.KEY_UPDATE:
-            self._peer_key_update(decision)
-        elif action is Action.CERTIFICATE_REQUEST:
-            self._to_openssl(decision)
-            self._event("post-handshake CertificateRequest answered by OpenSSL")
-        elif action is Action.CLIENT_AUTHENTICATION:
-            self._to_openssl(decision)
-            if not self._handshake.in_handshake:
-                self._control.client_auth = None
-                self._event("client authenticated after the handshake")
-
-    def _to_openssl(self, decision: control.Decision, *, key_update: bool = False) -> bool:
-        """OpenSSL processes the message (it owns sessions, the key schedule and certificate
-        checks); its answer goes out through the kernel. A rejection fails the connection (after
-        OpenSSL's alert). Returns whether the answer holds a KeyUpdate of OpenSSL's."""
-        message = decision.handshake.pack()
-        try:
-            if key_update:
-                answer = self._handshake.feed_key_update(message)
-            else:
-                answer = self._handshake.feed(ContentType.HANDSHAKE, message)
-        except BaseException as exc:
-            self._check_open()
-            self._queue_own_records(getattr(exc, "ktls_outgoing", []))
-            self._flush_outgoing("read", best_effort=True)
-            self._terminate(exc, f"OpenSSL rejected a post-handshake message: {exc}")
-            raise
-        return self._queue_own_records(answer)
-
-    def _fail(self, decision: control.Decision):
-        if decision.alert is not None:
-            self._send_final_alert(decision.alert)
-        raise self._terminate(errors.local_protocol_error(decision.reason, decision.message),
-                              f"connection failed: {decision.reason}: {decision.message}")
-
-    def _terminate(self, exc: BaseException, event: str) -> BaseException:
-        """The connection is over because of ``exc``: every later call raises it again, and
-        its session may not be resumed. Returns ``exc`` for the caller to raise."""
-        self._failure = exc
-        self._event(event)
-        self._handshake.forget_session()
-        return exc
-
-    # --- records we send on our own --------------------------------------------------------------
-
-    def _queue_alert(self, alert: Alert) -> None:
-        if self._tx_kernel:
-            self._outgoing.append((ContentType.ALERT, alert.pack(), None))
-            self._event(f"alert sent: {alert.description_name}")
-
-    def _send_final_alert(self, alert: Alert) -> None:
-        """The fatal alert of a failing connection: sent if it fits now, never waited for (the
-        error the caller gets is what matters)."""
-        self._queue_alert(alert)
-        self._flush_outgoing("read", best_effort=True)
-
-    def _queue_own_records(self, answer) -> bool:
-        """Queue records OpenSSL wrote for the kernel to send. The TX key changes right behind a
-        KeyUpdate among them: the change runs as that record's ``then``, under the TX lock, so no
-        record goes out between the two. Returns whether there was a KeyUpdate."""
-        key_update = False
-        for record in answer:
-            then = None
-            if isinstance(record, KeyUpdateRecord):
-                then = functools.partial(self._next_tx_key, record.next_keys, record.update_requested)
-                key_update = True
-            self._outgoing.append((*record, then))
-        return key_update
-
-    def _flush_outgoing(self, operation: str, *, best_effort: bool = False) -> None:
-        """Send the records of our own that wait, in order, before anything else is sent or read.
-        Blocking and timeout sockets wait for room (the timeout bounds it, as for any call);
-        on a non-blocking socket what cannot go out stays queued and SSLWantWriteError says so.
-        ``best_effort``: send what fits now and never raise (an alert on a failing connection)."""
-        if not self._outgoing:
-            return
-        with self._tx_lock, self._outgoing_lock, _Waiter(self, operation) as waiter:
-            while self._outgoing:
-                content_type, payload, then = self._outgoing[0]
-                try:
-                    sent = kernel.send_record(self._fd, content_type, payload, _socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    if best_effort:
-                        return
-                    waiter.wait(WANT_WRITE)
-                    continue
-                except OSError:
-                    if best_effort:
-                        return
-                    self._check_open()
-                    raise
-                if sent < len(payload):  # the rest goes out as a record of the same type
-                    self._outgoing[0] = (content_type, payload[sent:], then)
-                    continue
-                self._outgoing.popleft()
-                if then is not None:
-                    then()
-
-    # --- key updates -------------------------------------------------------------------------------
-
-    def _peer_key_update(self, decision: control.Decision) -> None:
-        if not kernel.probe().rekey_supported:
-            error = KTLSRekeyUnsupportedError(
-                0, f"the peer updated its TLS 1.3 keys (KeyUpdate) but kernel "
-                   f"{kernel.probe().kernel_release} cannot install the next receive key "
-                   "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
-                "KEY_UPDATE_UNSUPPORTED")
-            self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
-            self._send_final_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
-            raise error
-        # OpenSSL owns the key schedule, in both directions, and the kernel's keys follow it (a
-        # post-handshake authentication depends on OpenSSL's secrets): it learns of the peer's
-        # KeyUpdate, the kernel gets the receive key OpenSSL moved to, and where the peer asks for
-        # our update, OpenSSL writes it (at once, or when asked, depending on its version).
-        answered = self._to_openssl(decision, key_update=True)
-        try:
-            kernel.rekey(self._fd, Direction.RX, self._handshake.read_keys)
-        except KernelTLSError as exc:
-            raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
-        self._event("KeyUpdate received: RX rekeyed")
-        if decision.update_requested and not answered and self._tx_kernel:
-            self._update_tx_keys(request_peer=False)
-
-    def _update_tx_keys(self, request_peer: bool) -> None:
-        """Our KeyUpdate, written by OpenSSL, goes out, and the TX key changes right behind it."""
-        self._queue_own_records(self._handshake.key_update_records(request_peer))
-
-    def _next_tx_key(self, next_keys: keys.TrafficKeys, request_peer: bool) -> None:
-        try:
-            kernel.rekey(self._fd, Direction.TX, next_keys)
-        except (KernelTLSError, OSError) as exc:
-            # The peer has the KeyUpdate and reads with the next key from here on: nothing sent
-            # under the old key could be read, so the connection ends here, for good.
-            reason = getattr(exc, "reason", None) or "KEY_UPDATE_FAILED"
-            error = KernelTLSError(exc.errno or 0, "our KeyUpdate was sent but the kernel refused the "
-                                   f"next send key ({getattr(exc, 'message', exc)}); the peer now "
-                                   "expects that key, so nothing more can be sent on this connection",
-                                   reason)
-            raise self._terminate(error, f"KeyUpdate sent; the kernel refused the next TX key: {exc}") from None
-        self._tx_records_bound = 0
-        self.key_updates += 1
-        self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
-
-    def _count_sent(self, records_bound: int) -> None:
-        """Proactive key update (RFC 8446 5.5) before the current TX key has protected too many
-        records; where the kernel cannot rekey, refuse to exceed the AEAD limit itself."""
-        self._tx_records_bound += records_bound
-        if self._tx_records_bound < self._key_update_after:
-            return
-        # The bound is loose; the kernel's rec_seq is exact.
-        self._tx_records_bound = kernel.read_crypto_info(self._fd, Direction.TX).seq
-        if self._tx_records_bound < self._key_update_after:
-            return
-        if self._handoff.version == keys.TLS_1_3_VERSION and kernel.probe().rekey_supported:
-            with self._lock:
-                self._update_tx_keys(request_peer=False)
-                self._flush_queued_key_update()
-            return
-        if not self.key_limit_reached:
-            self.key_limit_reached = True
-            self._event(f"{self._tx_records_bound} records under one key and the kernel cannot "
-                        "update keys: close this connection soon")
-
-    def _flush_queued_key_update(self) -> None:
-        """A KeyUpdate we start goes out now where it can; on a non-blocking socket that is full it
-        stays queued (as OpenSSL's SSL_key_update) and goes out, with its key change, before the
-        next record is sent."""
-        try:
-            self._flush_outgoing("write")
-        except ssl.SSLWantWriteError:
-            pass
-
-    def _check_key_limit(self) -> None:
-        if self.key_limit_reached and self._tx_records_bound >= keys.AEAD_RECORD_LIMITS[self._handoff.cipher]:
-            raise errors.KTLSKeyLimitError(
-                0, f"{self._tx_records_bound} records were sent under one key, the limit of "
-                   f"{self._handoff.cipher.display_name} (RFC 8446 5.5), and this kernel cannot update "
-                   "keys; nothing more is sent on this connection", "KEY_USAGE_LIMIT")
+    # --- key updates, records ----------------------------------------------------------------------
 
     @_guarded
     def key_update(self, request_peer: bool = False) -> None:
@@ -1073,12 +617,7 @@ class Connection:
             if not self._tx_kernel:
                 self._handshake.key_update(request_peer)
                 return
-            if not kernel.probe().rekey_supported:
-                raise KTLSRekeyUnsupportedError(
-                    0, f"kernel {kernel.probe().kernel_release} cannot replace TLS 1.3 keys "
-                       "(needs Linux 6.14+); nothing was sent", "KEY_UPDATE_UNSUPPORTED")
-            self._update_tx_keys(request_peer)
-            self._flush_queued_key_update()
+            self._session.key_update(request_peer)
 
     @_guarded
     def recv_record(self, bufsize: int = MAX_RECORD):
@@ -1089,26 +628,11 @@ class Connection:
         connection (a fatal alert, a protocol violation) raises instead."""
         self._ensure_handshake()
         self._raise_if_failed()
-        if not self._rx_kernel:
+        if self._session is None:
             raise ValueError("recv_record needs the kernel to carry the receive direction "
                              f"({self._status.rx_reason})")
-        if self._leftover:
-            data, self._leftover = self._leftover, b""
-            return ContentType.APPLICATION_DATA, data
-        self._flush_outgoing("read")
-        buffer = bytearray(max(bufsize, MAX_RECORD))  # a control record is always taken whole
         with _Waiter(self, "read") as waiter:
-            record = self._receive(buffer, waiter)
-        payload = bytes(buffer[: record.length])
-        if record.content_type == ContentType.APPLICATION_DATA:
-            refused = control.data_refused(self._control)
-            if refused:
-                self._fail(refused)
-            if record.length:
-                self._control.saw_application_data()
-        elif record.content_type != 0:
-            self._handle_control(record.content_type, payload)
-        return record.content_type, payload
+            return self._session.recv_record(bufsize, waiter)
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -1119,7 +643,8 @@ class Connection:
         if self._openssl_tx_stale is not None:
             raise self._openssl_tx_stale
         if self._tx_kernel:
-            count = self._kernel_write(data)
+            with _Waiter(self, "write") as waiter:
+                count = self._session.write(data, waiter)
             self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
             return count
         with _Waiter(self, "write") as waiter:
@@ -1134,24 +659,6 @@ class Connection:
                     return count
                 waiter.wait(-count)
 
-    def _kernel_write(self, data) -> int:
-        self._check_not_reset()
-        self._check_key_limit()
-        with _Waiter(self, "write") as waiter:
-            while True:
-                try:
-                    with self._tx_lock:
-                        if self._outgoing:  # records of our own go out first, at every attempt
-                            self._flush_outgoing("write")
-                        sent = os.write(self._fd, data)
-                    break
-                except BlockingIOError:
-                    waiter.wait(WANT_WRITE)
-                except OSError as exc:
-                    raise self._write_failed(exc) from None
-        self._count_sent(sent // MAX_RECORD + 1)
-        return sent
-
     @_guarded
     def sendfile(self, file, offset: int, count):
         """Bytes sent through the kernel path, or None when this connection cannot sendfile."""
@@ -1162,27 +669,13 @@ class Connection:
         except (AttributeError, OSError):  # not a real file (io.UnsupportedOperation is an OSError)
             return None
         if self._tx_kernel:
-            self._check_key_limit()
-            self._flush_outgoing("write")
-            return self._sendfile_loop(file, fileno, offset, count, self._kernel_sendfile_chunk)
+            self._session.prepare_sendfile()
+            return self._sendfile_loop(file, fileno, offset, count, self._session.sendfile_chunk)
         if self.policy is Policy.AFTER_CCS and self._status.tx:
             if self._openssl_tx_stale is not None:
                 raise self._openssl_tx_stale
             return self._sendfile_loop(file, fileno, offset, count, self._handshake.sendfile)
         return None
-
-    def _kernel_sendfile_chunk(self, fileno: int, offset: int, size: int) -> int:
-        """os.sendfile into the kernel's TLS: bytes sent, or -WANT_WRITE."""
-        self._check_not_reset()
-        try:
-            with self._tx_lock:
-                sent = os.sendfile(self._fd, fileno, offset, size)
-        except BlockingIOError:
-            return -WANT_WRITE
-        except OSError as exc:
-            raise self._write_failed(exc) from None
-        self._count_sent(sent // MAX_RECORD + 1)
-        return sent
 
     def _sendfile_loop(self, file, fileno: int, offset: int, count, send_chunk) -> int:
         """socket.sendfile's contract over ``send_chunk(fileno, offset, size)`` (bytes, or -WANT_*):
@@ -1209,8 +702,8 @@ class Connection:
 
     @_guarded
     def pending(self) -> int:
-        if self._rx_kernel:
-            return len(self._leftover)
+        if self._session is not None:
+            return self._session.pending
         return self._handshake.pending()
 
     # --- shutdown ----------------------------------------------------------------------------------
@@ -1219,27 +712,11 @@ class Connection:
     def shutdown(self):
         """Send close_notify and wait for the peer's (CPython's unwrap); returns the socket."""
         sock = self.owner
-        if not (self._tx_kernel or self._rx_kernel):
+        if self._session is None:
             self._openssl_shutdown()
             return sock
-        if not self._sent_close:
-            if self._tx_kernel:
-                self._outgoing.append((ContentType.ALERT, CLOSE_NOTIFY, None))
-                self._flush_outgoing("write")
-            else:
-                self._handshake.shutdown_step()
-            self._sent_close = True
-            self._handshake.note_close_notify(sent=True)
-            self._event("close_notify sent")
-        scratch = self._scratch_buffer()
         with _Waiter(self, "read") as waiter:
-            while not self._peer_closed:
-                record = self._receive(scratch, waiter)
-                if record.content_type == 0 and record.length == 0:
-                    raise self._terminate(errors.unexpected_eof_error(), "TCP EOF without close_notify")
-                if record.content_type == ContentType.APPLICATION_DATA:
-                    continue  # data in flight while closing is discarded, as OpenSSL does
-                self._handle_control(record.content_type, bytes(scratch[: record.length]))
+            self._session.shutdown(waiter)
         return sock
 
     def _openssl_shutdown(self) -> None:
@@ -1310,15 +787,9 @@ class Connection:
         out at once; the client's answer is checked by OpenSSL when it arrives, and no data that
         follows it is delivered before OpenSSL has accepted it."""
         self._handshake.verify_client_post_handshake()
-        if self._rx_kernel:
+        if self._session is not None:
             with self._lock:
-                if self._tx_kernel:
-                    self._queue_own_records(self._handshake.emit())
-                    self._flush_outgoing("write")
-                else:
-                    self._handshake.emit()
-                self._control.client_auth = "requested"
-                self._event("post-handshake CertificateRequest sent")
+                self._session.request_client_certificate()
 
     @property
     @_guarded
