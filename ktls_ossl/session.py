@@ -25,30 +25,24 @@ Waiting is the caller's: every method that may block takes a *waiter* (``Waiter`
 ``wait(want)`` returns when the socket may be ready or raises (SSLWantReadError/SSLWantWriteError
 for a non-blocking caller, TimeoutError for a timeout). ``NonBlockingWaiter`` is the waiter of an
 event loop: every would-block becomes the want error at once, and the caller waits for readiness
-and calls again; nothing is lost in between (records of our own wait in ``_outgoing``).
+and calls again; nothing is lost in between (records of its own wait in the session's KernelSender).
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import enum
 import errno
-import functools
-import os
 import socket as _socket
-import ssl
-import threading
 from typing import Callable, Protocol
 
 from . import control, errors, kernel, keys
 from .control import Action, ControlState
 from .errors import KernelTLSError, KTLSKeyExpiredError, KTLSRecordError, KTLSRekeyUnsupportedError
-from .handshake import WANT_READ, WANT_WRITE, Handoff, HandoffUnavailable, KeyUpdateRecord
+from .handshake import WANT_READ, Handoff, HandoffUnavailable
 from .keys import Direction
 from .records import Alert, AlertDescription, AlertLevel, ContentType
+from .sender import KernelSender
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
-CLOSE_NOTIFY = Alert(AlertLevel.WARNING, AlertDescription.close_notify).pack()
 
 __all__ = ["KernelSession", "NonBlockingWaiter", "PostHandshakeEngine", "SessionState", "Waiter", "hand_over"]
 
@@ -205,30 +199,16 @@ class KernelSession:
         self._leftover = b""
         self._scratch: bytearray | None = None
         self.sent_close = False
-        # Records we send on our own (alerts, KeyUpdates, the engine's answers) that could not go
-        # out yet: (content type, payload, then) in order; ``then`` runs once the record is out
-        # (the TX key change behind a KeyUpdate). Nothing else is read or written before they are
-        # out, which bounds them to one record's answers.
-        self._outgoing: collections.deque = collections.deque()
-        self._outgoing_lock = threading.Lock()
-        self._key_lock = threading.RLock()
         rekeys = handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
-        # TLS 1.3 on a kernel that rekeys: the kernel may park a decrypted KeyUpdate behind data,
-        # and every record the kernel sends for us goes out under the TX lock, so that no data
-        # record can slip between a KeyUpdate message and the key change that must follow it.
-        # Elsewhere the lock is a no-op (an uncontended lock still costs a clock read per send).
+        # TLS 1.3 on a kernel that rekeys: the kernel may park a decrypted KeyUpdate behind data.
         self._records_may_park = rekeys
-        self._tx_lock = threading.RLock() if rekeys else contextlib.nullcontext()
+        self.sender = KernelSender(fd, handoff, tx_in_kernel=tx_in_kernel, post_handshake=post_handshake,
+                                   rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for,
+                                   check_open=check_open, event=event, terminate=self._terminate)
         # What tells a failed tag from a TLS 1.3 record without a content type (_record_refused).
         self._decrypt_errors_at_handoff = (kernel.decrypt_error_count()
                                            if handoff.version == keys.TLS_1_3_VERSION else None)
         self.tickets_received = 0
-        self.key_updates = 0
-        self.key_limit_reached = False
-        self._key_update_after = key_update_after or keys.DEFAULT_KEY_UPDATE_RECORDS[handoff.cipher]
-        # An upper bound of the records sent under the current TX key (each send closes at least
-        # one record, and one per 16 KiB), refreshed from the kernel's rec_seq near limits.
-        self._tx_records_bound = handoff.tx.seq
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -267,7 +247,7 @@ class KernelSession:
             view[:count] = self._leftover[:count]
             self._leftover = self._leftover[count:]
             return count
-        self.flush_outgoing("read")
+        self.sender.flush("read")
         while True:
             if self.peer_closed:
                 return 0
@@ -292,7 +272,7 @@ class KernelSession:
         if self._leftover:
             data, self._leftover = self._leftover, b""
             return ContentType.APPLICATION_DATA, data
-        self.flush_outgoing("read")
+        self.sender.flush("read")
         buffer = bytearray(max(bufsize, MAX_RECORD))  # a control record is always taken whole
         record = self._receive(buffer, waiter)
         payload = bytes(buffer[: record.length])
@@ -442,7 +422,7 @@ class KernelSession:
         alert = control.alert_for_refused_record(version, exc.errno, decrypting=decrypting,
                                                  authenticated=authenticated)
         self._terminate(exc, f"kernel refused a record: {exc.reason}")
-        self._send_final_alert(alert)
+        self.sender.send_final_alert(alert)
         return exc
 
     def _resume_under_current_key(self) -> bool:
@@ -471,7 +451,7 @@ class KernelSession:
             self._on_control_record(content_type, payload)
         for decision in control.decide(self._control, content_type, payload):
             self._carry_out(decision)
-        self.flush_outgoing("read")
+        self.sender.flush("read")
 
     def _carry_out(self, decision: control.Decision) -> None:
         action = decision.action
@@ -487,7 +467,7 @@ class KernelSession:
         elif action is Action.FAIL:
             self._fail(decision)
         elif action is Action.REFUSE_RENEGOTIATION:
-            self._queue_alert(decision.alert)
+            self.sender.queue_alert(decision.alert)
             self._event(decision.message)
         elif action is Action.SESSION_TICKET:
             self._to_engine(decision)
@@ -516,15 +496,15 @@ class KernelSession:
                 answer = self.post_handshake.feed(ContentType.HANDSHAKE, message)
         except BaseException as exc:
             self._check_open()
-            self._queue_own_records(getattr(exc, "ktls_outgoing", []))
-            self.flush_outgoing("read", best_effort=True)
+            self.sender.queue_own_records(getattr(exc, "ktls_outgoing", []))
+            self.sender.flush("read", best_effort=True)
             self._terminate(exc, f"OpenSSL rejected a post-handshake message: {exc}")
             raise
-        return self._queue_own_records(answer)
+        return self.sender.queue_own_records(answer)
 
     def _fail(self, decision: control.Decision):
         if decision.alert is not None:
-            self._send_final_alert(decision.alert)
+            self.sender.send_final_alert(decision.alert)
         raise self._terminate(errors.local_protocol_error(decision.reason, decision.message),
                               f"connection failed: {decision.reason}: {decision.message}")
 
@@ -532,69 +512,14 @@ class KernelSession:
         """The engine has a post-handshake CertificateRequest queued (TLS 1.3, server side): it goes
         out now, and the client's answer is judged by the engine when it arrives; no data behind
         that answer is delivered before the engine accepted it."""
-        with self._key_lock:
+        with self.sender.key_lock:
             if self.tx_in_kernel:
-                self._queue_own_records(self.post_handshake.emit())
-                self.flush_outgoing("write")
+                self.sender.queue_own_records(self.post_handshake.emit())
+                self.sender.flush("write")
             else:
                 self.post_handshake.emit()  # OpenSSL sends on the socket itself
             self._control.client_auth = "requested"
             self._event("post-handshake CertificateRequest sent")
-
-    # --- records we send on our own --------------------------------------------------------------
-
-    def _queue_alert(self, alert: Alert) -> None:
-        if self.tx_in_kernel:
-            self._outgoing.append((ContentType.ALERT, alert.pack(), None))
-            self._event(f"alert sent: {alert.description_name}")
-
-    def _send_final_alert(self, alert: Alert) -> None:
-        """The fatal alert of a failing session: sent if it fits now, never waited for (the
-        error the caller gets is what matters)."""
-        self._queue_alert(alert)
-        self.flush_outgoing("read", best_effort=True)
-
-    def _queue_own_records(self, answer) -> bool:
-        """Queue records the engine wrote for the kernel to send. The TX key changes right behind
-        a KeyUpdate among them: the change runs as that record's ``then``, under the TX lock, so
-        no record goes out between the two. Returns whether there was a KeyUpdate."""
-        key_update = False
-        for record in answer:
-            then = None
-            if isinstance(record, KeyUpdateRecord):
-                then = functools.partial(self._next_tx_key, record.next_keys, record.update_requested)
-                key_update = True
-            self._outgoing.append((*record, then))
-        return key_update
-
-    def flush_outgoing(self, operation: str, *, best_effort: bool = False) -> None:
-        """Send the records of our own that wait, in order, before anything else is sent or read.
-        A waiting caller waits for room; for one that waits for readiness itself what cannot go out
-        stays queued and SSLWantWriteError says so. ``best_effort``: send what fits now and never
-        raise (an alert on a failing session)."""
-        if not self._outgoing:
-            return
-        with self._tx_lock, self._outgoing_lock, self._waiter_for(operation) as waiter:
-            while self._outgoing:
-                content_type, payload, then = self._outgoing[0]
-                try:
-                    sent = kernel.send_record(self.fd, content_type, payload, _socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    if best_effort:
-                        return
-                    waiter.wait(WANT_WRITE)
-                    continue
-                except OSError:
-                    if best_effort:
-                        return
-                    self._check_open()
-                    raise
-                if sent < len(payload):  # the rest goes out as a record of the same type
-                    self._outgoing[0] = (content_type, payload[sent:], then)
-                    continue
-                self._outgoing.popleft()
-                if then is not None:
-                    then()
 
     # --- key updates -------------------------------------------------------------------------------
 
@@ -606,7 +531,7 @@ class KernelSession:
                    "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
                 "KEY_UPDATE_UNSUPPORTED")
             self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
-            self._send_final_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
+            self.sender.send_final_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
             raise error
         # The engine owns the key schedule, in both directions, and the kernel's keys follow it (a
         # post-handshake authentication depends on its secrets): it learns of the peer's
@@ -619,114 +544,42 @@ class KernelSession:
             raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
         self._event("KeyUpdate received: RX rekeyed")
         if decision.update_requested and not answered and self.tx_in_kernel:
-            self._update_tx_keys(request_peer=False)
+            self.sender.update_tx_keys(request_peer=False)
 
     def key_update(self, request_peer: bool = False) -> None:
-        """Send a TLS 1.3 KeyUpdate and move the kernel's send key to the next one. On a socket
-        that is full it stays queued, with its key change, until the next send."""
-        if self.handoff.version != keys.TLS_1_3_VERSION:
-            raise ValueError("KeyUpdate exists in TLS 1.3 only")
-        if not kernel.probe().rekey_supported:
-            raise KTLSRekeyUnsupportedError(
-                0, f"kernel {kernel.probe().kernel_release} cannot replace TLS 1.3 keys "
-                   "(needs Linux 6.14+); nothing was sent", "KEY_UPDATE_UNSUPPORTED")
-        with self._key_lock:
-            self._update_tx_keys(request_peer)
-            self._flush_queued_key_update()
+        """Send a TLS 1.3 KeyUpdate and move the kernel's send key to the next one (see
+        KernelSender.key_update)."""
+        self.sender.key_update(request_peer)
 
-    def _update_tx_keys(self, request_peer: bool) -> None:
-        """Our KeyUpdate, written by the engine, goes out, and the TX key changes right behind it."""
-        self._queue_own_records(self.post_handshake.key_update_records(request_peer))
+    @property
+    def key_updates(self) -> int:
+        return self.sender.key_updates
 
-    def _next_tx_key(self, next_keys: keys.TrafficKeys, request_peer: bool) -> None:
-        try:
-            kernel.rekey(self.fd, Direction.TX, next_keys)
-        except (KernelTLSError, OSError) as exc:
-            # The peer has the KeyUpdate and reads with the next key from here on: nothing sent
-            # under the old key could be read, so the session ends here, for good.
-            reason = getattr(exc, "reason", None) or "KEY_UPDATE_FAILED"
-            error = KernelTLSError(exc.errno or 0, "our KeyUpdate was sent but the kernel refused the "
-                                   f"next send key ({getattr(exc, 'message', exc)}); the peer now "
-                                   "expects that key, so nothing more can be sent on this connection",
-                                   reason)
-            raise self._terminate(error, f"KeyUpdate sent; the kernel refused the next TX key: {exc}") from None
-        self._tx_records_bound = 0
-        self.key_updates += 1
-        self._event(f"KeyUpdate sent (update_requested={request_peer}): TX rekeyed")
-
-    def _count_sent(self, records_bound: int) -> None:
-        """Proactive key update (RFC 8446 5.5) before the current TX key has protected too many
-        records; where the kernel cannot rekey, refuse to exceed the AEAD limit itself."""
-        self._tx_records_bound += records_bound
-        if self._tx_records_bound < self._key_update_after:
-            return
-        # The bound is loose; the kernel's rec_seq is exact.
-        self._tx_records_bound = kernel.read_crypto_info(self.fd, Direction.TX).seq
-        if self._tx_records_bound < self._key_update_after:
-            return
-        if self.handoff.version == keys.TLS_1_3_VERSION and kernel.probe().rekey_supported:
-            with self._key_lock:
-                self._update_tx_keys(request_peer=False)
-                self._flush_queued_key_update()
-            return
-        if not self.key_limit_reached:
-            self.key_limit_reached = True
-            self._event(f"{self._tx_records_bound} records under one key and the kernel cannot "
-                        "update keys: close this connection soon")
-
-    def _flush_queued_key_update(self) -> None:
-        """A KeyUpdate we start goes out now where it can; on a socket that is full it stays
-        queued (as OpenSSL's SSL_key_update) and goes out, with its key change, before the next
-        record is sent."""
-        try:
-            self.flush_outgoing("write")
-        except ssl.SSLWantWriteError:
-            pass
-
-    def _check_key_limit(self) -> None:
-        if self.key_limit_reached and self._tx_records_bound >= keys.AEAD_RECORD_LIMITS[self.handoff.cipher]:
-            raise errors.KTLSKeyLimitError(
-                0, f"{self._tx_records_bound} records were sent under one key, the limit of "
-                   f"{self.handoff.cipher.display_name} (RFC 8446 5.5), and this kernel cannot update "
-                   "keys; nothing more is sent on this connection", "KEY_USAGE_LIMIT")
+    @property
+    def key_limit_reached(self) -> bool:
+        return self.sender.key_limit_reached
 
     # --- writing ---------------------------------------------------------------------------------
 
     def write(self, data, waiter: Waiter) -> int:
         """Bytes of ``data`` the kernel took (records of our own that wait go out first)."""
         self._check_not_reset()
-        self._check_key_limit()
-        while True:
-            try:
-                with self._tx_lock:
-                    if self._outgoing:  # records of our own go out first, at every attempt
-                        self.flush_outgoing("write")
-                    sent = os.write(self.fd, data)
-                break
-            except BlockingIOError:
-                waiter.wait(WANT_WRITE)
-            except OSError as exc:
-                raise self._write_failed(exc) from None
-        self._count_sent(sent // MAX_RECORD + 1)
-        return sent
+        try:
+            return self.sender.write(data, waiter)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
 
     def prepare_sendfile(self) -> None:
         """Before a sendfile: the AEAD limit holds, and records of our own are out."""
-        self._check_key_limit()
-        self.flush_outgoing("write")
+        self.sender.prepare_sendfile()
 
     def sendfile_chunk(self, fileno: int, offset: int, size: int) -> int:
         """os.sendfile into the kernel's TLS: bytes sent, or -WANT_WRITE."""
         self._check_not_reset()
         try:
-            with self._tx_lock:
-                sent = os.sendfile(self.fd, fileno, offset, size)
-        except BlockingIOError:
-            return -WANT_WRITE
+            return self.sender.sendfile_chunk(fileno, offset, size)
         except OSError as exc:
             raise self._write_failed(exc) from None
-        self._count_sent(sent // MAX_RECORD + 1)
-        return sent
 
     def _write_failed(self, exc: OSError) -> BaseException:
         """A kernel TLS write (or sendfile) failed in the system call: what CPython raises where
@@ -758,8 +611,8 @@ class KernelSession:
         as OpenSSL does."""
         if not self.sent_close:
             if self.tx_in_kernel:
-                self._outgoing.append((ContentType.ALERT, CLOSE_NOTIFY, None))
-                self.flush_outgoing("write")
+                self.sender.queue_close_notify()
+                self.sender.flush("write")
             else:
                 self.post_handshake.shutdown_step()  # OpenSSL sends on the socket itself
             self.sent_close = True
