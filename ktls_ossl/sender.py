@@ -36,13 +36,14 @@ class KernelSender:
     when the kernel refuses our next send key (the peer already has the KeyUpdate)."""
 
     def __init__(self, fd: int, handoff: Handoff, *, tx_in_kernel: bool, post_handshake: PostHandshakeEngine,
-                 rekeys: bool, key_update_after: int | None, waiter_for: Callable[[str], Waiter],
+                 engine_lock, rekeys: bool, key_update_after: int | None, waiter_for: Callable[[str], Waiter],
                  check_open: Callable[[], None], event: Callable[[str], None],
                  terminate: Callable[[BaseException, str], BaseException]) -> None:
         self.fd = fd
         self.handoff = handoff
         self.tx_in_kernel = tx_in_kernel
         self.post_handshake = post_handshake
+        self._engine_lock = engine_lock  # every call into the engine: the reader uses it too
         self._waiter_for = waiter_for
         self._check_open = check_open
         self._event = event
@@ -140,7 +141,9 @@ class KernelSender:
 
     def update_tx_keys(self, request_peer: bool) -> None:
         """Our KeyUpdate, written by the engine, goes out, and the TX key changes right behind it."""
-        self.queue_own_records(self.post_handshake.key_update_records(request_peer))
+        with self._engine_lock:
+            records = self.post_handshake.key_update_records(request_peer)
+        self.queue_own_records(records)
 
     def _next_tx_key(self, next_keys: keys.TrafficKeys, request_peer: bool) -> None:
         try:

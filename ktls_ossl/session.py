@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import errno
 import socket as _socket
+import threading
 from typing import Callable, Protocol
 
 from . import control, errors, kernel, keys
@@ -96,6 +97,8 @@ class PostHandshakeEngine(Protocol):
     def key_update_records(self, request_peer: bool) -> list[tuple[int, bytes]]: ...
 
     def emit(self) -> list[tuple[int, bytes]]: ...
+
+    def verify_client_post_handshake(self) -> None: ...
 
     def handoff(self) -> Handoff:
         """Exact keys and sequence numbers per direction, once the peer's Finished is verified
@@ -202,8 +205,11 @@ class KernelSession:
         rekeys = handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
         # TLS 1.3 on a kernel that rekeys: the kernel may park a decrypted KeyUpdate behind data.
         self._records_may_park = rekeys
+        # The engine is one object (OpenSSL's SSL) that the reading and the sending thread both use:
+        # every call into it is made under this lock.
+        self.engine_lock = threading.RLock()
         self.sender = KernelSender(fd, handoff, tx_in_kernel=tx_in_kernel, post_handshake=post_handshake,
-                                   rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for,
+                                   engine_lock=self.engine_lock, rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for,
                                    check_open=check_open, event=event, terminate=self._terminate)
         # What tells a failed tag from a TLS 1.3 record without a content type (_record_refused).
         self._decrypt_errors_at_handoff = (kernel.decrypt_error_count()
@@ -235,7 +241,8 @@ class KernelSession:
         self.failure = exc
         self.state = SessionState.FAILED
         self._event(event)
-        self.post_handshake.forget_session()
+        with self.engine_lock:
+            self.post_handshake.forget_session()
         return exc
 
     # --- reading ---------------------------------------------------------------------------------
@@ -457,7 +464,8 @@ class KernelSession:
         action = decision.action
         if action is Action.CLOSE:
             self.state = SessionState.PEER_CLOSED
-            self.post_handshake.note_close_notify(received=True)
+            with self.engine_lock:
+                self.post_handshake.note_close_notify(received=True)
             self._event("close_notify received")
         elif action is Action.IGNORE:
             self._event(decision.message or "ignored")
@@ -490,10 +498,11 @@ class KernelSession:
         the engine's alert). Returns whether the answer holds a KeyUpdate of the engine's."""
         message = decision.handshake.pack()
         try:
-            if key_update:
-                answer = self.post_handshake.feed_key_update(message)
-            else:
-                answer = self.post_handshake.feed(ContentType.HANDSHAKE, message)
+            with self.engine_lock:
+                if key_update:
+                    answer = self.post_handshake.feed_key_update(message)
+                else:
+                    answer = self.post_handshake.feed(ContentType.HANDSHAKE, message)
         except BaseException as exc:
             self._check_open()
             self.sender.queue_own_records(getattr(exc, "ktls_outgoing", []))
@@ -509,15 +518,16 @@ class KernelSession:
                               f"connection failed: {decision.reason}: {decision.message}")
 
     def request_client_certificate(self) -> None:
-        """The engine has a post-handshake CertificateRequest queued (TLS 1.3, server side): it goes
+        """A post-handshake CertificateRequest (TLS 1.3, server side): the engine writes it, it goes
         out now, and the client's answer is judged by the engine when it arrives; no data behind
         that answer is delivered before the engine accepted it."""
         with self.sender.key_lock:
+            with self.engine_lock:
+                self.post_handshake.verify_client_post_handshake()
+                answer = self.post_handshake.emit()  # OpenSSL sends it itself where TX is its own
             if self.tx_in_kernel:
-                self.sender.queue_own_records(self.post_handshake.emit())
+                self.sender.queue_own_records(answer)
                 self.sender.flush("write")
-            else:
-                self.post_handshake.emit()  # OpenSSL sends on the socket itself
             self._control.client_auth = "requested"
             self._event("post-handshake CertificateRequest sent")
 
@@ -614,9 +624,11 @@ class KernelSession:
                 self.sender.queue_close_notify()
                 self.sender.flush("write")
             else:
-                self.post_handshake.shutdown_step()  # OpenSSL sends on the socket itself
+                with self.engine_lock:
+                    self.post_handshake.shutdown_step()  # OpenSSL sends on the socket itself
             self.sent_close = True
-            self.post_handshake.note_close_notify(sent=True)
+            with self.engine_lock:
+                self.post_handshake.note_close_notify(sent=True)
             self._event("close_notify sent")
         scratch = self._scratch_buffer()
         while not self.peer_closed:

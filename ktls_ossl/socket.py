@@ -786,10 +786,11 @@ class Connection:
         """Ask the client for a certificate now (TLS 1.3). Under kTLS the CertificateRequest goes
         out at once; the client's answer is checked by OpenSSL when it arrives, and no data that
         follows it is delivered before OpenSSL has accepted it."""
-        self._handshake.verify_client_post_handshake()
-        if self._session is not None:
-            with self._lock:
-                self._session.request_client_certificate()
+        if self._session is None:
+            self._handshake.verify_client_post_handshake()
+            return
+        with self._lock:
+            self._session.request_client_certificate()
 
     @property
     @_guarded
