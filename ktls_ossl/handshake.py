@@ -20,11 +20,10 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import errors, keys, records
+from . import errors, keys
 from .audit import AuditTrail
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, Direction, KernelCipher, TrafficKeys
-from .records import ContentType
 
 if TYPE_CHECKING:
     from .context import SSLContext  # context imports this module: a run-time import would be circular
@@ -197,7 +196,7 @@ def ktls_servername_cb(ssl_pointer, alert, arg):
     return handshake._on_servername(alert)
 
 
-def _memory_bio():
+def memory_bio():
     bio = lib.BIO_new(lib.BIO_s_mem())
     if bio == ffi.NULL:
         raise MemoryError("BIO_new failed")
@@ -250,7 +249,7 @@ class Handshake:
         if fd is None:
             if policy is Policy.AFTER_CCS:
                 raise ValueError("Policy.AFTER_CCS is OpenSSL's own kTLS, which needs OpenSSL on the socket")
-            lib.SSL_set_bio(self.ssl, _memory_bio(), _memory_bio())
+            lib.SSL_set_bio(self.ssl, memory_bio(), memory_bio())
         elif lib.SSL_set_fd(self.ssl, fd) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
         # Read-ahead off is what keeps every record after the handshake in the kernel's queue.
@@ -646,119 +645,6 @@ class Handshake:
             ffi.memmove(secret, bytes(len(secret)), len(secret))
         state.client_traffic_secret_len = state.server_traffic_secret_len = 0
 
-    def detach_from_socket(self, handoff: Handoff, *, tx: bool) -> None:
-        """The kernel took over: OpenSSL must never touch the fd again (for TX only when the kernel
-        took TX too). It gets memory BIOs, through which post-handshake messages reach it.
-
-        OpenSSL still believes it owns the record layer, so a message is given to it protected
-        under OpenSSL's own current read keys and sequence number (it has seen none of the records
-        the kernel decrypted since), and what it writes is unprotected with its own write state
-        before the kernel sends it. These two RecordProtection objects mirror OpenSSL's state.
-        """
-        lib.SSL_set0_rbio(self.ssl, _memory_bio())
-        self._openssl_read_state = records.RecordProtection(handoff.rx)
-        self._openssl_write_state = None
-        # TLS 1.3: OpenSSL's traffic secrets as it holds them (KeyUpdates move them, and the
-        # Finished of a post-handshake authentication is computed from them), and the part of a
-        # handshake message it wrote that a later record continues.
-        self._handoff = handoff
-        self._openssl_secrets = {Direction.RX: handoff.rx_secret, Direction.TX: handoff.tx_secret}
-        self._written_handshake = b""
-        if tx:
-            lib.SSL_set0_wbio(self.ssl, _memory_bio())
-            self._openssl_write_state = records.RecordProtection(handoff.tx)
-
-    def _next_openssl_state(self, direction: Direction) -> records.RecordProtection:
-        """OpenSSL's record protection for ``direction`` after a KeyUpdate (RFC 8446 7.2)."""
-        handoff = self._handoff
-        secret = keys.tls13_next_secret(self._openssl_secrets[direction], handoff.hash_name)
-        self._openssl_secrets[direction] = secret
-        return records.RecordProtection(keys.tls13_traffic_keys(secret, handoff.cipher, handoff.hash_name, 0))
-
-    def feed_key_update(self, message: bytes) -> list[tuple[int, bytes]]:
-        """The peer's KeyUpdate goes to OpenSSL, whose view of the peer's traffic secret must move
-        with the kernel's: a later post-handshake authentication computes the client's Finished
-        from it. Returns what OpenSSL answers (see feed); the kernel's next receive key is then
-        ``read_keys``."""
-        answer = self.feed(ContentType.HANDSHAKE, message)
-        self._openssl_read_state = self._next_openssl_state(Direction.RX)
-        return answer
-
-    @property
-    def read_keys(self) -> TrafficKeys:
-        """The keys OpenSSL reads with now (after the handshake: the peer's current traffic keys)."""
-        return self._openssl_read_state.keys
-
-    def key_update_records(self, request_peer: bool) -> list[tuple[int, bytes]]:
-        """Our KeyUpdate, written by OpenSSL (so that its own send secret moves with the kernel's)
-        and returned for the kernel to send, as drain_output returns records."""
-        self.key_update(request_peer)
-        return self.drain_output()
-
-    def feed(self, content_type: int, payload: bytes) -> list[tuple[int, bytes]]:
-        """Give OpenSSL one post-handshake record's plaintext; return what it answers, as
-        (content type, plaintext) records for the kernel to send. OpenSSL's verdict is final: a
-        rejected message raises OpenSSL's error (after its alert has been collected for sending,
-        available as ``exc.ktls_outgoing``)."""
-        # A message larger than one record (a big certificate chain or ticket) is given in records
-        # of at most 2^14 bytes, as a peer may have sent it: OpenSSL refuses longer records.
-        rbio = lib.SSL_get_rbio(self.ssl)
-        for start in range(0, max(len(payload), 1), records.MAX_PLAINTEXT):
-            record = self._openssl_read_state.seal(content_type, payload[start:start + records.MAX_PLAINTEXT])
-            lib.BIO_write(rbio, record, len(record))
-        lib.ERR_clear_error()
-        scratch = ffi.new("unsigned char[1]")
-        count = ffi.new("size_t *")
-        result = lib.SSL_read_ex(self.ssl, scratch, 1, count)
-        if result == 1:
-            raise errors.local_protocol_error("UNEXPECTED_RECORD", "OpenSSL produced application data "
-                                              "from a post-handshake message")
-        return self._answer(result)
-
-    def emit(self) -> list[tuple[int, bytes]]:
-        """Let OpenSSL write what it has queued (e.g. a CertificateRequest) and return it."""
-        lib.ERR_clear_error()
-        return self._answer(lib.SSL_do_handshake(self.ssl))
-
-    def _answer(self, result: int) -> list[tuple[int, bytes]]:
-        """What OpenSSL wrote after a call that ended in ``result``; its error, if it failed, with
-        the alert it queued attached as ``ktls_outgoing`` so that the alert still goes out."""
-        if result != 1:
-            try:
-                self.wants_or_raise(result)
-            except BaseException as exc:
-                exc.ktls_outgoing = self.drain_output()
-                raise
-        return self.drain_output()
-
-    def drain_output(self) -> list[tuple[int, bytes]]:
-        """Records OpenSSL wrote to its memory BIO, unprotected with OpenSSL's write state."""
-        if self._openssl_write_state is None:
-            return []  # OpenSSL writes to the socket itself (TX not in the kernel)
-        wbio = lib.SSL_get_wbio(self.ssl)
-        pending = lib.BIO_ctrl_pending(wbio)
-        if not pending:
-            return []
-        buffer = ffi.new("unsigned char[]", pending)
-        got = lib.BIO_read(wbio, buffer, pending)
-        whole, rest = records.split_records(bytes(ffi.buffer(buffer, max(got, 0))))
-        if rest:
-            raise errors.local_protocol_error("LENGTH_MISMATCH", "OpenSSL wrote a partial record")
-        opened = []
-        for header, body in whole:
-            content_type, payload = self._openssl_write_state.open(header.pack() + body)
-            if content_type == ContentType.HANDSHAKE and self._handoff.tx_secret is not None:
-                # After a KeyUpdate of its own, OpenSSL protects what follows under its next key.
-                messages, self._written_handshake = records.split_handshake_messages(self._written_handshake + payload)
-                if any(message.msg_type == records.HandshakeType.key_update for message in messages):
-                    self._openssl_write_state = self._next_openssl_state(Direction.TX)
-                    record = KeyUpdateRecord((content_type, payload))
-                    record.next_keys = self._openssl_write_state.keys
-                    opened.append(record)
-                    continue
-            opened.append((content_type, payload))
-        return opened
-
     @property
     def in_handshake(self) -> bool:
         """OpenSSL is inside a (post-)handshake exchange that has not completed."""
@@ -777,73 +663,6 @@ class Handshake:
         if not self.is_finished:
             return None
         return ffi.string(lib.SSL_get_version(self.ssl)).decode("ascii")
-
-    def cipher(self):
-        pointer = lib.SSL_get_current_cipher(self.ssl)
-        if pointer == ffi.NULL:
-            return None
-        return _cipher_tuple(pointer)
-
-    def shared_ciphers(self):
-        server = lib.SSL_get_ciphers(self.ssl)
-        client = lib.SSL_get_client_ciphers(self.ssl)
-        if server == ffi.NULL or client == ffi.NULL:
-            return None
-        offered = {lib.SSL_CIPHER_get_id(lib.sk_SSL_CIPHER_value(client, i))
-                   for i in range(lib.sk_SSL_CIPHER_num(client))}
-        shared = []
-        for i in range(lib.sk_SSL_CIPHER_num(server)):
-            pointer = lib.sk_SSL_CIPHER_value(server, i)
-            if lib.SSL_CIPHER_get_id(pointer) in offered:
-                shared.append(_cipher_tuple(pointer))
-        return shared
-
-    def compression(self):
-        method = lib.SSL_get_current_compression(self.ssl)
-        if method == ffi.NULL:
-            return None
-        name = lib.SSL_COMP_get_name(method)
-        return ffi.string(name).decode("ascii") if name != ffi.NULL else None
-
-    def selected_alpn_protocol(self):
-        data = ffi.new("const unsigned char **")
-        length = ffi.new("unsigned int *")
-        lib.SSL_get0_alpn_selected(self.ssl, data, length)
-        if data[0] == ffi.NULL or length[0] == 0:
-            return None
-        return bytes(ffi.buffer(data[0], length[0])).decode("ascii", "replace")
-
-    def channel_binding(self, cb_type: str):
-        if cb_type != "tls-unique":
-            raise ValueError(f"'{cb_type}' channel binding type not implemented")
-        buffer = ffi.new("unsigned char[128]")
-        # tls-unique is the first Finished of the latest handshake: ours as a client of a new
-        # session or as a server of a resumed one, the peer's otherwise (RFC 5929).
-        if bool(lib.SSL_session_reused(self.ssl)) ^ (not self.server_side):
-            length = lib.SSL_get_finished(self.ssl, buffer, 128)
-        else:
-            length = lib.SSL_get_peer_finished(self.ssl, buffer, 128)
-        if length == 0:
-            return None
-        return bytes(ffi.buffer(buffer, length))
-
-    def peer_certificate_der(self) -> bytes | None:
-        return _der(lib.SSL_get0_peer_certificate(self.ssl))
-
-    def verify_mode(self) -> int:
-        return lib.SSL_CTX_get_verify_mode(lib.SSL_get_SSL_CTX(self.ssl))
-
-    def verified_chain(self) -> list[bytes]:
-        return _chain(lib.SSL_get0_verified_chain(self.ssl))
-
-    def unverified_chain(self) -> list[bytes]:
-        chain = _chain(lib.SSL_get_peer_cert_chain(self.ssl))
-        # A server's view of the client chain lacks the leaf (OpenSSL's documented asymmetry).
-        if self.server_side:
-            leaf = self.peer_certificate_der()
-            if leaf is not None:
-                chain.insert(0, leaf)
-        return chain
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -945,32 +764,3 @@ def _duplicate_session(pointer):
     if copy == ffi.NULL:
         raise errors.ssl_error_from_code(errors.pop_error_code())
     return copy
-
-
-def _cipher_tuple(pointer):
-    name = lib.SSL_CIPHER_get_name(pointer)
-    version = lib.SSL_CIPHER_get_version(pointer)
-    return (
-        ffi.string(name).decode("ascii") if name != ffi.NULL else None,
-        ffi.string(version).decode("ascii") if version != ffi.NULL else None,
-        lib.SSL_CIPHER_get_bits(pointer, ffi.NULL),
-    )
-
-
-def _der(x509_pointer) -> bytes | None:
-    if x509_pointer == ffi.NULL:
-        return None
-    out = ffi.new("unsigned char **")
-    length = lib.i2d_X509(x509_pointer, out)
-    if length < 0:
-        raise errors.ssl_error_from_code(errors.pop_error_code())
-    try:
-        return bytes(ffi.buffer(out[0], length))
-    finally:
-        lib.OPENSSL_free(out[0])
-
-
-def _chain(stack) -> list[bytes]:
-    if stack == ffi.NULL:
-        return []
-    return [_der(lib.sk_X509_value(stack, i)) for i in range(lib.sk_X509_num(stack))]

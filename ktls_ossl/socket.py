@@ -55,7 +55,9 @@ from .errors import (
     KTLSUnwrappedError,
 )
 from .handshake import WANT_READ, Handshake, HandoffUnavailable, Policy, Session
+from .posthandshake import OpenSSLPostHandshake
 from .session import KernelSession, hand_over
+from .tlsinfo import TLSInfo
 from .kernel import Direction
 from .records import ContentType
 
@@ -238,6 +240,7 @@ class Connection:
                                     server_hostname=server_hostname, policy=self.policy,
                                     owner=owner, session=session)
         self.events = self._handshake.events
+        self._info = TLSInfo(self._handshake)
         self._lock = threading.RLock()
         # Lifetime (see the module doc): the calls inside (one item each: list.append and pop are
         # atomic, so entering and leaving take no lock, which costs a system call per call under
@@ -460,7 +463,7 @@ class Connection:
 
     def _after_handshake(self) -> None:
         version = self._handshake.version()
-        cipher = self._handshake.cipher()
+        cipher = self._info.cipher()
         cipher_name = cipher[0] if cipher else None
         if self.policy is Policy.USERSPACE:
             reason = "ktls_policy is USERSPACE"
@@ -489,7 +492,7 @@ class Connection:
             if sock.family not in (_socket.AF_INET, _socket.AF_INET6) or sock.type != _socket.SOCK_STREAM:
                 raise HandoffUnavailable("kernel TLS needs a TCP socket")
             self._session = hand_over(
-                self._fd, self._handshake, event=self._event, server_side=self.server_side,
+                self._fd, OpenSSLPostHandshake(self._handshake), event=self._event, server_side=self.server_side,
                 post_handshake_auth=bool(self._context.post_handshake_auth),
                 key_update_after=self._context.key_update_records,
                 waiter_for=lambda operation: _Waiter(self, operation), check_open=self._check_open,
@@ -741,45 +744,45 @@ class Connection:
 
     @_guarded
     def cipher(self):
-        return self._handshake.cipher()
+        return self._info.cipher()
 
     @_guarded
     def shared_ciphers(self):
-        return self._handshake.shared_ciphers()
+        return self._info.shared_ciphers()
 
     @_guarded
     def compression(self):
-        return self._handshake.compression()
+        return self._info.compression()
 
     @_guarded
     def selected_alpn_protocol(self):
-        return self._handshake.selected_alpn_protocol()
+        return self._info.selected_alpn_protocol()
 
     @_guarded
     def get_channel_binding(self, cb_type="tls-unique"):
-        return self._handshake.channel_binding(cb_type)
+        return self._info.channel_binding(cb_type)
 
     @_guarded
     def getpeercert(self, binary_form=False):
         if not self._handshake.is_finished:
             raise ValueError("handshake not done yet")
-        der = self._handshake.peer_certificate_der()
+        der = self._info.peer_certificate_der()
         if der is None:
             return None
         if binary_form:
             return der
-        if not self._handshake.verify_mode() & lib.SSL_VERIFY_PEER:
+        if not self._info.verify_mode() & lib.SSL_VERIFY_PEER:
             return {}  # CPython: a certificate that was not verified is not decoded
         from .certificate import decode_certificate
         return decode_certificate(der)
 
     @_guarded
     def get_verified_chain(self):
-        return self._handshake.verified_chain()
+        return self._info.verified_chain()
 
     @_guarded
     def get_unverified_chain(self):
-        return self._handshake.unverified_chain()
+        return self._info.unverified_chain()
 
     @_guarded
     def verify_client_post_handshake(self):

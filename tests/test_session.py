@@ -18,6 +18,7 @@ import pytest
 
 from ktls_ossl import KTLSRekeyUnsupportedError, pump
 from ktls_ossl.keys import TLS_1_3_VERSION
+from ktls_ossl.posthandshake import OpenSSLPostHandshake
 from ktls_ossl.session import NonBlockingWaiter, SessionState, hand_over
 
 from .conftest import RekeyCounters, kernel_can_rekey, loopback_pair
@@ -85,7 +86,7 @@ def test_pump_then_session_by_hand(pki, server_cert, version, cipher, ours_role)
     try:
         drive(pump.RecordPump(mine, engine))
         counters = RekeyCounters()
-        session = hand_over(mine.fileno(), engine.handshake, server_side=ours_role == "server")
+        session = hand_over(mine.fileno(), OpenSSLPostHandshake(engine.handshake), server_side=ours_role == "server")
         assert session.tx_in_kernel and session.handoff.cipher is cipher and session.state is SessionState.OPEN
 
         received = read_exactly(session, mine, 32 + PAYLOAD_SIZE)
