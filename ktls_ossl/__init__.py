@@ -5,7 +5,7 @@ Keys reach the kernel only after the peer's Finished has been verified; from the
 non-data record the kernel surfaces is handled by a defined rule.
 """
 from ._ossl import ffi as _ffi, lib as _lib
-from . import kernel
+from . import kernel, pump, session
 from .errors import (
     KernelTLSError,
     KTLSCipherUnavailableError,
@@ -49,4 +49,6 @@ __all__ = [
     "KTLSUnwrappedError",
     "TrafficKeys",
     "kernel",
+    "pump",
+    "session",
 ]

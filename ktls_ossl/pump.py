@@ -29,10 +29,14 @@ import enum
 import select
 import socket
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import errors, records
 from .handshake import WANT_READ, WANT_WRITE, Handoff, Handshake
+
+if TYPE_CHECKING:
+    from .context import SSLContext
+    from .handshake import Session
 
 __all__ = ["HandshakeEngine", "OpenSSLEngine", "PumpState", "RecordPump", "WANT_READ", "WANT_WRITE"]
 
@@ -57,7 +61,8 @@ class HandshakeEngine(Protocol):
 class OpenSSLEngine:
     """The project's own OpenSSL handshake (ktls_ossl.handshake.Handshake) on memory BIOs."""
 
-    def __init__(self, context, *, server_side: bool, server_hostname: str | None = None, session=None):
+    def __init__(self, context: SSLContext, *, server_side: bool, server_hostname: str | None = None,
+                 session: Session | None = None) -> None:
         from .handshake import Policy  # the only policy with memory BIOs: keys after Finished
         self.handshake = Handshake(context, None, server_side=server_side, server_hostname=server_hostname,
                                    policy=Policy.AFTER_FINISHED, session=session)

@@ -33,7 +33,7 @@ import enum
 import errno
 import socket as _socket
 import threading
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import control, errors, kernel, keys
 from .control import Action, ControlState
@@ -44,6 +44,9 @@ from .records import Alert, AlertDescription, AlertLevel, ContentType
 from .sender import KernelSender
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = ["KernelSession", "NonBlockingWaiter", "PostHandshakeEngine", "SessionState", "Waiter", "hand_over"]
 
@@ -137,7 +140,7 @@ def _no_check() -> None:
 
 
 def hand_over(fd: int, engine: PostHandshakeEngine, *, event: Callable[[str], None] = lambda text: None,
-              **session_options) -> KernelSession:
+              **session_options: Any) -> KernelSession:
     """Put the keys of ``engine``'s completed handshake (``engine.handoff()``) into the kernel and
     return the session that owns the socket from here.
 
@@ -247,7 +250,7 @@ class KernelSession:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def read_into(self, view, nbytes: int, waiter: Waiter) -> int:
+    def read_into(self, view: memoryview, nbytes: int, waiter: Waiter) -> int:
         """Up to ``nbytes`` of application data into ``view``; 0 once the peer's close_notify came."""
         if self._leftover:
             count = min(nbytes, len(self._leftover))
@@ -571,7 +574,7 @@ class KernelSession:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def write(self, data, waiter: Waiter) -> int:
+    def write(self, data: ReadableBuffer, waiter: Waiter) -> int:
         """Bytes of ``data`` the kernel took (records of our own that wait go out first)."""
         self._check_not_reset()
         try:
