@@ -459,7 +459,8 @@ class Handshake:
         return lib.BIO_ctrl_pending(lib.SSL_get_rbio(self.ssl))
 
     def take_outgoing(self) -> bytes:
-        """What OpenSSL wrote for the peer since the last call (memory BIOs only)."""
+        """What OpenSSL wrote for the peer since the last call (memory BIOs: the pump's, and the
+        write BIO of a connection whose TX the kernel took)."""
         wbio = lib.SSL_get_wbio(self.ssl)
         pending = lib.BIO_ctrl_pending(wbio)
         if not pending:

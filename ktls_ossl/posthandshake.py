@@ -136,13 +136,10 @@ class OpenSSLPostHandshake:
         """Records OpenSSL wrote to its memory BIO, unprotected with OpenSSL's write state."""
         if self._openssl_write_state is None:
             return []  # OpenSSL writes to the socket itself (TX not in the kernel)
-        wbio = lib.SSL_get_wbio(self.ssl)
-        pending = lib.BIO_ctrl_pending(wbio)
-        if not pending:
+        written = self.handshake.take_outgoing()
+        if not written:
             return []
-        buffer = ffi.new("unsigned char[]", pending)
-        got = lib.BIO_read(wbio, buffer, pending)
-        whole, rest = records.split_records(bytes(ffi.buffer(buffer, max(got, 0))))
+        whole, rest = records.split_records(written)
         if rest:
             raise errors.local_protocol_error("LENGTH_MISMATCH", "OpenSSL wrote a partial record")
         opened = []

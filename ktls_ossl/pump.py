@@ -20,15 +20,13 @@ It counts records per direction from the wire (``records_received``/``records_se
 what crossed, independent of the engine's own counters.
 
 Every call works on a non-blocking socket and returns WANT_READ or WANT_WRITE where it would block,
-so an event loop drives it (``wait_for`` waits for a blocking caller); ``step()`` returns 0 once the
-handshake is complete and everything the engine wrote has been sent.
+so an event loop drives it; ``step()`` returns 0 once the handshake is complete and everything the
+engine wrote has been sent.
 """
 from __future__ import annotations
 
 import enum
-import select
 import socket
-import time
 from typing import TYPE_CHECKING, Protocol
 
 from . import errors, records
@@ -213,23 +211,3 @@ class RecordPump:
             self._flush()
         except OSError:
             pass
-
-    def run(self, timeout: float | None = None) -> None:
-        """Drive the pump to the end on a blocking caller's behalf, waiting for the socket in
-        between (``timeout`` bounds the whole handshake: TimeoutError)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            want = self.step()
-            if want == 0:
-                return
-            wait_for(self.sock, want, None if deadline is None else deadline - time.monotonic())
-
-
-def wait_for(sock: socket.socket, want: int, timeout: float | None) -> None:
-    """Wait until ``sock`` is readable (WANT_READ) or writable (WANT_WRITE)."""
-    if timeout is not None and timeout <= 0:
-        raise TimeoutError("The handshake operation timed out")
-    poller = select.poll()
-    poller.register(sock, select.POLLIN if want == WANT_READ else select.POLLOUT)
-    if not poller.poll(None if timeout is None else max(1, int(timeout * 1000))):
-        raise TimeoutError("The handshake operation timed out")

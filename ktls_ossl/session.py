@@ -205,8 +205,9 @@ class KernelSession:
         self._leftover = b""
         self._scratch: bytearray | None = None
         self.sent_close = False
-        rekeys = handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
-        # TLS 1.3 on a kernel that rekeys: the kernel may park a decrypted KeyUpdate behind data.
+        # TLS 1.3 on a kernel that rekeys (KeyUpdates move the kernel's keys); the kernel may then
+        # park a decrypted KeyUpdate behind data.
+        self.rekeys = rekeys = handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
         self._records_may_park = rekeys
         # The engine is one object (OpenSSL's SSL) that the reading and the sending thread both use:
         # every call into it is made under this lock.

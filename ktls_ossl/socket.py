@@ -504,10 +504,8 @@ class Connection:
             tx_reason = rx_reason = getattr(exc, "message", None) or str(exc)
             cipher_label = cipher_name
             self._event(f"kernel handoff not possible: {exc}")
-        rekey = None
         rx_kernel = self._session is not None
-        if rx_kernel:
-            rekey = self._handoff.version == keys.TLS_1_3_VERSION and bool(kernel.probe().rekey_supported)
+        rekey = self._session.rekeys if rx_kernel else None
         self._status = KTLSStatus(self.policy, self._tx_kernel, rx_kernel,
                                   None if self._tx_kernel else tx_reason,
                                   None if rx_kernel else rx_reason, cipher_label, version,
