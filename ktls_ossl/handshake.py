@@ -14,9 +14,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-import operator
 import ssl
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,9 +50,6 @@ _HANDSHAKE = lib.SSL3_RT_HANDSHAKE
 _ALERT = lib.SSL3_RT_ALERT
 _HEADER = lib.SSL3_RT_HEADER
 _INNER_CONTENT_TYPE = lib.SSL3_RT_INNER_CONTENT_TYPE
-_CPYTHON_CHANGE_CIPHER_SPEC_MSG = 0x0101  # CPython's stand-in message type for a ChangeCipherSpec
-_LONG_BITS = 8 * ffi.sizeof("long")
-_LONG_MIN, _LONG_MAX = -(1 << (_LONG_BITS - 1)), (1 << (_LONG_BITS - 1)) - 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,24 @@ class KeyUpdateRecord(tuple):
     @property
     def update_requested(self) -> bool:
         return self[1][-1:] == b"\x01"
+
+
+@dataclass(frozen=True)
+class HandshakeHooks:
+    """What the front that owns a Handshake wants to hear from inside OpenSSL's callbacks. The
+    engine calls only these, never up into a front: data flows down, and the front hands down the
+    callables it wants called.
+
+    ``message(sent, version, content_type, data)``: every message OpenSSL reports, record headers
+    and TLS 1.3 inner content types included (a Python call per message: None unless wanted).
+    What it raises is kept in ``Handshake.application_error`` and raised by the front once the
+    operation has ended.
+    ``servername(raw_name)``: a server's client sent SNI (the name as sent, None for none). It
+    returns None to go on, or the alert description the handshake fails with; it must not raise.
+    """
+
+    message: Callable[[bool, int, int, bytes], None] | None = None
+    servername: Callable[[bytes | None], int | None] | None = None
 
 
 class HandoffUnavailable(Exception):
@@ -148,36 +163,17 @@ def _is_ip_address(hostname: str) -> bool:
         return False
 
 
-def _owner(ssl_pointer):
+def handshake_of(ssl_pointer) -> Handshake | None:
+    """The Handshake of an SSL object, for C callbacks (None once it was released)."""
     data = lib.SSL_get_app_data(ssl_pointer)
     if data == ffi.NULL:
         return None
     return ffi.from_handle(data)
 
 
-def _context_of(ssl_pointer):
-    data = lib.SSL_CTX_get_app_data(lib.SSL_get_SSL_CTX(ssl_pointer))
-    if data == ffi.NULL:
-        return None
-    return ffi.from_handle(data)
-
-
-@ffi.def_extern()
-def ktls_keylog_cb(ssl_pointer, line):
-    """Only while the context has a keylog_filename (the secrets are captured in C)."""
-    context = _context_of(ssl_pointer)
-    if context is not None:
-        try:
-            context._write_keylog_line(ffi.string(line))
-        except OSError as exc:  # raised from the handshake call, as CPython does
-            handshake = _owner(ssl_pointer)
-            if handshake is not None and handshake.callback_error is None:
-                handshake.callback_error = exc
-
-
 @ffi.def_extern()
 def ktls_msg_cb(write_p, version, content_type, buf, length, ssl_pointer, arg):
-    handshake = _owner(ssl_pointer)
+    handshake = handshake_of(ssl_pointer)
     if handshake is not None:
         handshake._on_message(write_p, version, content_type, buf, length)
 
@@ -190,7 +186,7 @@ if lib.ktls_state_index_init() < 0:
 
 @ffi.def_extern()
 def ktls_servername_cb(ssl_pointer, alert, arg):
-    handshake = _owner(ssl_pointer)
+    handshake = handshake_of(ssl_pointer)
     if handshake is None:
         return lib.SSL_TLSEXT_ERR_OK
     return handshake._on_servername(alert)
@@ -209,13 +205,13 @@ class Handshake:
     None) to memory BIOs that a driver fills and empties (ktls_ossl.pump.RecordPump)."""
 
     def __init__(self, context, fd: int | None, *, server_side: bool, server_hostname: str | None,
-                 policy: Policy, owner=None, session=None):
+                 policy: Policy, hooks: HandshakeHooks = HandshakeHooks(), session=None):
         self.context = context
         self._session_context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.policy = policy
-        self._owner_ref = weakref.ref(owner) if owner is not None else None
+        self.hooks = hooks
         pointer = lib.SSL_new(context._ssl_ctx)
         if pointer == ffi.NULL:
             raise errors.ssl_error_from_code(errors.pop_error_code())
@@ -242,7 +238,7 @@ class Handshake:
         # What the context's _msg_callback (CPython's debug hook) raised last: raised, as CPython
         # does, once the handshake, read or write during which it was called has ended.
         self.application_error: BaseException | None = None
-        if context._msg_callback_wrapper is not None:
+        if hooks.message is not None:
             self._state.forward_to_application = 1
 
         self._memory = fd is None
@@ -365,20 +361,11 @@ class Handshake:
             self._to_application(write_p, version, content_type, buf, length)
 
     def _to_application(self, write_p: int, version: int, content_type: int, buf, length: int) -> None:
-        """The context's _msg_callback, called as CPython's _PySSL_msg_callback calls it: the
-        socket, "read"/"write", the version (a record header's own), the content type, the
-        message type as CPython derives it, and the bytes; ssl.py's enum conversion is in the
-        wrapper (context.py). The current context's callback, if it still has one."""
-        wrapper = self.context._msg_callback_wrapper
-        owner = self.owner
-        if wrapper is None or owner is None:
+        hook = self.hooks.message
+        if hook is None:
             return
-        data = bytes(ffi.buffer(buf, length)) if length > 0 else b""
-        msg_type = _cpython_msg_type(content_type, data)
-        if content_type == _HEADER and len(data) >= 3:
-            version = _signed_char(data[1]) << 8 | _signed_char(data[2])
         try:
-            wrapper(owner, "write" if write_p else "read", version, content_type, msg_type, data)
+            hook(bool(write_p), version, content_type, bytes(ffi.buffer(buf, length)) if length > 0 else b"")
         except BaseException as exc:
             self.application_error = exc
 
@@ -389,41 +376,19 @@ class Handshake:
             raise exc
 
     def _on_servername(self, alert) -> int:
-        """CPython's _servername_callback: the name as sent (an A-label, bpo-28414), the callback's
-        exception or unusable answer reported through sys.unraisablehook, never raised: the
-        handshake fails with OpenSSL's CALLBACK_FAILED and the alert CPython sends (handshake_failure
-        for an exception, internal_error for what is no C long, else the number returned)."""
-        callback = self.context.sni_callback
-        owner = self.owner
-        if callback is None or owner is None:
+        """The SNI a client sent, to the servername hook: go on, or fail with the alert it names."""
+        hook = self.hooks.servername
+        if hook is None:
             return lib.SSL_TLSEXT_ERR_OK
         name = lib.SSL_get_servername(self.ssl, lib.TLSEXT_NAMETYPE_host_name)
-        server_name = None
-        if name != ffi.NULL:
-            raw = ffi.string(name)
-            try:
-                server_name = raw.decode("ascii")
-            except UnicodeDecodeError as exc:
-                errors.report_callback_error(exc, raw, None)
-                alert[0] = lib.SSL_AD_INTERNAL_ERROR
-                return lib.SSL_TLSEXT_ERR_ALERT_FATAL
         try:
-            result = callback(owner, server_name, self.context)
-        except BaseException as exc:
-            errors.report_callback_error(exc, callback, None)
-            alert[0] = lib.SSL_AD_HANDSHAKE_FAILURE
-            return lib.SSL_TLSEXT_ERR_ALERT_FATAL
-        if result is None:
+            description = hook(ffi.string(name) if name != ffi.NULL else None)
+        except BaseException as exc:  # a hook must not raise: no exception can cross OpenSSL
+            errors.report_callback_error(exc, hook, None)
+            description = lib.SSL_AD_INTERNAL_ERROR
+        if description is None:
             return lib.SSL_TLSEXT_ERR_OK
-        try:
-            value = operator.index(result)  # PyLong_AsLong: __index__, a C long
-            if not _LONG_MIN <= value <= _LONG_MAX:
-                raise OverflowError("Python int too large to convert to C long")
-        except Exception as exc:
-            errors.report_callback_error(exc, result, None)
-            alert[0] = lib.SSL_AD_INTERNAL_ERROR
-        else:
-            alert[0] = (value + (1 << 31)) % (1 << 32) - (1 << 31)  # (int) of the long
+        alert[0] = description
         return lib.SSL_TLSEXT_ERR_ALERT_FATAL
 
     def _event(self, what: str) -> None:
@@ -435,10 +400,6 @@ class Handshake:
         self.events.append((source, what))
         if log.isEnabledFor(logging.INFO):  # a call less per event when logging is off
             log.info("%s %s: %s", self._label, source, what)
-
-    @property
-    def owner(self):
-        return self._owner_ref() if self._owner_ref is not None else None
 
     # --- handshake and user-space I/O ----------------------------------------------------------
 
@@ -734,21 +695,6 @@ class Handshake:
         lib.ERR_clear_error()
         if lib.SSL_verify_client_post_handshake(self.ssl) != 1:
             raise errors.ssl_error_from_code(errors.pop_error_code())
-
-
-def _signed_char(byte: int) -> int:
-    return byte - 256 if byte > 127 else byte  # CPython reads the buffer as (signed) char
-
-
-def _cpython_msg_type(content_type: int, data: bytes) -> int:
-    """The message type CPython's _PySSL_msg_callback derives from OpenSSL's report."""
-    if content_type == _CHANGE_CIPHER_SPEC:
-        return _CPYTHON_CHANGE_CIPHER_SPEC_MSG
-    if content_type == _ALERT:
-        return _signed_char(data[1]) if len(data) > 1 else -1
-    if content_type in (_HANDSHAKE, _HEADER, _INNER_CONTENT_TYPE):
-        return _signed_char(data[0]) if data else -1
-    return -1
 
 
 def _duplicate_session(pointer):

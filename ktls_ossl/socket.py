@@ -46,7 +46,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import errors, kernel, keys, records
+from . import cpython_callbacks, errors, kernel, keys, records
 from ._ossl import ffi, lib
 from .errors import (
     KernelTLSError,
@@ -238,7 +238,7 @@ class Connection:
         self.policy = context.ktls_policy
         self._handshake = Handshake(context, self._fd, server_side=server_side,
                                     server_hostname=server_hostname, policy=self.policy,
-                                    owner=owner, session=session)
+                                    hooks=cpython_callbacks.hooks_for(self), session=session)
         self.events = self._handshake.events
         self._info = TLSInfo(self._handshake)
         self._lock = threading.RLock()
