@@ -6,18 +6,8 @@ methods (do_handshake, read, write, shutdown, getpeercert, ...), but after the h
 path is the kernel. Blocking, timeout and non-blocking behaviour match CPython's: the socket's
 timeout bounds each call, non-blocking calls raise SSLWantReadError/SSLWantWriteError.
 
-Theory of operation: lifetime across threads
---------------------------------------------
-Any thread may close the socket while others are inside a call on it. Two things must then never
-happen: OpenSSL's SSL object freed under a thread that is using it, and a system call on the fd
-*number* after the socket was closed (the number is reused by the next socket the process opens,
-and a stale reader would get another connection's data, decrypted with its keys). So every call
-that touches the fd or the SSL object is a *user* of the Connection (``_guarded``). ``release()``,
-called when the socket closes, marks the Connection released (a user that enters later gets
-OSError EBADF, as CPython's ssl) and, while users are inside, takes over the fd from the socket
-object instead of letting it be closed: it shuts the TCP connection down, which wakes every
-blocked user, and the last user to leave frees the SSL object and closes the fd. Users check for
-release after each wait, so a closed socket ends every call in progress with that OSError.
+Lifetime across threads: ktls_ossl/lifetime.py (every call that touches the fd or the SSL object
+is a user of the connection's ``ConnectionLifetime``).
 
 Readiness
 ---------
@@ -34,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import errno
 import functools
 import os
 import select
@@ -54,9 +43,10 @@ from .errors import (
     KTLSUnavailableError,
     KTLSUnwrappedError,
 )
+from .lifetime import ConnectionLifetime, LifeState
 from .handshake import WANT_READ, Handshake, HandoffUnavailable, Policy, Session
 from .posthandshake import OpenSSLPostHandshake
-from .session import KernelSession, hand_over
+from .session import KernelSession, SessionState, hand_over
 from .tlsinfo import TLSInfo
 from .kernel import Direction
 from .records import ContentType
@@ -68,8 +58,6 @@ if TYPE_CHECKING:
     from socket import _Address, _RetAddress, _SendableFile
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
-# The longest close() waits, after a failure, for the peer to acknowledge what we sent (_linger).
-LINGER_AFTER_FAILURE = 2.0
 
 
 @dataclass(frozen=True)
@@ -114,25 +102,20 @@ def _timed_out(operation: str) -> TimeoutError:
     return TimeoutError(f"The {operation} operation timed out")
 
 
-def _closed_error() -> OSError:
-    """What a call gets when the socket was (or is being) closed by another thread: the EBADF
-    that CPython's ssl gives once the descriptor is gone."""
-    return OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: the socket was closed")
-
-
 def _guarded(method):
-    """Run ``method`` as a user of the connection's fd and OpenSSL object (see the module doc)."""
+    """Run ``method`` as a user of the connection's fd and OpenSSL object (ktls_ossl/lifetime.py)."""
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        self._enter()
+        life = self._life
+        life.enter()
         try:
             return method(self, *args, **kwargs)
         except (ssl.SSLError, ConnectionError) as exc:
             if not isinstance(exc, _NOT_FAILURES):
-                self._ended_in_error = True  # close() lingers (Connection._linger)
+                life.ended_in_error = True  # close() lingers (ConnectionLifetime.linger)
             raise
         finally:
-            self._leave()
+            life.leave()
     return guarded
 
 
@@ -141,12 +124,14 @@ _NOT_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnE
 
 
 class ConnectionState(enum.Enum):
-    """Where a connection's record layer is: decided once, when the handshake completes. (Closing
-    is ``release()``'s, which works without a lock: see the module doc.)"""
+    """Where a connection is (``KTLSSocket.ktls_state``). The record layer, kernel or OpenSSL, is
+    decided once, when the handshake completes; FAILED and CLOSED are final."""
     HANDSHAKING = "handshaking"
     KERNEL = "the kernel carries the record layer (RX, and TX unless the status says why not)"
     OPENSSL = "OpenSSL carries the record layer (the policy, or the kernel could not take it)"
-    FAILED = "the handshake failed"  # final: every later call raises its error again
+    CLOSING = "shutdown() (unwrap) began: our close_notify is sent or on its way"
+    CLOSED = "the socket was closed or unwrapped: every TLS call raises OSError EBADF"
+    FAILED = "a fatal error ended the connection: every later call raises an error"
 
 
 class _Waiter:
@@ -242,18 +227,10 @@ class Connection:
         self.events = self._handshake.events
         self._info = TLSInfo(self._handshake)
         self._lock = threading.RLock()
-        # Lifetime (see the module doc): the calls inside (one item each: list.append and pop are
-        # atomic, so entering and leaving take no lock, which costs a system call per call under
-        # User-Mode Linux), whether the socket was closed, who closes the fd when the last call
-        # leaves, and whether that was done (the rare paths take _life_lock).
-        self._inside: list = []
-        self._released = False
-        self._close_fd = None
-        self._ended_in_error = False
-        self._linger_limit = 0.0
-        self._freed = False
-        self._life_lock = threading.Lock()
-        self.state = ConnectionState.HANDSHAKING
+        self._life = ConnectionLifetime(self._fd, free=self._handshake.release, event=self._event)
+        # HANDSHAKING, then KERNEL or OPENSSL (or FAILED), then CLOSING: what ``state`` reports
+        # while the lifetime is open and no fatal error ended the connection.
+        self._stage = ConnectionState.HANDSHAKING
         self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
         self._handoff = None
         # The kernel's record layer once it holds the RX keys (session.KernelSession).
@@ -270,99 +247,26 @@ class Connection:
             # Where OpenSSL's own kTLS installed keys shows at the first message after it did.
             self._handshake.watch_every_message()
 
-    # --- lifetime (see the module doc) ---------------------------------------------------------
-
-    def _enter(self) -> None:
-        # In first, then look: a release() that did not see this call has already marked the
-        # connection released, and this call leaves again without touching anything.
-        self._inside.append(None)
-        if self._released:
-            self._leave()
-            raise _closed_error()
-
-    def _leave(self) -> None:
-        self._inside.pop()
-        if self._released and not self._inside:
-            self._free()
+    # --- lifetime (ktls_ossl/lifetime.py) --------------------------------------------------------
 
     def _check_open(self) -> None:
         """Raise if the socket was closed while this call was waiting or working."""
-        if self._released:
-            raise _closed_error()
+        self._life.check_open()
+
+    @property
+    def state(self) -> ConnectionState:
+        if self._life.state is not LifeState.OPEN:
+            return ConnectionState.CLOSED
+        if (self._stage is ConnectionState.FAILED or self._life.ended_in_error
+                or (self._session is not None and self._session.state is SessionState.FAILED)):
+            return ConnectionState.FAILED
+        return self._stage
 
     def release(self, close_fd=None) -> None:
-        """The socket is closed (or unwrapped): no new call may start. OpenSSL's state goes now,
-        not at the next garbage collection, unless a call is inside: then the last one frees it.
-        ``close_fd`` closes the descriptor; where calls are inside it runs when the last one
-        leaves, after their blocking system calls were ended by shutting the connection down."""
-        if close_fd is not None:
-            owner = self._owner()
-            timeout = owner.gettimeout() if owner is not None else None
-            self._linger_limit = LINGER_AFTER_FAILURE if timeout is None else min(timeout, LINGER_AFTER_FAILURE)
-            self._close_fd = close_fd  # before released: whoever sees released sees it too
-        self._released = True
-        if not self._inside:
-            self._free()
-        elif close_fd is not None:
-            self._wake_users()
-
-    def _wake_users(self) -> None:
-        """End the blocking waits and system calls of the calls inside (the socket is closing)."""
-        self._shutdown(_socket.SHUT_RDWR)
-
-    def _shutdown(self, how: int) -> None:
-        kernel.shutdown(self._fd, how)
-
-    def _free(self) -> None:
-        """Free OpenSSL's state and close the fd where asked: once each, whichever of release()
-        and the last call leaving gets here (both may)."""
-        with self._life_lock:
-            free_ssl, self._freed = not self._freed, True
-            close_fd, self._close_fd = self._close_fd, None
-        if free_ssl:
-            self._handshake.release()
-        if close_fd is not None:
-            if self._ended_in_error:
-                self._linger()
-            try:
-                close_fd()
-            except OSError:
-                pass  # a socket's close() has nothing to report here that anyone could act on
-
-    def _linger(self) -> None:
-        """A connection that failed closes the way a user-space TLS stack's effectively does: the
-        peer receives everything we sent (the tickets written after the handshake, the fatal
-        alert), then a FIN.
-
-        Linux answers close() with an RST, and drops whatever the peer has not acknowledged yet,
-        when unread data is left in the receive queue; and a kTLS socket whose record layer failed
-        cannot be drained (the kernel refuses to read past the record it refused, which itself
-        stays queued). So where data is left unread, the write side is shut down first (FIN behind
-        our data) and close() waits, for at most the socket's timeout or LINGER_AFTER_FAILURE,
-        until the peer's TCP has acknowledged everything, FIN included; the RST that close() then
-        sends loses nothing. A non-blocking socket never waits here."""
-        fd = self._fd
-        try:
-            if kernel.unread_bytes(fd) == 0:
-                return  # close() sends a FIN behind our data by itself
-            self._shutdown(_socket.SHUT_WR)
-            if self._linger_limit <= 0:
-                return
-            deadline = time.monotonic() + self._linger_limit
-            poller = select.poll()
-            poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
-            delay = 0.0005
-            while kernel.unacknowledged_bytes(fd) > 0:
-                if any(events & (select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0)):
-                    return  # reset by the peer: nothing more will be acknowledged
-                if time.monotonic() >= deadline:
-                    self._event("closed before the peer acknowledged everything sent")
-                    return
-                # An acknowledgement wakes nothing one could wait on: look again, less often.
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        except OSError:
-            return  # not a connected socket any more: close() has nothing to save
+        """The socket is closed (or unwrapped): ConnectionLifetime.release, with the socket's
+        timeout bounding the linger of a connection that failed."""
+        owner = self._owner()
+        self._life.release(close_fd, timeout=owner.gettimeout() if owner is not None else None)
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -383,7 +287,7 @@ class Connection:
             self._note_openssl_offload()
         if content_type != ContentType.HANDSHAKE or not data:
             return
-        if data[0] == records.HandshakeType.finished and not write_p and self.state is ConnectionState.HANDSHAKING:
+        if data[0] == records.HandshakeType.finished and not write_p and self._stage is ConnectionState.HANDSHAKING:
             if self.policy is Policy.USERSPACE:
                 rx = "none (policy USERSPACE)"
             else:
@@ -420,7 +324,7 @@ class Connection:
     @_guarded
     def do_handshake(self) -> None:
         with self._lock:
-            if self.state in (ConnectionState.KERNEL, ConnectionState.OPENSSL):
+            if self._stage in (ConnectionState.KERNEL, ConnectionState.OPENSSL, ConnectionState.CLOSING):
                 return
             self._check_required_before_handshake()
             if self._failure is not None:
@@ -433,7 +337,7 @@ class Connection:
                             want = self._handshake.step()
                         except Exception as exc:
                             self._check_open()  # the socket closed under the handshake: that is the error
-                            self._failure, self.state = exc, ConnectionState.FAILED
+                            self._failure, self._stage = exc, ConnectionState.FAILED
                             self._event(f"handshake failed: {exc}")
                             raise
                         if want == 0:
@@ -449,7 +353,7 @@ class Connection:
             if self.policy is not Policy.AFTER_CCS:  # AFTER_CCS watches OpenSSL's KeyUpdates
                 self._handshake.stop_counting()
             self._after_handshake()
-            self.state = ConnectionState.KERNEL if self._session is not None else ConnectionState.OPENSSL
+            self._stage = ConnectionState.KERNEL if self._session is not None else ConnectionState.OPENSSL
             self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
 
     def _check_required_before_handshake(self) -> None:
@@ -536,7 +440,7 @@ class Connection:
         return self._session is not None and self._session.tx_in_kernel
 
     def _ensure_handshake(self) -> None:
-        if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.FAILED:
+        if self._stage is ConnectionState.HANDSHAKING or self._stage is ConnectionState.FAILED:
             self.do_handshake()
 
     def _raise_if_failed(self) -> None:
@@ -713,6 +617,8 @@ class Connection:
     def shutdown(self):
         """Send close_notify and wait for the peer's (CPython's unwrap); returns the socket."""
         sock = self.owner
+        if self._stage in (ConnectionState.KERNEL, ConnectionState.OPENSSL):
+            self._stage = ConnectionState.CLOSING
         if self._session is None:
             self._openssl_shutdown()
             return sock
@@ -833,6 +739,14 @@ class KTLSSocket(ssl.SSLSocket):
         return connection.status if connection is not None else None
 
     @property
+    def ktls_state(self) -> ConnectionState | None:
+        """Where the connection is (ConnectionState); None before there is one (not connected)."""
+        connection = self._sslobj or getattr(self, "_ktls_unwrapped", None)
+        if connection is not None:
+            return connection.state
+        return ConnectionState.CLOSED if hasattr(self, "_ktls_trail") else None
+
+    @property
     def ktls_events(self) -> list[tuple[str, str]]:
         """The audit trail, in order; still readable after close() and unwrap()."""
         connection = self._sslobj or getattr(self, "_ktls_unwrapped", None)
@@ -929,7 +843,7 @@ class KTLSSocket(ssl.SSLSocket):
         self._ktls_unwrapped = None
         self._sslobj = None
         # The connection closes the descriptor: now, or, while another thread's call is still
-        # using it, when that call leaves (see the theory of operation above).
+        # using it, when that call leaves (ktls_ossl/lifetime.py).
         fd = _socket.socket.detach(self)
         connection.release(close_fd=functools.partial(os.close, fd) if fd >= 0 else None)
 
