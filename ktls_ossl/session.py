@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import control, errors, kernel, keys
 from .control import Action, ControlState
-from .errors import KernelTLSError, KTLSKeyExpiredError, KTLSRecordError, KTLSRekeyUnsupportedError
+from .errors import KernelTLSError, KTLSKeyExpiredError, KTLSRecordError
 from .handshake import WANT_READ, Handoff, HandoffUnavailable
 from .keys import Direction
-from .records import Alert, AlertDescription, AlertLevel, ContentType
+from .records import ContentType
+from .relay import PostHandshakeRelay
 from .sender import KernelSender
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
@@ -212,9 +213,13 @@ class KernelSession:
         # The engine is one object (OpenSSL's SSL) that the reading and the sending thread both use:
         # every call into it is made under this lock.
         self.engine_lock = threading.RLock()
-        self.sender = KernelSender(fd, handoff, tx_in_kernel=tx_in_kernel, post_handshake=post_handshake,
-                                   engine_lock=self.engine_lock, rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for,
-                                   check_open=check_open, event=event, terminate=self._terminate)
+        self.relay = PostHandshakeRelay(fd, post_handshake, lock=self.engine_lock, tx_in_kernel=tx_in_kernel,
+                                        control_state=self._control, terminate=self._terminate,
+                                        check_open=check_open, event=event)
+        self.sender = self.relay.sender = KernelSender(
+            fd, handoff, tx_in_kernel=tx_in_kernel, post_handshake=post_handshake, engine_lock=self.engine_lock,
+            rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for, check_open=check_open,
+            event=event, terminate=self._terminate)
         # What tells a failed tag from a TLS 1.3 record without a content type (_record_refused).
         self._decrypt_errors_at_handoff = (kernel.decrypt_error_count()
                                            if handoff.version == keys.TLS_1_3_VERSION else None)
@@ -245,8 +250,7 @@ class KernelSession:
         self.failure = exc
         self.state = SessionState.FAILED
         self._event(event)
-        with self.engine_lock:
-            self.post_handshake.forget_session()
+        self.relay.forget_session()
         return exc
 
     # --- reading ---------------------------------------------------------------------------------
@@ -468,8 +472,7 @@ class KernelSession:
         action = decision.action
         if action is Action.CLOSE:
             self.state = SessionState.PEER_CLOSED
-            with self.engine_lock:
-                self.post_handshake.note_close_notify(received=True)
+            self.relay.note_close_notify(received=True)
             self._event("close_notify received")
         elif action is Action.IGNORE:
             self._event(decision.message or "ignored")
@@ -482,38 +485,16 @@ class KernelSession:
             self.sender.queue_alert(decision.alert)
             self._event(decision.message)
         elif action is Action.SESSION_TICKET:
-            self._to_engine(decision)
+            self.relay.feed(decision)
             self.tickets_received += 1
             self._event("NewSessionTicket accepted by OpenSSL")
         elif action is Action.KEY_UPDATE:
-            self._peer_key_update(decision)
+            self.relay.peer_key_update(decision)
         elif action is Action.CERTIFICATE_REQUEST:
-            self._to_engine(decision)
+            self.relay.feed(decision)
             self._event("post-handshake CertificateRequest answered by OpenSSL")
         elif action is Action.CLIENT_AUTHENTICATION:
-            self._to_engine(decision)
-            if not self.post_handshake.in_handshake:
-                self._control.client_auth = None
-                self._event("client authenticated after the handshake")
-
-    def _to_engine(self, decision: control.Decision, *, key_update: bool = False) -> bool:
-        """The engine processes the message (it owns sessions, the key schedule and certificate
-        checks); its answer goes out through the kernel. A rejection fails the session (after
-        the engine's alert). Returns whether the answer holds a KeyUpdate of the engine's."""
-        message = decision.handshake.pack()
-        try:
-            with self.engine_lock:
-                if key_update:
-                    answer = self.post_handshake.feed_key_update(message)
-                else:
-                    answer = self.post_handshake.feed(ContentType.HANDSHAKE, message)
-        except BaseException as exc:
-            self._check_open()
-            self.sender.queue_own_records(getattr(exc, "ktls_outgoing", []))
-            self.sender.flush("read", best_effort=True)
-            self._terminate(exc, f"OpenSSL rejected a post-handshake message: {exc}")
-            raise
-        return self.sender.queue_own_records(answer)
+            self.relay.client_authentication(decision)
 
     def _fail(self, decision: control.Decision):
         if decision.alert is not None:
@@ -522,43 +503,10 @@ class KernelSession:
                               f"connection failed: {decision.reason}: {decision.message}")
 
     def request_client_certificate(self) -> None:
-        """A post-handshake CertificateRequest (TLS 1.3, server side): the engine writes it, it goes
-        out now, and the client's answer is judged by the engine when it arrives; no data behind
-        that answer is delivered before the engine accepted it."""
-        with self.sender.key_lock:
-            with self.engine_lock:
-                self.post_handshake.verify_client_post_handshake()
-                answer = self.post_handshake.emit()  # OpenSSL sends it itself where TX is its own
-            if self.tx_in_kernel:
-                self.sender.queue_own_records(answer)
-                self.sender.flush("write")
-            self._control.client_auth = "requested"
-            self._event("post-handshake CertificateRequest sent")
+        """A post-handshake CertificateRequest (TLS 1.3, server side): PostHandshakeRelay's."""
+        self.relay.request_client_certificate()
 
     # --- key updates -------------------------------------------------------------------------------
-
-    def _peer_key_update(self, decision: control.Decision) -> None:
-        if not kernel.probe().rekey_supported:
-            error = KTLSRekeyUnsupportedError(
-                0, f"the peer updated its TLS 1.3 keys (KeyUpdate) but kernel "
-                   f"{kernel.probe().kernel_release} cannot install the next receive key "
-                   "(TLS 1.3 rekey needs Linux 6.14+); the connection cannot continue",
-                "KEY_UPDATE_UNSUPPORTED")
-            self._terminate(error, "KeyUpdate received; this kernel cannot rekey")
-            self.sender.send_final_alert(Alert(AlertLevel.FATAL, AlertDescription.internal_error))
-            raise error
-        # The engine owns the key schedule, in both directions, and the kernel's keys follow it (a
-        # post-handshake authentication depends on its secrets): it learns of the peer's
-        # KeyUpdate, the kernel gets the receive key the engine moved to, and where the peer asks
-        # for our update, the engine writes it (at once, or when asked, depending on its version).
-        answered = self._to_engine(decision, key_update=True)
-        try:
-            kernel.rekey(self.fd, Direction.RX, self.post_handshake.read_keys)
-        except KernelTLSError as exc:
-            raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
-        self._event("KeyUpdate received: RX rekeyed")
-        if decision.update_requested and not answered and self.tx_in_kernel:
-            self.sender.update_tx_keys(request_peer=False)
 
     def key_update(self, request_peer: bool = False) -> None:
         """Send a TLS 1.3 KeyUpdate and move the kernel's send key to the next one (see
@@ -628,11 +576,9 @@ class KernelSession:
                 self.sender.queue_close_notify()
                 self.sender.flush("write")
             else:
-                with self.engine_lock:
-                    self.post_handshake.shutdown_step()  # OpenSSL sends on the socket itself
+                self.relay.shutdown_step()  # the engine sends on the socket itself
             self.sent_close = True
-            with self.engine_lock:
-                self.post_handshake.note_close_notify(sent=True)
+            self.relay.note_close_notify(sent=True)
             self._event("close_notify sent")
         scratch = self._scratch_buffer()
         while not self.peer_closed:
