@@ -16,7 +16,6 @@ On top of ssl.SSLContext: ``ktls_policy``, ``require_ktls``, ``control_record_ca
 """
 from __future__ import annotations
 
-import operator
 import os
 import ssl
 import sys
@@ -28,8 +27,23 @@ from typing import TYPE_CHECKING, NoReturn
 
 import _ssl
 
-from . import errors
 from ._ossl import ffi, lib
+from .context_certificates import CertificateSettings
+from .cpython_args import (
+    _INT_MAX,
+    _UINT64_MASK,
+    _UINT_MASK,
+    _ULONG_MASK,
+    _as_int,
+    _as_long,
+    _as_uint64,
+    _as_unsigned_int_mask,
+    _as_unsigned_long_mask,
+    _library_error,
+    _message_error,
+    _OPTIONS_ARE_UINT64,
+    _ssl_error,
+)
 from .cpython_callbacks import MessageCallback
 from .handshake import Policy, handshake_of  # importing handshake also defines the msg/SNI callbacks
 from .socket import Connection, KTLSSocket
@@ -40,167 +54,6 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, StrOrBytesPath
 
 __all__ = ["SSLContext", "create_default_context", "select_alpn_protocol"]
-
-# --- C argument conversions -------------------------------------------------------------------
-# CPython parses property values with PyArg_Parse formats; these reproduce the accepted types,
-# the wrap-around and the overflow messages of each format used (Linux LP64: long is 64 bits).
-
-_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-_LONG_BITS = 8 * ffi.sizeof("long")
-_LONG_MIN, _LONG_MAX = -(1 << (_LONG_BITS - 1)), (1 << (_LONG_BITS - 1)) - 1
-_ULONG_MASK = (1 << (8 * ffi.sizeof("unsigned long"))) - 1
-_UINT_MASK = (1 << 32) - 1
-_UINT64_MASK = (1 << 64) - 1
-
-
-def _as_long(value) -> int:
-    """PyArg format "l": any __index__ object, within C long."""
-    number = operator.index(value)
-    if not _LONG_MIN <= number <= _LONG_MAX:
-        raise OverflowError("Python int too large to convert to C long")
-    return number
-
-
-def _as_int(value) -> int:
-    """PyArg format "i"."""
-    number = _as_long(value)
-    if number > _INT_MAX:
-        raise OverflowError("signed integer is greater than maximum")
-    if number < _INT_MIN:
-        raise OverflowError("signed integer is less than minimum")
-    return number
-
-
-def _as_unsigned_long_mask(value) -> int:
-    """PyArg format "k": an int (no __index__), reduced modulo 2**64 without overflow checks."""
-    if not isinstance(value, int):
-        raise TypeError(f"argument must be int, not {type(value).__name__}")
-    return value & _ULONG_MASK
-
-
-# CPython 3.12 made SSLContext.options a uint64_t both ways: set with any int in
-# [0, 2**64), read back unsigned; 3.10/3.11 go through a C long.
-_OPTIONS_ARE_UINT64 = sys.version_info >= (3, 12)
-
-
-def _as_uint64(value) -> int:
-    """CPython 3.12+'s uint64 converter: an int (no __index__) in [0, 2**64)."""
-    if not isinstance(value, int):
-        raise TypeError(f"argument must be int, not {type(value).__name__}")
-    if value < 0:
-        raise OverflowError("can't convert negative int to unsigned")
-    if value > _UINT64_MASK:
-        raise OverflowError("int too big to convert")
-    return int(value)  # a bool as its int (no "~ on bool" DeprecationWarning on 3.12+)
-
-
-def _as_unsigned_int_mask(value) -> int:
-    """PyArg format "I": any __index__ object, reduced modulo 2**32."""
-    return operator.index(value) & _UINT_MASK
-
-
-def _filesystem_path(value, what: str) -> bytes:
-    """PyUnicode_FSConverter, with the TypeError CPython rewords for certfile/keyfile/cafile/capath."""
-    try:
-        path = os.fsencode(value)
-    except TypeError:
-        raise TypeError(f"{what} should be a valid filesystem path") from None
-    if b"\0" in path:
-        raise ValueError("embedded null byte")
-    return path
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-def _ssl_error(number: int, text: str, library: str | None, reason: str | None) -> ssl.SSLError:
-    """An SSLError laid out as CPython's fill_and_set_sslerror() lays it out."""
-    if library and reason:
-        message = f"[{library}: {reason}] {text} {errors.LOCATION}"
-    elif library:
-        message = f"[{library}] {text} {errors.LOCATION}"
-    else:
-        message = f"{text} {errors.LOCATION}"
-    exc = ssl.SSLError(number, message)
-    exc.library = library
-    exc.reason = reason
-    return exc
-
-
-def _library_error() -> ssl.SSLError:
-    """What CPython's context methods raise when OpenSSL fails (_setSSLError): the last error in
-    the queue, with its reason code as ``errno``; the queue is left empty.
-
-    (errors.ssl_error_from_code is the connection-level variant, whose errno is SSL_ERROR_SSL.)
-    """
-    code = errors.pop_error_code()
-    if code == 0:
-        return _ssl_error(0, "unknown error", None, None)
-    library, reason = errors.error_names(code)
-    text = lib.ERR_reason_error_string(code)
-    text = ffi.string(text).decode("utf-8", "replace") if text != ffi.NULL else "unknown error"
-    return _ssl_error(lib.ERR_GET_REASON(code), text, library, reason)
-
-
-def _message_error(text: str) -> ssl.SSLError:
-    """_setSSLError with a fixed message: errno 0, no library; the queue is left empty."""
-    lib.ERR_clear_error()
-    return _ssl_error(0, text, None, None)
-
-
-def _os_error(number: int) -> OSError:
-    """PyErr_SetFromErrno: OSError(errno, strerror), which picks the subclass (FileNotFoundError, ...)."""
-    lib.ERR_clear_error()
-    return OSError(number, os.strerror(number))
-
-
-# --- passwords ----------------------------------------------------------------------------------
-
-def _password_bytes(value, type_error: str) -> bytes:
-    if isinstance(value, str):
-        data = value.encode("utf-8")
-    elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-    else:
-        raise TypeError(type_error)
-    if len(data) > _INT_MAX:
-        raise ValueError(f"password cannot be longer than {_INT_MAX} bytes")
-    return data
-
-
-class _PasswordSource:
-    """The password for one load_cert_chain() call, and the exception its callable raised."""
-
-    def __init__(self, password):
-        self.callable = password if callable(password) else None
-        self.data = None if self.callable else _password_bytes(
-            password, "password should be a string or callable")
-        self.error: BaseException | None = None
-
-    def fill(self, buffer, size: int) -> int:
-        if self.error is not None:
-            return -1  # OpenSSL may ask again after a failure; keep the first exception
-        try:
-            if self.callable is not None:
-                data = _password_bytes(self.callable(), "password callback must return a string")
-            else:
-                data = self.data
-            if len(data) > size:
-                raise ValueError(f"password cannot be longer than {size} bytes")
-            ffi.memmove(buffer, data, len(data))
-            return len(data)
-        except BaseException as exc:  # re-raised by load_cert_chain, as CPython does
-            self.error = exc
-            return -1
-
-
-@ffi.def_extern()
-def ktls_passwd_cb(buffer, size, rwflag, userdata):
-    if userdata == ffi.NULL:
-        return -1
-    return ffi.from_handle(userdata).fill(buffer, size)
-
-
-# --- ALPN ---------------------------------------------------------------------------------------
 
 def _alpn_entries(wire: bytes):
     """(offset of the name, name) for each entry of an ALPN wire list; stops at a malformed end."""
@@ -357,7 +210,7 @@ class _KeylogFile:
         self._close()
 
 
-class SSLContext(ssl.SSLContext):
+class SSLContext(CertificateSettings, ssl.SSLContext):
     """ssl.SSLContext over ktls_ossl's own SSL_CTX; ``wrap_socket`` returns a KTLSSocket."""
 
     sslsocket_class = KTLSSocket
@@ -767,190 +620,6 @@ class SSLContext(ssl.SSLContext):
         if lib.SSL_CTX_set1_groups_list(self._ssl_ctx, groups.encode("utf-8")) != 1:
             raise _message_error("unrecognized group")
 
-    def load_dh_params(self, path: str) -> None:
-        os.fspath(path)  # the TypeError CPython's fopen wrapper raises for a non-path
-        with open(path, "rb") as params_file:  # OSError with the filename, as CPython
-            data = params_file.read()
-        lib.ERR_clear_error()
-        buffer = ffi.from_buffer(data)
-        bio = lib.BIO_new_mem_buf(buffer, len(data))
-        if bio == ffi.NULL:
-            raise _library_error()
-        try:
-            dh = lib.PEM_read_bio_DHparams(bio, ffi.NULL, ffi.NULL, ffi.NULL)
-        finally:
-            lib.BIO_free(bio)
-        if dh == ffi.NULL:
-            raise _library_error()
-        try:
-            if not lib.SSL_CTX_set_tmp_dh(self._ssl_ctx, dh):
-                raise _library_error()
-        finally:
-            lib.DH_free(dh)
-
-    # --- certificates and keys -------------------------------------------------------------------
-
-    def load_cert_chain(
-            self, certfile: StrOrBytesPath, keyfile: StrOrBytesPath | None = None,
-            password: Callable[[], str | bytes | bytearray] | str | bytes | bytearray | None = None,
-    ) -> None:
-        lib.ERR_clear_error()
-        certfile_path = _filesystem_path(certfile, "certfile")
-        keyfile_path = _filesystem_path(keyfile, "keyfile") if keyfile is not None else None
-        source = _PasswordSource(password) if password is not None else None
-        # The password callback is a context-wide setting for the duration of this call.
-        with self._password_lock:
-            handle = None
-            if source is not None:
-                handle = ffi.new_handle(source)
-                lib.SSL_CTX_set_default_passwd_cb(self._ssl_ctx, lib.ktls_passwd_cb)
-                lib.SSL_CTX_set_default_passwd_cb_userdata(self._ssl_ctx, handle)
-            try:
-                ffi.errno = 0
-                result = lib.SSL_CTX_use_certificate_chain_file(self._ssl_ctx, certfile_path)
-                if result != 1:
-                    raise self._load_failure(source, ffi.errno)
-                ffi.errno = 0
-                result = lib.SSL_CTX_use_PrivateKey_file(
-                    self._ssl_ctx, keyfile_path or certfile_path, lib.SSL_FILETYPE_PEM)
-                if result != 1:
-                    raise self._load_failure(source, ffi.errno)
-                if lib.SSL_CTX_check_private_key(self._ssl_ctx) != 1:
-                    raise _library_error()
-            finally:
-                lib.SSL_CTX_set_default_passwd_cb(self._ssl_ctx, ffi.NULL)
-                lib.SSL_CTX_set_default_passwd_cb_userdata(self._ssl_ctx, ffi.NULL)
-                del handle
-
-    @staticmethod
-    def _load_failure(source: _PasswordSource | None, saved_errno: int) -> BaseException:
-        """CPython's order: the password callback's exception, then errno (file errors), then
-        the OpenSSL error (e.g. "[SSL] PEM lib" for a wrong password)."""
-        if source is not None and source.error is not None:
-            lib.ERR_clear_error()
-            return source.error
-        if saved_errno:
-            return _os_error(saved_errno)
-        return _library_error()
-
-    def load_verify_locations(
-            self, cafile: StrOrBytesPath | None = None, capath: StrOrBytesPath | None = None,
-            cadata: str | ReadableBuffer | None = None,
-    ) -> None:
-        if cafile is None and capath is None and cadata is None:
-            raise TypeError("cafile, capath and cadata cannot be all omitted")
-        cafile_path = _filesystem_path(cafile, "cafile") if cafile is not None else None
-        capath_path = _filesystem_path(capath, "capath") if capath is not None else None
-        if cadata is not None:
-            self._load_cadata(cadata)
-        if cafile_path is not None or capath_path is not None:
-            lib.ERR_clear_error()
-            ffi.errno = 0
-            result = lib.SSL_CTX_load_verify_locations(
-                self._ssl_ctx,
-                cafile_path if cafile_path is not None else ffi.NULL,
-                capath_path if capath_path is not None else ffi.NULL)
-            saved_errno = ffi.errno
-            if result != 1:
-                raise _os_error(saved_errno) if saved_errno else _library_error()
-
-    def _load_cadata(self, cadata) -> None:
-        invalid = "cadata should be an ASCII string or a bytes-like object"
-        if isinstance(cadata, str):
-            try:
-                data = cadata.encode("ascii")
-            except UnicodeEncodeError:
-                raise TypeError(invalid) from None
-            self._add_ca_certs(data, lib.SSL_FILETYPE_PEM)
-            return
-        try:
-            view = memoryview(cadata)
-        except TypeError:
-            raise TypeError(invalid) from None
-        with view:
-            if not view.c_contiguous:
-                raise BufferError("memoryview: underlying buffer is not C-contiguous")
-            if view.ndim > 1:
-                raise TypeError("cadata should be a contiguous buffer with a single dimension")
-            data = view.tobytes()
-        self._add_ca_certs(data, lib.SSL_FILETYPE_ASN1)
-
-    def _add_ca_certs(self, data: bytes, filetype: int) -> None:
-        """Every certificate in ``data`` (PEM text, or concatenated DER) into the trust store."""
-        if not data:
-            raise ValueError("Empty certificate data")
-        if len(data) > _INT_MAX:
-            raise OverflowError("Certificate data is too long.")
-        lib.ERR_clear_error()
-        buffer = ffi.from_buffer(data)
-        bio = lib.BIO_new_mem_buf(buffer, len(data))
-        if bio == ffi.NULL:
-            raise _message_error("Can't allocate buffer")
-        try:
-            store = lib.SSL_CTX_get_cert_store(self._ssl_ctx)
-            loaded = 0
-            while True:
-                if filetype == lib.SSL_FILETYPE_ASN1:
-                    cert = lib.d2i_X509_bio(bio, ffi.NULL)
-                else:
-                    cert = lib.PEM_read_bio_X509(bio, ffi.NULL, ffi.NULL, ffi.NULL)
-                if cert == ffi.NULL:
-                    break
-                added = lib.X509_STORE_add_cert(store, cert)
-                lib.X509_free(cert)
-                if not added:
-                    code = lib.ERR_peek_last_error()
-                    if (lib.ERR_GET_LIB(code) == lib.ERR_LIB_X509
-                            and lib.ERR_GET_REASON(code) == lib.X509_R_CERT_ALREADY_IN_HASH_TABLE):
-                        lib.ERR_clear_error()  # a duplicate is not an error
-                    else:
-                        break
-                loaded += 1
-        finally:
-            lib.BIO_free(bio)
-        code = lib.ERR_peek_last_error()
-        library, reason = lib.ERR_GET_LIB(code), lib.ERR_GET_REASON(code)
-        if loaded == 0:
-            raise _message_error("no start line: cadata does not contain a certificate"
-                                 if filetype == lib.SSL_FILETYPE_PEM else
-                                 "not enough data: cadata does not contain a certificate")
-        if filetype == lib.SSL_FILETYPE_ASN1 and library == lib.ERR_LIB_ASN1 and reason == lib.ASN1_R_HEADER_TOO_LONG:
-            lib.ERR_clear_error()  # the end of the DER data
-        elif filetype == lib.SSL_FILETYPE_PEM and library == lib.ERR_LIB_PEM and reason == lib.PEM_R_NO_START_LINE:
-            lib.ERR_clear_error()  # no further PEM block
-        elif code != 0:
-            raise _library_error()
-
-    def set_default_verify_paths(self) -> None:
-        # load_default_certs() (inherited from ssl.py) ends here too.
-        lib.ERR_clear_error()
-        if not lib.SSL_CTX_set_default_verify_paths(self._ssl_ctx):
-            raise _library_error()
-
-    def _store_certificates(self):
-        """(certificate, is a CA) for each certificate object in the trust store."""
-        objects = lib.X509_STORE_get0_objects(lib.SSL_CTX_get_cert_store(self._ssl_ctx))
-        for index in range(lib.sk_X509_OBJECT_num(objects)):
-            entry = lib.sk_X509_OBJECT_value(objects, index)
-            if lib.X509_OBJECT_get_type(entry) == lib.X509_LU_X509:
-                cert = lib.X509_OBJECT_get0_X509(entry)
-                yield cert, bool(lib.X509_check_ca(cert))
-
-    def cert_store_stats(self) -> dict:
-        objects = lib.X509_STORE_get0_objects(lib.SSL_CTX_get_cert_store(self._ssl_ctx))
-        crl = sum(1 for index in range(lib.sk_X509_OBJECT_num(objects))
-                  if lib.X509_OBJECT_get_type(lib.sk_X509_OBJECT_value(objects, index)) == lib.X509_LU_CRL)
-        certificates = list(self._store_certificates())
-        return {"x509": len(certificates), "crl": crl,
-                "x509_ca": sum(1 for _, is_ca in certificates if is_ca)}
-
-    def get_ca_certs(self, binary_form: bool = False) -> list:
-        ders = [_certificate_der(cert) for cert, is_ca in self._store_certificates() if is_ca]
-        if binary_form:
-            return ders
-        from .certificate import decode_certificate
-        return [decode_certificate(der) for der in ders]
-
     def session_stats(self) -> dict:
         ctx = self._ssl_ctx
         return {
@@ -1138,16 +807,6 @@ def _cipher_to_dict(cipher) -> dict:
         "auth": long_name(lib.SSL_CIPHER_get_auth_nid(cipher)),
     }
 
-
-def _certificate_der(cert) -> bytes:
-    length = lib.i2d_X509(cert, ffi.NULL)
-    if length < 0:
-        raise _library_error()
-    buffer = ffi.new("unsigned char[]", length)
-    cursor = ffi.new("unsigned char **", buffer)
-    if lib.i2d_X509(cert, cursor) != length:
-        raise _library_error()
-    return bytes(ffi.buffer(buffer, length))
 
 
 # What ssl.create_default_context() may set beyond a fresh SSLContext, in an order that is valid to

@@ -948,7 +948,9 @@ INHERITED_DELEGATORS = {
 
 def test_every_ssl_context_member_is_ours_or_a_known_delegator():
     members = {name for name in dir(ssl.SSLContext) if not (name.startswith("__") and name.endswith("__"))}
-    ours = set(vars(SSLContext))
+    # Ours where the class that Python finds it on (the first in the MRO) is one of ktls_ossl's.
+    ours = {name for name in members
+            if next(klass for klass in SSLContext.__mro__ if name in vars(klass)).__module__.startswith("ktls_ossl.")}
     unhandled = members - ours - INHERITED_DELEGATORS
     assert not unhandled, f"members that would reach CPython's hidden context: {sorted(unhandled)}"
     assert not (INHERITED_DELEGATORS & ours), "listed as inherited but overridden: update the list"

@@ -33,10 +33,20 @@ STUB_ONLY_NAMES = {
 
 def _public_functions(qualname: str, cls: type,
                       module: types.ModuleType) -> Iterator[tuple[str, Callable, types.ModuleType]]:
-    """A class's own public methods (and __init__) and property accessors."""
-    for name, member in vars(cls).items():
-        if name.startswith("_") and name != "__init__":
+    """A class's own public methods (and __init__) and property accessors, those of ktls_ossl's
+    classes it inherits from (mixins) included, each with the module its annotations are in."""
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("ktls_ossl."):
+            yield from _functions_of(qualname, cls, klass, sys.modules[klass.__module__], seen)
+
+
+def _functions_of(qualname: str, cls: type, klass: type, module: types.ModuleType,
+                  seen: set[str]) -> Iterator[tuple[str, Callable, types.ModuleType]]:
+    for name, member in vars(klass).items():
+        if (name.startswith("_") and name != "__init__") or name in seen:
             continue
+        seen.add(name)
         if name == "__init__" and getattr(member, "__qualname__", "") != f"{cls.__qualname__}.__init__":
             continue  # not the class's own (typing.Protocol puts a placeholder there)
         if isinstance(member, property):
