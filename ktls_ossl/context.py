@@ -33,12 +33,8 @@ from .cpython_args import (
     _INT_MAX,
     _UINT64_MASK,
     _UINT_MASK,
-    _ULONG_MASK,
-    _as_int,
     _as_long,
     _as_uint64,
-    _as_unsigned_int_mask,
-    _as_unsigned_long_mask,
     _library_error,
     _message_error,
     _OPTIONS_ARE_UINT64,
@@ -97,13 +93,6 @@ _ACCEPTED_VERSIONS = {ssl.TLSVersion.MINIMUM_SUPPORTED, ssl.TLSVersion.MAXIMUM_S
                       ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3, *_DEPRECATED_VERSIONS}
 _MINIMUM_AVAILABLE = lib.TLS1_VERSION  # this OpenSSL has no SSLv3 (see ssl.HAS_SSLv3)
 _MAXIMUM_AVAILABLE = lib.TLS1_3_VERSION
-
-_VERIFY_MODES = {
-    ssl.CERT_NONE: lib.SSL_VERIFY_NONE,
-    ssl.CERT_OPTIONAL: lib.SSL_VERIFY_PEER,
-    ssl.CERT_REQUIRED: lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
-}
-_VERIFY_MODE_MASK = lib.SSL_VERIFY_NONE | lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
 
 # set_ecdh_curve() before CPython 3.11 goes through an EC_KEY (see there).
 _ECDH_CURVE_IS_EC_KEY = sys.version_info < (3, 11)
@@ -248,94 +237,6 @@ class SSLContext(CertificateSettings, CallbackSettings, ssl.SSLContext):
         lib.ERR_clear_error()
         if lib.SSL_CTX_set_ciphersuites(self._ssl_ctx, ciphersuites.encode("utf-8")) != 1:
             raise _library_error()
-
-    # --- verification ---------------------------------------------------------------------------
-
-    def _set_verify(self, mode: int) -> None:
-        if mode not in _VERIFY_MODES:
-            raise ValueError("invalid value for verify_mode")
-        # Keep whatever verify callback is installed, as CPython does.
-        callback = lib.SSL_CTX_get_verify_callback(self._ssl_ctx)
-        lib.SSL_CTX_set_verify(self._ssl_ctx, _VERIFY_MODES[mode], callback)
-
-    # The setters here take any int, as CPython's C setters do; the getters give ssl's enums.
-    @property
-    def verify_mode(self) -> ssl.VerifyMode:
-        value = lib.SSL_CTX_get_verify_mode(self._ssl_ctx) & _VERIFY_MODE_MASK
-        for mode, bits in _VERIFY_MODES.items():
-            if bits == value:
-                return ssl.VerifyMode(mode)
-        raise ssl.SSLError("invalid return value from SSL_CTX_get_verify_mode")
-
-    @verify_mode.setter
-    def verify_mode(self, value: int) -> None:
-        mode = _as_int(value)
-        if mode == ssl.CERT_NONE and self._check_hostname:
-            raise ValueError("Cannot set verify_mode to CERT_NONE when check_hostname is enabled.")
-        self._set_verify(mode)
-
-    @property
-    def check_hostname(self) -> bool:
-        return self._check_hostname
-
-    @check_hostname.setter
-    def check_hostname(self, value: bool) -> None:
-        enable = bool(value)
-        if enable and lib.SSL_CTX_get_verify_mode(self._ssl_ctx) == lib.SSL_VERIFY_NONE:
-            self._set_verify(ssl.CERT_REQUIRED)  # check_hostname=True implies CERT_REQUIRED
-        self._check_hostname = enable
-
-    @property
-    def verify_flags(self) -> ssl.VerifyFlags:
-        return ssl.VerifyFlags(lib.X509_VERIFY_PARAM_get_flags(lib.SSL_CTX_get0_param(self._ssl_ctx)))
-
-    @verify_flags.setter
-    def verify_flags(self, value: int) -> None:
-        new_flags = _as_unsigned_long_mask(value)
-        params = lib.SSL_CTX_get0_param(self._ssl_ctx)
-        flags = lib.X509_VERIFY_PARAM_get_flags(params)
-        clear = flags & ~new_flags & _ULONG_MASK
-        add = ~flags & new_flags & _ULONG_MASK
-        if clear and not lib.X509_VERIFY_PARAM_clear_flags(params, clear):
-            raise _library_error()
-        if add and not lib.X509_VERIFY_PARAM_set_flags(params, add):
-            raise _library_error()
-
-    @property
-    def _host_flags(self) -> int:
-        # OpenSSL 3.0 can read these back, but CPython keeps its own copy; so do we.
-        return self._hostflags
-
-    @_host_flags.setter
-    def _host_flags(self, value) -> None:
-        flags = _as_unsigned_int_mask(value)
-        self._hostflags = flags
-        lib.X509_VERIFY_PARAM_set_hostflags(lib.SSL_CTX_get0_param(self._ssl_ctx), flags)
-
-    @property
-    def hostname_checks_common_name(self) -> bool:
-        never = lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
-        return self._hostflags & never != never
-
-    @hostname_checks_common_name.setter
-    def hostname_checks_common_name(self, value: bool) -> None:
-        if value:
-            self._host_flags = self._hostflags & ~lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
-        else:
-            self._host_flags = self._hostflags | lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
-
-    @property
-    def post_handshake_auth(self) -> bool:
-        # Applied per connection by the handshake layer, as CPython applies it per SSL (bpo-37428).
-        return self._post_handshake_auth
-
-    @post_handshake_auth.setter
-    def post_handshake_auth(self, value: bool) -> None:
-        self._post_handshake_auth = bool(value)
-
-    @post_handshake_auth.deleter
-    def post_handshake_auth(self) -> None:
-        raise AttributeError("cannot delete attribute")
 
     # --- protocol versions, options, ciphers ---------------------------------------------------
 

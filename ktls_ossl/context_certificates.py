@@ -1,5 +1,6 @@
-"""SSLContext's certificates and keys: its own certificate chain and key, DH parameters, and the
-trust store (CA files, directories and data, the system's default paths, what the store holds).
+"""SSLContext's certificates, keys and verification: its own certificate chain and key, DH
+parameters, the trust store (CA files, directories and data, the system's default paths, what the
+store holds) and how the peer's certificate is verified (mode, flags, host name checks).
 
 A mixin of ktls_ossl.context.SSLContext (the class that owns ``_ssl_ctx``), kept apart because it
 is one concern with its own OpenSSL calls; behaviour and errors are CPython's (Modules/_ssl.c).
@@ -7,12 +8,17 @@ is one concern with its own OpenSSL calls; behaviour and errors are CPython's (M
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._ossl import ffi, lib
 from .cpython_args import (
     _INT_MAX,
+    _ULONG_MASK,
+    _as_int,
+    _as_unsigned_int_mask,
+    _as_unsigned_long_mask,
     _filesystem_path,
     _library_error,
     _message_error,
@@ -25,9 +31,105 @@ if TYPE_CHECKING:
 
 __all__ = ["CertificateSettings"]
 
+_VERIFY_MODES = {
+    ssl.CERT_NONE: lib.SSL_VERIFY_NONE,
+    ssl.CERT_OPTIONAL: lib.SSL_VERIFY_PEER,
+    ssl.CERT_REQUIRED: lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+}
+_VERIFY_MODE_MASK = lib.SSL_VERIFY_NONE | lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+
 
 class CertificateSettings:
-    """The certificate and trust-store half of SSLContext (needs ``_ssl_ctx`` and ``_password_lock``)."""
+    """The certificate, trust-store and verification part of SSLContext (needs ``_ssl_ctx``,
+    ``_password_lock``, ``_check_hostname``, ``_hostflags``, ``_post_handshake_auth``)."""
+
+    # --- verification ---------------------------------------------------------------------------
+
+    def _set_verify(self, mode: int) -> None:
+        if mode not in _VERIFY_MODES:
+            raise ValueError("invalid value for verify_mode")
+        # Keep whatever verify callback is installed, as CPython does.
+        callback = lib.SSL_CTX_get_verify_callback(self._ssl_ctx)
+        lib.SSL_CTX_set_verify(self._ssl_ctx, _VERIFY_MODES[mode], callback)
+
+    # The setters here take any int, as CPython's C setters do; the getters give ssl's enums.
+    @property
+    def verify_mode(self) -> ssl.VerifyMode:
+        value = lib.SSL_CTX_get_verify_mode(self._ssl_ctx) & _VERIFY_MODE_MASK
+        for mode, bits in _VERIFY_MODES.items():
+            if bits == value:
+                return ssl.VerifyMode(mode)
+        raise ssl.SSLError("invalid return value from SSL_CTX_get_verify_mode")
+
+    @verify_mode.setter
+    def verify_mode(self, value: int) -> None:
+        mode = _as_int(value)
+        if mode == ssl.CERT_NONE and self._check_hostname:
+            raise ValueError("Cannot set verify_mode to CERT_NONE when check_hostname is enabled.")
+        self._set_verify(mode)
+
+    @property
+    def check_hostname(self) -> bool:
+        return self._check_hostname
+
+    @check_hostname.setter
+    def check_hostname(self, value: bool) -> None:
+        enable = bool(value)
+        if enable and lib.SSL_CTX_get_verify_mode(self._ssl_ctx) == lib.SSL_VERIFY_NONE:
+            self._set_verify(ssl.CERT_REQUIRED)  # check_hostname=True implies CERT_REQUIRED
+        self._check_hostname = enable
+
+    @property
+    def verify_flags(self) -> ssl.VerifyFlags:
+        return ssl.VerifyFlags(lib.X509_VERIFY_PARAM_get_flags(lib.SSL_CTX_get0_param(self._ssl_ctx)))
+
+    @verify_flags.setter
+    def verify_flags(self, value: int) -> None:
+        new_flags = _as_unsigned_long_mask(value)
+        params = lib.SSL_CTX_get0_param(self._ssl_ctx)
+        flags = lib.X509_VERIFY_PARAM_get_flags(params)
+        clear = flags & ~new_flags & _ULONG_MASK
+        add = ~flags & new_flags & _ULONG_MASK
+        if clear and not lib.X509_VERIFY_PARAM_clear_flags(params, clear):
+            raise _library_error()
+        if add and not lib.X509_VERIFY_PARAM_set_flags(params, add):
+            raise _library_error()
+
+    @property
+    def _host_flags(self) -> int:
+        # OpenSSL 3.0 can read these back, but CPython keeps its own copy; so do we.
+        return self._hostflags
+
+    @_host_flags.setter
+    def _host_flags(self, value) -> None:
+        flags = _as_unsigned_int_mask(value)
+        self._hostflags = flags
+        lib.X509_VERIFY_PARAM_set_hostflags(lib.SSL_CTX_get0_param(self._ssl_ctx), flags)
+
+    @property
+    def hostname_checks_common_name(self) -> bool:
+        never = lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+        return self._hostflags & never != never
+
+    @hostname_checks_common_name.setter
+    def hostname_checks_common_name(self, value: bool) -> None:
+        if value:
+            self._host_flags = self._hostflags & ~lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+        else:
+            self._host_flags = self._hostflags | lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+
+    @property
+    def post_handshake_auth(self) -> bool:
+        # Applied per connection by the handshake layer, as CPython applies it per SSL (bpo-37428).
+        return self._post_handshake_auth
+
+    @post_handshake_auth.setter
+    def post_handshake_auth(self, value: bool) -> None:
+        self._post_handshake_auth = bool(value)
+
+    @post_handshake_auth.deleter
+    def post_handshake_auth(self) -> None:
+        raise AttributeError("cannot delete attribute")
 
     # --- certificates and keys -------------------------------------------------------------------
 
