@@ -121,6 +121,27 @@ def ssl_error_from_code(code: int, *, verify_result: int | None = None, hostname
     return _make(ssl.SSLError, ssl.SSL_ERROR_SSL, message, library, reason)
 
 
+def for_failed_call(code: int, result: int, saved_errno: int = 0, *, verify_result: int,
+                    hostname: str | None) -> BaseException:
+    """What CPython raises when an SSL_* call failed and SSL_get_error said ``code``: ``result`` is
+    the call's return value, ``saved_errno`` errno right after it, ``verify_result`` and
+    ``hostname`` name a certificate verification failure."""
+    if code == lib.SSL_ERROR_ZERO_RETURN:
+        lib.ERR_clear_error()
+        return zero_return_error()
+    if code == lib.SSL_ERROR_SYSCALL:
+        top = pop_error_code()
+        if top:
+            return ssl_error_from_code(top)
+        return syscall_error(result, saved_errno)
+    if code == lib.SSL_ERROR_WANT_X509_LOOKUP:
+        lib.ERR_clear_error()
+        exc = ssl.SSLError(code, "The operation did not complete (X509 lookup)")
+        exc.library = exc.reason = None
+        return exc
+    return ssl_error_from_code(pop_error_code(), verify_result=verify_result, hostname=hostname)
+
+
 def eof_error() -> ssl.SSLEOFError:
     return _make(ssl.SSLEOFError, ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol", None, None)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-import ssl
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,6 +199,83 @@ def memory_bio():
     return bio
 
 
+class SecretCapture:
+    """What the C callbacks (cffi_build/callbacks.py) keep for one SSL object, and the Handoff made
+    from it: records per direction (in total, after the last Finished, after the last
+    ChangeCipherSpec) and the TLS 1.3 traffic secrets. OpenSSL 3 reports a received
+    ChangeCipherSpec to no callback, so the Finished, always the first record under TLS 1.2's new
+    keys, is the marker for both versions."""
+
+    def __init__(self, ssl_object) -> None:
+        self.state = ffi.new("struct ktls_handshake_state *")
+        if not lib.ktls_attach_state(ssl_object, self.state):
+            raise errors.ssl_error_from_code(errors.pop_error_code())
+
+    @property
+    def records(self) -> tuple[int, int]:
+        """Records OpenSSL has read and written, indexed by Direction."""
+        return self.state.records[0], self.state.records[1]
+
+    def records_after_finished(self, direction: Direction) -> int:
+        """Records since the last Finished message ended: TLS 1.3's first application record
+        is number 0."""
+        return self.state.since_finished[int(direction)]
+
+    def records_after_change_cipher_spec(self, direction: Direction) -> int:
+        """Records since the last ChangeCipherSpec record: TLS 1.2's epoch under the new keys,
+        which starts with the Finished (one record or several, possibly after empty ones)."""
+        return self.state.since_ccs[int(direction)]
+
+    def traffic_secret(self, client: bool) -> bytes | None:
+        """CLIENT_/SERVER_TRAFFIC_SECRET_0 as OpenSSL logged it (TLS 1.3), None if it did not."""
+        state = self.state
+        if client:
+            length, secret = state.client_traffic_secret_len, state.client_traffic_secret
+        else:
+            length, secret = state.server_traffic_secret_len, state.server_traffic_secret
+        return bytes(ffi.buffer(secret, length)) if length else None
+
+    def tls13_handoff(self, cipher: KernelCipher, suite: str, hash_name: str, *, server_side: bool) -> Handoff:
+        """Keys from the captured traffic secrets, sequence numbers counted since each Finished."""
+        tx_secret = self.traffic_secret(client=not server_side)
+        rx_secret = self.traffic_secret(client=server_side)
+        if tx_secret is None or rx_secret is None:
+            raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets")
+        tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self.records_after_finished(Direction.TX))
+        rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self.records_after_finished(Direction.RX))
+        self.forget_secrets()
+        return Handoff(TLS_1_3_VERSION, cipher, suite, hash_name, tx, rx, tx_secret, rx_secret)
+
+    def tls12_handoff(self, ssl_object, cipher: KernelCipher, suite: str, hash_name: str, *,
+                      server_side: bool) -> Handoff:
+        """Keys from the session's master secret, sequence numbers counted since each
+        ChangeCipherSpec."""
+        session = lib.SSL_get_session(ssl_object)
+        master = ffi.new("unsigned char[48]")
+        if session == ffi.NULL or lib.SSL_SESSION_get_master_key(session, master, 48) != 48:
+            raise HandoffUnavailable("OpenSSL did not provide the TLS 1.2 master secret")
+        client_random = ffi.new("unsigned char[32]")
+        server_random = ffi.new("unsigned char[32]")
+        lib.SSL_get_client_random(ssl_object, client_random, 32)
+        lib.SSL_get_server_random(ssl_object, server_random, 32)
+        tx, rx = keys.tls12_connection_keys(
+            bytes(master), bytes(client_random), bytes(server_random), cipher, hash_name,
+            server_side=server_side,
+            # The new TLS 1.2 epoch starts after ChangeCipherSpec: the Finished's record(s) and
+            # anything before it under the new keys have used its first sequence numbers.
+            tx_seq=self.records_after_change_cipher_spec(Direction.TX),
+            rx_seq=self.records_after_change_cipher_spec(Direction.RX),
+        )
+        self.forget_secrets()
+        return Handoff(TLS_1_2_VERSION, cipher, suite, hash_name, tx, rx)
+
+    def forget_secrets(self) -> None:
+        state = self.state
+        for secret in (state.client_traffic_secret, state.server_traffic_secret):
+            ffi.memmove(secret, bytes(len(secret)), len(secret))
+        state.client_traffic_secret_len = state.server_traffic_secret_len = 0
+
+
 class Handshake:
     """An OpenSSL SSL object with its secrets and record counters, bound to a socket fd, or (fd
     None) to memory BIOs that a driver fills and empties (ktls_ossl.pump.RecordPump)."""
@@ -218,14 +294,9 @@ class Handshake:
         self.ssl = ffi.gc(pointer, lib.SSL_free)
         self._handle = ffi.new_handle(self)
         lib.SSL_set_app_data(self.ssl, self._handle)
-        # Records per direction, in total and after the last Finished (the kernel's first sequence
-        # number counts from there), and the TLS 1.3 traffic secrets, kept by C callbacks
-        # (cffi_build/callbacks.py). OpenSSL 3 reports a received ChangeCipherSpec to no
-        # callback, so the Finished, always the first record under TLS 1.2's new keys, is the
-        # marker for both versions.
-        self._state = ffi.new("struct ktls_handshake_state *")
-        if not lib.ktls_attach_state(self.ssl, self._state):
-            raise errors.ssl_error_from_code(errors.pop_error_code())
+        # Record counts and TLS 1.3 traffic secrets, for the handoff's exact keys and sequence numbers.
+        self.capture = SecretCapture(self.ssl)
+        self._state = self.capture.state
         self.finished_received = False
         self.events = AuditTrail()  # bounded: a peer decides how many events there are
         self._label = f"{'server' if server_side else 'client'} {'memory' if fd is None else f'fd={fd}'}"
@@ -306,26 +377,7 @@ class Handshake:
     @property
     def records(self) -> tuple[int, int]:
         """Records OpenSSL has read and written, indexed by Direction."""
-        return self._state.records[0], self._state.records[1]
-
-    def _records_after_finished(self, direction: Direction) -> int:
-        """Records since the last Finished message ended: TLS 1.3's first application record
-        is number 0."""
-        return self._state.since_finished[int(direction)]
-
-    def _records_after_change_cipher_spec(self, direction: Direction) -> int:
-        """Records since the last ChangeCipherSpec record: TLS 1.2's epoch under the new keys,
-        which starts with the Finished (one record or several, possibly after empty ones)."""
-        return self._state.since_ccs[int(direction)]
-
-    def _traffic_secret(self, client: bool) -> bytes | None:
-        """CLIENT_/SERVER_TRAFFIC_SECRET_0 as OpenSSL logged it (TLS 1.3), None if it did not."""
-        state = self._state
-        if client:
-            length, secret = state.client_traffic_secret_len, state.client_traffic_secret
-        else:
-            length, secret = state.server_traffic_secret_len, state.server_traffic_secret
-        return bytes(ffi.buffer(secret, length)) if length else None
+        return self.capture.records
 
     def stop_counting(self) -> None:
         """No more per-record callbacks once the handshake is over (they cost a call per record
@@ -447,32 +499,17 @@ class Handshake:
         raise self.error_for(code, result, saved_errno)
 
     def error_for(self, code: int, result: int, saved_errno: int = 0) -> BaseException:
-        exc = self._error_for(code, result, saved_errno)
-        if self.application_error is not None:  # CPython chains it to the operation's error
-            exc.__context__, self.application_error = self.application_error, None
-        return exc
-
-    def _error_for(self, code: int, result: int, saved_errno: int = 0) -> BaseException:
+        """The exception for a failed SSL_* call: what a callback raised inside it (a keylog write),
+        else what CPython raises for SSL_get_error's ``code`` (errors.for_failed_call)."""
         if self.callback_error is not None:
             exc, self.callback_error = self.callback_error, None
             lib.ERR_clear_error()
-            return exc
-        if code == lib.SSL_ERROR_ZERO_RETURN:
-            lib.ERR_clear_error()
-            return errors.zero_return_error()
-        if code == lib.SSL_ERROR_SYSCALL:
-            top = errors.pop_error_code()
-            if top:
-                return errors.ssl_error_from_code(top)
-            return errors.syscall_error(result, saved_errno)
-        if code == lib.SSL_ERROR_WANT_X509_LOOKUP:
-            lib.ERR_clear_error()
-            exc = ssl.SSLError(code, "The operation did not complete (X509 lookup)")
-            exc.library = exc.reason = None
-            return exc
-        top = errors.pop_error_code()
-        return errors.ssl_error_from_code(
-            top, verify_result=lib.SSL_get_verify_result(self.ssl), hostname=self.server_hostname)
+        else:
+            exc = errors.for_failed_call(code, result, saved_errno, verify_result=lib.SSL_get_verify_result(self.ssl),
+                                         hostname=self.server_hostname)
+        if self.application_error is not None:  # CPython chains it to the operation's error
+            exc.__context__, self.application_error = self.application_error, None
+        return exc
 
     def read_into(self, buffer, nbytes: int) -> int:
         """SSL_read_ex into ``buffer``: the byte count, or -WANT_READ/-WANT_WRITE; raises on error."""
@@ -568,44 +605,8 @@ class Handshake:
         digest = lib.SSL_CIPHER_get_handshake_digest(cipher_pointer)
         hash_name = ffi.string(lib.EVP_MD_get0_name(digest)).decode("ascii").lower().replace("-", "")
         if version == TLS_1_3_VERSION:
-            return self._tls13_handoff(cipher, suite, hash_name)
-        return self._tls12_handoff(cipher, suite, hash_name)
-
-    def _tls13_handoff(self, cipher, suite, hash_name) -> Handoff:
-        tx_secret = self._traffic_secret(client=not self.server_side)
-        rx_secret = self._traffic_secret(client=self.server_side)
-        if tx_secret is None or rx_secret is None:
-            raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets")
-        tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self._records_after_finished(Direction.TX))
-        rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self._records_after_finished(Direction.RX))
-        self._forget_handshake_secrets()
-        return Handoff(TLS_1_3_VERSION, cipher, suite, hash_name, tx, rx, tx_secret, rx_secret)
-
-    def _tls12_handoff(self, cipher, suite, hash_name) -> Handoff:
-        session = lib.SSL_get_session(self.ssl)
-        master = ffi.new("unsigned char[48]")
-        if session == ffi.NULL or lib.SSL_SESSION_get_master_key(session, master, 48) != 48:
-            raise HandoffUnavailable("OpenSSL did not provide the TLS 1.2 master secret")
-        client_random = ffi.new("unsigned char[32]")
-        server_random = ffi.new("unsigned char[32]")
-        lib.SSL_get_client_random(self.ssl, client_random, 32)
-        lib.SSL_get_server_random(self.ssl, server_random, 32)
-        tx, rx = keys.tls12_connection_keys(
-            bytes(master), bytes(client_random), bytes(server_random), cipher, hash_name,
-            server_side=self.server_side,
-            # The new TLS 1.2 epoch starts after ChangeCipherSpec: the Finished's record(s) and
-            # anything before it under the new keys have used its first sequence numbers.
-            tx_seq=self._records_after_change_cipher_spec(Direction.TX),
-            rx_seq=self._records_after_change_cipher_spec(Direction.RX),
-        )
-        self._forget_handshake_secrets()
-        return Handoff(TLS_1_2_VERSION, cipher, suite, hash_name, tx, rx)
-
-    def _forget_handshake_secrets(self) -> None:
-        state = self._state
-        for secret in (state.client_traffic_secret, state.server_traffic_secret):
-            ffi.memmove(secret, bytes(len(secret)), len(secret))
-        state.client_traffic_secret_len = state.server_traffic_secret_len = 0
+            return self.capture.tls13_handoff(cipher, suite, hash_name, server_side=self.server_side)
+        return self.capture.tls12_handoff(self.ssl, cipher, suite, hash_name, server_side=self.server_side)
 
     @property
     def in_handshake(self) -> bool:
@@ -643,7 +644,7 @@ class Handshake:
         session of a connection that was not shut down) must not depend on GC timing."""
         if self.ssl is not None:
             lib.SSL_set_app_data(self.ssl, ffi.NULL)
-            self._forget_handshake_secrets()
+            self.capture.forget_secrets()
             ffi.release(self.ssl)
             self.ssl = None
 

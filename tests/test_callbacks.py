@@ -41,8 +41,8 @@ def test_traffic_secrets_are_captured_from_the_keylog_line(bare_handshake, lengt
     client, server = bytes(range(length)), bytes(range(100, 100 + length))
     lib.ktls_keylog_capture(bare_handshake.ssl, keylog_line("CLIENT_TRAFFIC_SECRET_0", client.hex()))
     lib.ktls_keylog_capture(bare_handshake.ssl, keylog_line("SERVER_TRAFFIC_SECRET_0", server.hex().upper()))
-    assert bare_handshake._traffic_secret(client=True) == client
-    assert bare_handshake._traffic_secret(client=False) == server
+    assert bare_handshake.capture.traffic_secret(client=True) == client
+    assert bare_handshake.capture.traffic_secret(client=False) == server
 
 
 @pytest.mark.parametrize("line", [
@@ -55,7 +55,7 @@ def test_traffic_secrets_are_captured_from_the_keylog_line(bare_handshake, lengt
 ], ids=["odd-length", "not-hex", "too-long", "empty", "no-secret-field", "label-only"])
 def test_malformed_lines_capture_nothing(bare_handshake, line):
     lib.ktls_keylog_capture(bare_handshake.ssl, line)
-    assert bare_handshake._traffic_secret(client=True) is None
+    assert bare_handshake.capture.traffic_secret(client=True) is None
 
 
 @pytest.mark.parametrize("label", ["CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
@@ -63,15 +63,15 @@ def test_malformed_lines_capture_nothing(bare_handshake, line):
                                    "CLIENT_TRAFFIC_SECRET_01"])
 def test_other_secrets_are_not_kept(bare_handshake, label):
     lib.ktls_keylog_capture(bare_handshake.ssl, keylog_line(label, "11" * 32))
-    assert bare_handshake._traffic_secret(client=True) is None
-    assert bare_handshake._traffic_secret(client=False) is None
+    assert bare_handshake.capture.traffic_secret(client=True) is None
+    assert bare_handshake.capture.traffic_secret(client=False) is None
 
 
 def test_forgetting_zeroes_the_secrets(bare_handshake):
     lib.ktls_keylog_capture(bare_handshake.ssl, keylog_line("CLIENT_TRAFFIC_SECRET_0", "5a" * 48))
     state = bare_handshake._state
-    bare_handshake._forget_handshake_secrets()
-    assert bare_handshake._traffic_secret(client=True) is None
+    bare_handshake.capture.forget_secrets()
+    assert bare_handshake.capture.traffic_secret(client=True) is None
     assert bytes(state.client_traffic_secret) == bytes(len(state.client_traffic_secret))
 
 
@@ -120,10 +120,10 @@ def test_captured_secrets_are_what_openssl_logged_for_the_peer(server_cert, pki,
         connection = pair.client._sslobj
         if connection._handoff is not None:  # the kernel took the keys: the handoff kept the secrets
             tx, rx = connection._handoff.tx_secret, connection._handoff.rx_secret
-            assert connection._handshake._traffic_secret(client=True) is None  # and forgot the copy
+            assert connection._handshake.capture.traffic_secret(client=True) is None  # and forgot the copy
         else:
-            tx = connection._handshake._traffic_secret(client=True)
-            rx = connection._handshake._traffic_secret(client=False)
+            tx = connection._handshake.capture.traffic_secret(client=True)
+            rx = connection._handshake.capture.traffic_secret(client=False)
         assert tx == peer["CLIENT_TRAFFIC_SECRET_0"] and len(tx) == (48 if hash_name == "sha384" else 32)
         assert rx == peer["SERVER_TRAFFIC_SECRET_0"]
     finally:
@@ -171,6 +171,6 @@ def test_records_are_counted_per_direction(server_cert, pki):
         # Client: ClientHello, (compat) ChangeCipherSpec, Finished at least; the server sends at
         # least ServerHello, CCS, and the encrypted flight.
         assert sent >= 3 and received >= 3
-        assert pair.client._sslobj._handshake._records_after_finished(0) == 0  # peer Finished was last read
+        assert pair.client._sslobj._handshake.capture.records_after_finished(0) == 0  # peer Finished was last read
     finally:
         pair.close()
