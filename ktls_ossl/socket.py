@@ -36,13 +36,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import cpython_callbacks, errors, kernel, keys, records
-from ._ossl import ffi, lib
 from .errors import (
     KernelTLSError,
-    KTLSRekeyUnsupportedError,
     KTLSUnavailableError,
     KTLSUnwrappedError,
 )
+from .after_ccs import OpenSSLOffloadWatch
 from .lifetime import ConnectionLifetime, LifeState
 from .handshake import WANT_READ, Handshake, HandoffUnavailable, Policy, Session
 from .posthandshake import OpenSSLPostHandshake
@@ -94,10 +93,6 @@ class KTLSStatus:
                 f"kernel {self.kernel_release}")
 
 
-def _openssl_version() -> str:
-    return ffi.string(lib.OpenSSL_version(lib.OPENSSL_VERSION)).decode("ascii")
-
-
 def _timed_out(operation: str) -> TimeoutError:
     return TimeoutError(f"The {operation} operation timed out")
 
@@ -117,6 +112,16 @@ def _guarded(method):
         finally:
             life.leave()
     return guarded
+
+
+def _reports(info_method: str, name: str | None = None):
+    """A method of _ssl._SSLSocket that reports a fact of the connection: TLSInfo's method of that
+    name (or ``info_method``), called as a user of the connection."""
+    def method(self, *args, **kwargs):
+        return getattr(self._info, info_method)(*args, **kwargs)
+    method.__name__ = name or info_method
+    method.__qualname__ = f"Connection.{method.__name__}"
+    return _guarded(method)
 
 
 # SSLErrors that do not end the connection: it waits for the fd, or the peer closed in order.
@@ -237,15 +242,10 @@ class Connection:
         self._session: KernelSession | None = None
         self._failure: BaseException | None = None  # ConnectionState.FAILED: the handshake's error
         self._delivered_any = False
-        # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel so far, and why sending is
-        # impossible once OpenSSL moved its TLS 1.3 write key without the kernel (KeyUpdate).
-        self._openssl_offload = (False, False)
-        self._openssl_tx_stale: BaseException | None = None
+        # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel, and whether it can still send.
+        self._offload = OpenSSLOffloadWatch(self._handshake, self._event) if self.policy is Policy.AFTER_CCS else None
         observe = weakref.WeakMethod(self._observe_handshake)
         self._handshake.observers.append(lambda *args: observe() and observe()(*args))
-        if self.policy is Policy.AFTER_CCS:
-            # Where OpenSSL's own kTLS installed keys shows at the first message after it did.
-            self._handshake.watch_every_message()
 
     # --- lifetime (ktls_ossl/lifetime.py) --------------------------------------------------------
 
@@ -283,8 +283,8 @@ class Connection:
     def _observe_handshake(self, write_p: int, content_type: int, data: bytes) -> None:
         """Called from inside OpenSSL's message callback: samples the kernel at the moments that
         matter for the audit trail (the peer's Finished, OpenSSL's own key installations)."""
-        if self.policy is Policy.AFTER_CCS:
-            self._note_openssl_offload()
+        if self._offload is not None:
+            self._offload.observe(write_p, content_type, data)
         if content_type != ContentType.HANDSHAKE or not data:
             return
         if data[0] == records.HandshakeType.finished and not write_p and self._stage is ConnectionState.HANDSHAKING:
@@ -295,29 +295,6 @@ class Connection:
                 rx = "none" if decrypted is None else \
                     f"installed, {decrypted} record(s) already decrypted by the kernel"
             self._event(f"peer Finished received (not yet verified); kernel RX key: {rx}")
-        elif (data[0] == records.HandshakeType.key_update and self.policy is Policy.AFTER_CCS
-              and self._openssl_offload[0] and self._openssl_tx_stale is None
-              and (write_p or data[4:5] == b"\x01")):
-            why = "OpenSSL sent a KeyUpdate" if write_p else "the peer requested a KeyUpdate"
-            self._openssl_tx_stale = self._openssl_rekey_error(why)
-            self._event(f"{why}; OpenSSL's kTLS cannot move the kernel's TX key: sending disabled")
-
-    def _note_openssl_offload(self) -> None:
-        """Where OpenSSL's own kTLS installed keys, as soon as the next message shows it."""
-        tx, rx = self._handshake.openssl_offload()
-        if tx and not self._openssl_offload[0]:
-            self._event("TX installed in the kernel by OpenSSL")
-        if rx and not self._openssl_offload[1]:
-            self._event("RX installed in the kernel by OpenSSL")
-        self._openssl_offload = (tx, rx)
-
-    def _openssl_rekey_error(self, why: str, outcome: str = "so nothing more can be sent on this "
-                             "connection") -> KTLSRekeyUnsupportedError:
-        return KTLSRekeyUnsupportedError(
-            0, f"{why}, but OpenSSL's own kernel TLS (Policy.AFTER_CCS, {_openssl_version()}) cannot "
-               f"replace the kernel's TLS 1.3 send key, {outcome} (Policy.AFTER_FINISHED updates keys "
-               "where the kernel can, Linux 6.14+)",
-            "KEY_UPDATE_UNSUPPORTED")
 
     # --- handshake and handoff ------------------------------------------------------------------
 
@@ -344,8 +321,8 @@ class Connection:
                             break
                         waiter.wait(want)
             except BaseException as exc:
-                if self.policy is Policy.AFTER_CCS:
-                    self._note_openssl_offload()  # keys OpenSSL installed with no message since
+                if self._offload is not None:
+                    self._offload.sample()  # keys OpenSSL installed with no message since
                 if isinstance(exc, TimeoutError):
                     self._event("handshake timed out")
                 raise
@@ -373,12 +350,10 @@ class Connection:
             reason = "ktls_policy is USERSPACE"
             self._status = KTLSStatus(self.policy, False, False, reason, reason, cipher_name, version)
         elif self.policy is Policy.AFTER_CCS:
-            self._note_openssl_offload()
-            tx, rx = self._openssl_offload
+            self._offload.sample()
+            tx, rx = self._offload.tx, self._offload.rx
             report = kernel.probe()
-            missing = (report.ulp_message if not report.ulp_available else
-                       f"{_openssl_version()} kept this direction in user space (its kTLS covers less "
-                       "than the kernel's, e.g. OpenSSL 3.0 never offloads TLS 1.3 reception)")
+            missing = self._offload.missing_reason(None if report.ulp_available else report.ulp_message)
             self._status = KTLSStatus(self.policy, tx, rx, None if tx else missing, None if rx else missing,
                                       cipher_name, version)
             self._event(f"OpenSSL kTLS offload: tx={tx} rx={rx}")
@@ -517,8 +492,8 @@ class Connection:
         with self._lock:
             if self._handshake.protocol_version != keys.TLS_1_3_VERSION:
                 raise ValueError("KeyUpdate exists in TLS 1.3 only")
-            if self.policy is Policy.AFTER_CCS and self._openssl_offload[0]:
-                raise self._openssl_rekey_error("a KeyUpdate was asked for", "so nothing was sent")
+            if self._offload is not None:
+                self._offload.check_key_update()
             if not self._tx_kernel:
                 self._handshake.key_update(request_peer)
                 return
@@ -545,8 +520,8 @@ class Connection:
     def write(self, data) -> int:
         self._ensure_handshake()
         self._raise_if_failed()
-        if self._openssl_tx_stale is not None:
-            raise self._openssl_tx_stale
+        if self._offload is not None:
+            self._offload.check_send()
         if self._tx_kernel:
             with _Waiter(self, "write") as waiter:
                 count = self._session.write(data, waiter)
@@ -575,35 +550,11 @@ class Connection:
             return None
         if self._tx_kernel:
             self._session.prepare_sendfile()
-            return self._sendfile_loop(file, fileno, offset, count, self._session.sendfile_chunk)
-        if self.policy is Policy.AFTER_CCS and self._status.tx:
-            if self._openssl_tx_stale is not None:
-                raise self._openssl_tx_stale
-            return self._sendfile_loop(file, fileno, offset, count, self._handshake.sendfile)
+            return _send_file(_Waiter(self, "write"), file, fileno, offset, count, self._session.sendfile_chunk)
+        if self._offload is not None and self._status.tx:
+            self._offload.check_send()
+            return _send_file(_Waiter(self, "write"), file, fileno, offset, count, self._handshake.sendfile)
         return None
-
-    def _sendfile_loop(self, file, fileno: int, offset: int, count, send_chunk) -> int:
-        """socket.sendfile's contract over ``send_chunk(fileno, offset, size)`` (bytes, or -WANT_*):
-        from ``offset``, ``count`` bytes or to the end of the file; the file position ends after
-        the last byte sent; the socket's timeout bounds each wait."""
-        size = os.fstat(fileno).st_size - offset
-        if count is not None:
-            size = min(size, count)
-        total = 0
-        try:
-            with _Waiter(self, "write") as waiter:
-                while total < size:
-                    sent = send_chunk(fileno, offset + total, min(size - total, 1 << 30))
-                    if sent < 0:
-                        waiter.wait(-sent)
-                        continue
-                    if sent == 0:
-                        break  # the file ended early
-                    total += sent
-        finally:
-            if total:
-                file.seek(offset + total)
-        return total
 
     @_guarded
     def pending(self) -> int:
@@ -640,53 +591,17 @@ class Connection:
                     continue
                 waiter.wait(-result, "read" if -result == WANT_READ else "write")
 
-    # --- information (what _ssl._SSLSocket offers) --------------------------------------------------
+    # --- information (what _ssl._SSLSocket offers: TLSInfo's answers) -----------------------------
 
-    @_guarded
-    def version(self):
-        return self._handshake.version()
-
-    @_guarded
-    def cipher(self):
-        return self._info.cipher()
-
-    @_guarded
-    def shared_ciphers(self):
-        return self._info.shared_ciphers()
-
-    @_guarded
-    def compression(self):
-        return self._info.compression()
-
-    @_guarded
-    def selected_alpn_protocol(self):
-        return self._info.selected_alpn_protocol()
-
-    @_guarded
-    def get_channel_binding(self, cb_type="tls-unique"):
-        return self._info.channel_binding(cb_type)
-
-    @_guarded
-    def getpeercert(self, binary_form=False):
-        if not self._handshake.is_finished:
-            raise ValueError("handshake not done yet")
-        der = self._info.peer_certificate_der()
-        if der is None:
-            return None
-        if binary_form:
-            return der
-        if not self._info.verify_mode() & lib.SSL_VERIFY_PEER:
-            return {}  # CPython: a certificate that was not verified is not decoded
-        from .certificate import decode_certificate
-        return decode_certificate(der)
-
-    @_guarded
-    def get_verified_chain(self):
-        return self._info.verified_chain()
-
-    @_guarded
-    def get_unverified_chain(self):
-        return self._info.unverified_chain()
+    version = _reports("version")
+    cipher = _reports("cipher")
+    shared_ciphers = _reports("shared_ciphers")
+    compression = _reports("compression")
+    selected_alpn_protocol = _reports("selected_alpn_protocol")
+    get_channel_binding = _reports("channel_binding", "get_channel_binding")
+    getpeercert = _reports("peer_certificate", "getpeercert")
+    get_verified_chain = _reports("verified_chain", "get_verified_chain")
+    get_unverified_chain = _reports("unverified_chain", "get_unverified_chain")
 
     @_guarded
     def verify_client_post_handshake(self):
@@ -723,6 +638,30 @@ class Connection:
     def context(self, value):
         self._handshake.set_context(value)
         self._context = value
+
+
+def _send_file(waiter: _Waiter, file, fileno: int, offset: int, count, send_chunk) -> int:
+    """socket.sendfile's contract over ``send_chunk(fileno, offset, size)`` (bytes, or -WANT_*):
+    from ``offset``, ``count`` bytes or to the end of the file; the file position ends after
+    the last byte sent; the socket's timeout bounds each wait."""
+    size = os.fstat(fileno).st_size - offset
+    if count is not None:
+        size = min(size, count)
+    total = 0
+    try:
+        with waiter:
+            while total < size:
+                sent = send_chunk(fileno, offset + total, min(size - total, 1 << 30))
+                if sent < 0:
+                    waiter.wait(-sent)
+                    continue
+                if sent == 0:
+                    break  # the file ended early
+                total += sent
+    finally:
+        if total:
+            file.seek(offset + total)
+    return total
 
 
 class KTLSSocket(ssl.SSLSocket):

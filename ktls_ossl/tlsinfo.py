@@ -52,7 +52,7 @@ class TLSInfo:
             return None
         return bytes(ffi.buffer(data[0], length[0])).decode("ascii", "replace")
 
-    def channel_binding(self, cb_type: str):
+    def channel_binding(self, cb_type: str = "tls-unique"):
         if cb_type != "tls-unique":
             raise ValueError(f"'{cb_type}' channel binding type not implemented")
         buffer = ffi.new("unsigned char[128]")
@@ -65,6 +65,23 @@ class TLSInfo:
         if length == 0:
             return None
         return bytes(ffi.buffer(buffer, length))
+
+    def version(self) -> str | None:
+        return self._handshake.version()
+
+    def peer_certificate(self, binary_form: bool = False):
+        """CPython's getpeercert(): the DER, or the decoded certificate where it was verified."""
+        if not self._handshake.is_finished:
+            raise ValueError("handshake not done yet")
+        der = self.peer_certificate_der()
+        if der is None:
+            return None
+        if binary_form:
+            return der
+        if not self.verify_mode() & lib.SSL_VERIFY_PEER:
+            return {}  # CPython: a certificate that was not verified is not decoded
+        from .certificate import decode_certificate
+        return decode_certificate(der)
 
     def peer_certificate_der(self) -> bytes | None:
         return _der(lib.SSL_get0_peer_certificate(self._handshake.ssl))
