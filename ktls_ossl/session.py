@@ -531,9 +531,11 @@ class KernelSession:
         except OSError as exc:
             raise self._write_failed(exc) from None
 
-    def prepare_sendfile(self) -> None:
-        """Before a sendfile: the AEAD limit holds, and records of our own are out."""
+    def prepare_sendfile(self) -> Callable[[int, int, int], int]:
+        """Before a sendfile: the AEAD limit holds, and records of our own are out. Returns the
+        function that sends each chunk (sendfile_chunk)."""
         self.sender.prepare_sendfile()
+        return self.sendfile_chunk
 
     def sendfile_chunk(self, fileno: int, offset: int, size: int) -> int:
         """os.sendfile into the kernel's TLS: bytes sent, or -WANT_WRITE."""

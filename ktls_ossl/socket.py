@@ -43,6 +43,7 @@ from .errors import (
 )
 from .after_ccs import OpenSSLOffloadWatch
 from .lifetime import ConnectionLifetime, LifeState
+from .userspace import OpenSSLRecordLayer
 from .handshake import WANT_READ, Handshake, HandoffUnavailable, Policy, Session
 from .posthandshake import OpenSSLPostHandshake
 from .session import KernelSession, SessionState, hand_over
@@ -246,6 +247,12 @@ class Connection:
         self._offload = OpenSSLOffloadWatch(self._handshake, self._event) if self.policy is Policy.AFTER_CCS else None
         observe = weakref.WeakMethod(self._observe_handshake)
         self._handshake.observers.append(lambda *args: observe() and observe()(*args))
+        # The record layer per direction: OpenSSL's on the socket until the handoff decides, once,
+        # whether the kernel's session takes reception (and sending, where it can).
+        self._openssl_io = OpenSSLRecordLayer(self._handshake, check_open=self._check_open,
+                                              offload=self._offload, rx_reason="handshake not done")
+        self._rx: KernelSession | OpenSSLRecordLayer = self._openssl_io
+        self._tx: KernelSession | OpenSSLRecordLayer = self._openssl_io
 
     # --- lifetime (ktls_ossl/lifetime.py) --------------------------------------------------------
 
@@ -385,6 +392,11 @@ class Connection:
             self._event(f"kernel handoff not possible: {exc}")
         rx_kernel = self._session is not None
         rekey = self._session.rekeys if rx_kernel else None
+        if rx_kernel:
+            self._rx = self._session
+            if self._session.tx_in_kernel:
+                self._tx = self._session
+        self._openssl_io.rx_reason = rx_reason
         self._status = KTLSStatus(self.policy, self._tx_kernel, rx_kernel,
                                   None if self._tx_kernel else tx_reason,
                                   None if rx_kernel else rx_reason, cipher_label, version,
@@ -392,15 +404,15 @@ class Connection:
 
     @property
     def tickets_received(self) -> int:
-        return self._session.tickets_received if self._session is not None else 0
+        return self._rx.tickets_received
 
     @property
     def key_updates(self) -> int:
-        return self._session.key_updates if self._session is not None else 0
+        return self._rx.key_updates
 
     @property
     def key_limit_reached(self) -> bool:
-        return self._session.key_limit_reached if self._session is not None else False
+        return self._rx.key_limit_reached
 
     @property
     def status(self) -> KTLSStatus:
@@ -421,8 +433,7 @@ class Connection:
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise self._failure
-        if self._session is not None:
-            self._session.raise_if_failed()
+        self._rx.raise_if_failed()
 
     def _on_control_record(self, content_type: int, payload: bytes) -> None:
         """The context's control_record_callback sees each control record first (its errors are
@@ -455,32 +466,13 @@ class Connection:
             return 0
         self._ensure_handshake()
         self._raise_if_failed()
-        if self._session is not None:
-            with _Waiter(self, "read") as waiter:
-                count = self._session.read_into(view, nbytes, waiter)
-        else:
-            count = self._openssl_read(view, nbytes)
+        with _Waiter(self, "read") as waiter:
+            count = self._rx.read_into(view, nbytes, waiter)
         if count and not self._delivered_any:
             self._delivered_any = True
             self._event(f"first application data delivered ({count} bytes)")
         self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
         return count
-
-    def _openssl_read(self, view, nbytes: int) -> int:
-        with _Waiter(self, "read") as waiter:
-            while True:
-                try:
-                    count = self._handshake.read_into(view, nbytes)
-                except ssl.SSLZeroReturnError:
-                    if self._handshake.received_shutdown_only():
-                        return 0
-                    raise
-                except Exception:
-                    self._check_open()  # the socket closed under the call: that is the error
-                    raise
-                if count >= 0:
-                    return count
-                waiter.wait(-count)
 
     # --- key updates, records ----------------------------------------------------------------------
 
@@ -492,12 +484,7 @@ class Connection:
         with self._lock:
             if self._handshake.protocol_version != keys.TLS_1_3_VERSION:
                 raise ValueError("KeyUpdate exists in TLS 1.3 only")
-            if self._offload is not None:
-                self._offload.check_key_update()
-            if not self._tx_kernel:
-                self._handshake.key_update(request_peer)
-                return
-            self._session.key_update(request_peer)
+            self._tx.key_update(request_peer)
 
     @_guarded
     def recv_record(self, bufsize: int = MAX_RECORD):
@@ -508,11 +495,8 @@ class Connection:
         connection (a fatal alert, a protocol violation) raises instead."""
         self._ensure_handshake()
         self._raise_if_failed()
-        if self._session is None:
-            raise ValueError("recv_record needs the kernel to carry the receive direction "
-                             f"({self._status.rx_reason})")
         with _Waiter(self, "read") as waiter:
-            return self._session.recv_record(bufsize, waiter)
+            return self._rx.recv_record(bufsize, waiter)
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -520,24 +504,10 @@ class Connection:
     def write(self, data) -> int:
         self._ensure_handshake()
         self._raise_if_failed()
-        if self._offload is not None:
-            self._offload.check_send()
-        if self._tx_kernel:
-            with _Waiter(self, "write") as waiter:
-                count = self._session.write(data, waiter)
-            self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
-            return count
         with _Waiter(self, "write") as waiter:
-            while True:
-                try:
-                    count = self._handshake.write(data)
-                except Exception:
-                    self._check_open()
-                    raise
-                if count >= 0:
-                    self._handshake.raise_application_error()
-                    return count
-                waiter.wait(-count)
+            count = self._tx.write(data, waiter)
+        self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
+        return count
 
     @_guarded
     def sendfile(self, file, offset: int, count):
@@ -548,19 +518,14 @@ class Connection:
             fileno = file.fileno()
         except (AttributeError, OSError):  # not a real file (io.UnsupportedOperation is an OSError)
             return None
-        if self._tx_kernel:
-            self._session.prepare_sendfile()
-            return _send_file(_Waiter(self, "write"), file, fileno, offset, count, self._session.sendfile_chunk)
-        if self._offload is not None and self._status.tx:
-            self._offload.check_send()
-            return _send_file(_Waiter(self, "write"), file, fileno, offset, count, self._handshake.sendfile)
-        return None
+        send_chunk = self._tx.prepare_sendfile()
+        if send_chunk is None:
+            return None  # KTLSSocket sends the file through write()
+        return _send_file(_Waiter(self, "write"), file, fileno, offset, count, send_chunk)
 
     @_guarded
     def pending(self) -> int:
-        if self._session is not None:
-            return self._session.pending
-        return self._handshake.pending()
+        return self._rx.pending
 
     # --- shutdown ----------------------------------------------------------------------------------
 
@@ -570,26 +535,9 @@ class Connection:
         sock = self.owner
         if self._stage in (ConnectionState.KERNEL, ConnectionState.OPENSSL):
             self._stage = ConnectionState.CLOSING
-        if self._session is None:
-            self._openssl_shutdown()
-            return sock
         with _Waiter(self, "read") as waiter:
-            self._session.shutdown(waiter)
+            self._rx.shutdown(waiter)
         return sock
-
-    def _openssl_shutdown(self) -> None:
-        zeros = 0
-        with _Waiter(self, "shutdown") as waiter:
-            while True:
-                result = self._handshake.shutdown_step()
-                if result > 0:
-                    return
-                if result == 0:
-                    zeros += 1
-                    if zeros > 1:
-                        return
-                    continue
-                waiter.wait(-result, "read" if -result == WANT_READ else "write")
 
     # --- information (what _ssl._SSLSocket offers: TLSInfo's answers) -----------------------------
 
@@ -608,11 +556,8 @@ class Connection:
         """Ask the client for a certificate now (TLS 1.3). Under kTLS the CertificateRequest goes
         out at once; the client's answer is checked by OpenSSL when it arrives, and no data that
         follows it is delivered before OpenSSL has accepted it."""
-        if self._session is None:
-            self._handshake.verify_client_post_handshake()
-            return
         with self._lock:
-            self._session.request_client_certificate()
+            self._rx.request_client_certificate()
 
     @property
     @_guarded
