@@ -97,7 +97,9 @@ def _outcome(call):
     try:
         return ("returned", call())
     except (ssl.SSLError, OSError) as exc:
-        return (type(exc).__name__, getattr(exc, "reason", None))
+        # The class CPython's ssl would raise: ktls_ossl's kernel errors subclass it.
+        standard = next(klass for klass in type(exc).__mro__ if klass.__module__ in ("ssl", "builtins"))
+        return (standard.__name__, getattr(exc, "reason", None))
 
 
 def _forged_record_outcomes(client_ctx, server_cert, states=None):
