@@ -262,3 +262,9 @@ def report_callback_error(exc: BaseException, callback, message: str | None) -> 
         return
     hook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
                                err_msg=message, object=callback))
+
+
+class KTLSAgentError(KernelTLSError):
+    """The handshake agent (ktls_ossl.agent) could not be used: unreachable (AGENT_UNREACHABLE),
+    refused this process (AGENT_REFUSED), at a limit (AGENT_BUSY), gone mid-conversation
+    (AGENT_GONE) or answering outside the protocol (AGENT_PROTOCOL)."""

@@ -49,7 +49,8 @@ MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["KernelSession", "NonBlockingWaiter", "PostHandshakeEngine", "SessionState", "Waiter", "hand_over"]
+__all__ = ["KernelSession", "NonBlockingWaiter", "PostHandshakeEngine", "SessionState", "Waiter", "hand_over",
+           "install_keys"]
 
 
 class Waiter(Protocol):
@@ -140,16 +141,16 @@ def _no_check() -> None:
     pass
 
 
-def hand_over(fd: int, engine: PostHandshakeEngine, *, event: Callable[[str], None] = lambda text: None,
-              **session_options: Any) -> KernelSession:
-    """Put the keys of ``engine``'s completed handshake (``engine.handoff()``) into the kernel and
-    return the session that owns the socket from here.
+def install_keys(fd: int, engine: PostHandshakeEngine, *,
+                 event: Callable[[str], None] = lambda text: None) -> tuple[Handoff, str | None]:
+    """Put the keys of ``engine``'s completed handshake (``engine.handoff()``) into the kernel on
+    ``fd``, and move the engine off the socket. Returns the handoff and why TX stayed with the
+    engine (None where the kernel took it).
 
-    RX goes in first: with RX in the kernel and TX in the engine the connection still works (the
-    session's ``tx_reason`` says why TX stayed out); the other way round the engine would answer
-    post-handshake messages with stale write state. Raises HandoffUnavailable (the kernel lacks
-    the ULP or the cipher) or KernelTLSError (the kernel refused the RX key) while nothing is in
-    the kernel yet, so the caller can go on in user space."""
+    RX goes in first: with RX in the kernel and TX in the engine the connection still works; the
+    other way round the engine would answer post-handshake messages with stale write state. Raises
+    HandoffUnavailable (the kernel lacks the ULP or the cipher) or KernelTLSError (the kernel
+    refused the RX key) while nothing is in the kernel yet, so the caller can go on in user space."""
     report = kernel.probe()
     if not report.ulp_available:
         raise HandoffUnavailable(report.ulp_message)
@@ -168,6 +169,14 @@ def hand_over(fd: int, engine: PostHandshakeEngine, *, event: Callable[[str], No
         except KernelTLSError as exc:
             tx_reason = exc.message
     engine.detach_from_socket(handoff, tx=tx_reason is None)
+    return handoff, tx_reason
+
+
+def hand_over(fd: int, engine: PostHandshakeEngine, *, event: Callable[[str], None] = lambda text: None,
+              **session_options: Any) -> KernelSession:
+    """``install_keys``, then the session that owns the socket from here (``session_options``:
+    KernelSession's); its ``tx_reason`` says why TX stayed with the engine, if it did."""
+    handoff, tx_reason = install_keys(fd, engine, event=event)
     session = KernelSession(fd, handoff, tx_in_kernel=tx_reason is None, post_handshake=engine, event=event,
                             **session_options)
     session.tx_reason = tx_reason

@@ -1,55 +1,32 @@
 """KTLSSocket: the ssl.SSLSocket interface over a kernel TLS (or OpenSSL) connection.
 
 ssl.SSLSocket keeps all TLS work in ``self._sslobj`` (CPython's _ssl._SSLSocket) and is otherwise
-plain Python. KTLSSocket inherits that Python and puts a ``Connection`` in ``_sslobj``: the same
-methods (do_handshake, read, write, shutdown, getpeercert, ...), but after the handshake the data
-path is the kernel. Blocking, timeout and non-blocking behaviour match CPython's: the socket's
-timeout bounds each call, non-blocking calls raise SSLWantReadError/SSLWantWriteError.
-
-Lifetime across threads: ktls_ossl/lifetime.py (every call that touches the fd or the SSL object
-is a user of the connection's ``ConnectionLifetime``).
-
-Readiness
----------
-Waiting never spins. Some kernels (6.1 among them) report a kTLS socket readable as soon as TCP
-holds any byte of the next record, while recvmsg waits for the whole record
-(EAGAIN): after such a wake-up the reader waits on an edge-triggered epoll, which wakes only when
-more data arrives. And on kernels that rekey, a recvmsg that returned data may have stopped at a
-KeyUpdate the kernel already decrypted and parked; the kernel then reports nothing readable until
-it is taken, so after a read on a non-blocking socket (whose caller waits for readiness itself)
-the reader takes parked control records at once (peeking, so that no data is taken out of the
-kernel that a readiness-driven caller would not be told about).
+plain Python. KTLSSocket inherits that Python and puts a ``Connection`` (a
+connection.RecordConnection) in ``_sslobj``: the same methods (do_handshake, read, write, shutdown,
+getpeercert, ...), but after the handshake the data path is the kernel. Blocking, timeout and
+non-blocking behaviour match CPython's (connection.py); the lifetime across threads is
+ktls_ossl/lifetime.py's.
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
 import functools
 import os
-import select
 import socket as _socket
 import ssl
-import threading
-import time
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import cpython_callbacks, errors, kernel, keys, records
-from .errors import (
-    KernelTLSError,
-    KTLSUnavailableError,
-    KTLSUnwrappedError,
-)
+from . import cpython_callbacks, kernel, records
 from .after_ccs import OpenSSLOffloadWatch
-from .lifetime import ConnectionLifetime, LifeState
-from .userspace import OpenSSLRecordLayer
-from .handshake import WANT_READ, Handshake, HandoffUnavailable, Policy, Session
-from .posthandshake import OpenSSLPostHandshake
-from .session import KernelSession, SessionState, hand_over
-from .tlsinfo import TLSInfo
+from .connection import MAX_RECORD, ConnectionState, KTLSStatus, RecordConnection, _guarded, _reports, _Waiter
+from .errors import KernelTLSError, KTLSUnavailableError, KTLSUnwrappedError
+from .handshake import Handshake, HandoffUnavailable, Policy, Session
 from .kernel import Direction
+from .posthandshake import OpenSSLPostHandshake
 from .records import ContentType
+from .session import hand_over
+from .tlsinfo import TLSInfo
+from .userspace import OpenSSLRecordLayer
 
 if TYPE_CHECKING:
     # typeshed's names (as its ssl.pyi and socket.pyi use them) exist only for type checkers; the
@@ -57,235 +34,37 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
     from socket import _Address, _RetAddress, _SendableFile
 
-MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
 
-
-@dataclass(frozen=True)
-class KTLSStatus:
-    """Where the record layer of a connection runs, per direction, and why not in the kernel."""
-
-    policy: Policy
-    tx: bool
-    rx: bool
-    tx_reason: str | None = None
-    rx_reason: str | None = None
-    cipher: str | None = None
-    version: str | None = None
-    kernel_release: str = os.uname().release
-    # TLS 1.3 under kTLS: whether this kernel can replace keys (KeyUpdate), how often it did,
-    # and whether the TX key reached the proactive update threshold without a way to update.
-    rekey_supported: bool | None = None
-    key_updates: int = 0
-    key_limit_reached: bool = False
-
-    @property
-    def active(self) -> bool:
-        """Both directions in the kernel."""
-        return self.tx and self.rx
-
-    def __str__(self) -> str:
-        if self.tx == self.rx and self.tx_reason == self.rx_reason:
-            where = "tx+rx=kernel" if self.tx else f"tx+rx=userspace ({self.tx_reason})"
-        else:
-            where = ", ".join(f"{name}=kernel" if on else f"{name}=userspace ({reason})"
-                              for name, on, reason in (("tx", self.tx, self.tx_reason),
-                                                       ("rx", self.rx, self.rx_reason)))
-        return (f"kTLS[{self.policy.value}] {where}, {self.version or '-'} {self.cipher or '-'}, "
-                f"kernel {self.kernel_release}")
-
-
-def _timed_out(operation: str) -> TimeoutError:
-    return TimeoutError(f"The {operation} operation timed out")
-
-
-def _guarded(method):
-    """Run ``method`` as a user of the connection's fd and OpenSSL object (ktls_ossl/lifetime.py)."""
-    @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
-        life = self._life
-        life.enter()
-        try:
-            return method(self, *args, **kwargs)
-        except (ssl.SSLError, ConnectionError) as exc:
-            if not isinstance(exc, _NOT_FAILURES):
-                life.ended_in_error = True  # close() lingers (ConnectionLifetime.linger)
-            raise
-        finally:
-            life.leave()
-    return guarded
-
-
-def _reports(info_method: str, name: str | None = None):
-    """A method of _ssl._SSLSocket that reports a fact of the connection: TLSInfo's method of that
-    name (or ``info_method``), called as a user of the connection."""
-    def method(self, *args, **kwargs):
-        return getattr(self._info, info_method)(*args, **kwargs)
-    method.__name__ = name or info_method
-    method.__qualname__ = f"Connection.{method.__name__}"
-    return _guarded(method)
-
-
-# SSLErrors that do not end the connection: it waits for the fd, or the peer closed in order.
-_NOT_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
-
-
-class ConnectionState(enum.Enum):
-    """Where a connection is (``KTLSSocket.ktls_state``). The record layer, kernel or OpenSSL, is
-    decided once, when the handshake completes; FAILED and CLOSED are final."""
-    HANDSHAKING = "handshaking"
-    KERNEL = "the kernel carries the record layer (RX, and TX unless the status says why not)"
-    OPENSSL = "OpenSSL carries the record layer (the policy, or the kernel could not take it)"
-    CLOSING = "shutdown() (unwrap) began: our close_notify is sent or on its way"
-    CLOSED = "the socket was closed or unwrapped: every TLS call raises OSError EBADF"
-    FAILED = "a fatal error ended the connection: every later call raises an error"
-
-
-class _Waiter:
-    """The waits of one call: until the fd is ready as OpenSSL or the kernel asked, within the
-    socket's timeout (counted from the call's first wait), without spinning.
-
-    poll() while the kernel has given no reason to distrust it; once it reported readable and the
-    kernel then had nothing to read (a partial record on some kernels), an edge-triggered epoll
-    that wakes only when something new arrives. On a non-blocking socket a wait is
-    SSLWantReadError/SSLWantWriteError; ``operation`` names the call in TimeoutError's message, as
-    CPython's does (a read that must first write times out as a read). Every wait ends by checking
-    that the socket was not closed meanwhile.
-    """
-
-    __slots__ = ("_connection", "_operation", "_deadline", "_poller", "_polled_for", "_epoll", "_woke_for_read")
-
-    _UNSET = object()
-
-    def __init__(self, connection: "Connection", operation: str):
-        self._connection = connection
-        self._operation = operation
-        self._deadline = _Waiter._UNSET
-        self._poller = None
-        self._polled_for = 0
-        self._epoll = None
-        self._woke_for_read = False
-
-    def __enter__(self) -> "_Waiter":
-        return self
-
-    @property
-    def nonblocking(self) -> bool:
-        """The caller waits for readiness itself (a non-blocking socket)."""
-        return self._connection.owner.gettimeout() == 0.0
-
-    def __exit__(self, *exc_info) -> None:
-        if self._epoll is not None:
-            self._epoll.close()
-
-    def wait(self, want: int, operation: str | None = None) -> None:
-        """Returns when the fd may be ready (the caller retries). ``operation`` overrides the
-        call's name in TimeoutError's message for this wait."""
-        connection = self._connection
-        if self._deadline is _Waiter._UNSET:
-            timeout = connection.owner.gettimeout()
-            if timeout == 0.0:
-                raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
-            self._deadline = None if timeout is None else time.monotonic() + timeout
-        if want == WANT_READ and self._woke_for_read and self._epoll is None:
-            # Woken, and yet nothing to read: from now on wait for new arrivals only. Registering
-            # absorbs the current readiness, which may include a real arrival: retry once first.
-            self._epoll = select.epoll(1)
-            self._epoll.register(connection._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
-            self._epoll.poll(0)
-            self._woke_for_read = False
-            connection._check_open()
-            return
-        events = select.POLLIN if want == WANT_READ else select.POLLOUT
-        while True:
-            if self._deadline is None:
-                remaining = None
-            else:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _timed_out(operation or self._operation)
-            if want == WANT_READ and self._epoll is not None:
-                woke = bool(self._epoll.poll(-1 if remaining is None else max(remaining, 0.001)))
-            else:
-                if self._polled_for != events:
-                    self._poller = select.poll()
-                    self._poller.register(connection._fd, events)
-                    self._polled_for = events
-                woke = bool(self._poller.poll(None if remaining is None else max(1, int(remaining * 1000))))
-            if woke:
-                self._woke_for_read = want == WANT_READ
-                connection._check_open()
-                return
-
-
-class Connection:
-    """The TLS connection behind a KTLSSocket (what ssl.SSLSocket calls ``_sslobj``)."""
+class Connection(RecordConnection):
+    """The TLS connection behind a KTLSSocket (what ssl.SSLSocket calls ``_sslobj``): OpenSSL runs
+    the handshake on the socket in this process; the record layer is then the kernel's or, by
+    policy or where the kernel cannot take it, OpenSSL's (connection.RecordConnection)."""
 
     def __init__(self, context, sock, server_side: bool, server_hostname, owner=None, session=None):
-        self._context = context
-        self._owner = weakref.ref(owner if owner is not None else sock)
-        self._fd = sock.fileno()
-        self.server_side = server_side
-        self.server_hostname = server_hostname
-        self.policy = context.ktls_policy
-        self._handshake = Handshake(context, self._fd, server_side=server_side,
-                                    server_hostname=server_hostname, policy=self.policy,
+        self._context = context  # the handshake's hooks read it
+        policy = context.ktls_policy
+        self._handshake = Handshake(context, sock.fileno(), server_side=server_side,
+                                    server_hostname=server_hostname, policy=policy,
                                     hooks=cpython_callbacks.hooks_for(self), session=session)
-        self.events = self._handshake.events
+        super().__init__(context, sock, server_side, server_hostname, owner, policy=policy,
+                         events=self._handshake.events, record_event=self._handshake.record_event,
+                         free=self._handshake.release)
         self._info = TLSInfo(self._handshake)
-        self._lock = threading.RLock()
-        self._life = ConnectionLifetime(self._fd, free=self._handshake.release, event=self._event)
-        # HANDSHAKING, then KERNEL or OPENSSL (or FAILED), then CLOSING: what ``state`` reports
-        # while the lifetime is open and no fatal error ended the connection.
-        self._stage = ConnectionState.HANDSHAKING
-        self._status = KTLSStatus(self.policy, False, False, "handshake not done", "handshake not done")
-        self._handoff = None
-        # The kernel's record layer once it holds the RX keys (session.KernelSession).
-        self._session: KernelSession | None = None
-        self._failure: BaseException | None = None  # ConnectionState.FAILED: the handshake's error
-        self._delivered_any = False
         # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel, and whether it can still send.
-        self._offload = OpenSSLOffloadWatch(self._handshake, self._event) if self.policy is Policy.AFTER_CCS else None
+        self._offload = OpenSSLOffloadWatch(self._handshake, self._event) if policy is Policy.AFTER_CCS else None
         observe = weakref.WeakMethod(self._observe_handshake)
         self._handshake.observers.append(lambda *args: observe() and observe()(*args))
         # The record layer per direction: OpenSSL's on the socket until the handoff decides, once,
         # whether the kernel's session takes reception (and sending, where it can).
         self._openssl_io = OpenSSLRecordLayer(self._handshake, check_open=self._check_open,
                                               offload=self._offload, rx_reason="handshake not done")
-        self._rx: KernelSession | OpenSSLRecordLayer = self._openssl_io
-        self._tx: KernelSession | OpenSSLRecordLayer = self._openssl_io
+        self._rx = self._tx = self._openssl_io
 
-    # --- lifetime (ktls_ossl/lifetime.py) --------------------------------------------------------
+    def _negotiated_version(self) -> int:
+        return self._handshake.protocol_version
 
-    def _check_open(self) -> None:
-        """Raise if the socket was closed while this call was waiting or working."""
-        self._life.check_open()
-
-    @property
-    def state(self) -> ConnectionState:
-        if self._life.state is not LifeState.OPEN:
-            return ConnectionState.CLOSED
-        if (self._stage is ConnectionState.FAILED or self._life.ended_in_error
-                or (self._session is not None and self._session.state is SessionState.FAILED)):
-            return ConnectionState.FAILED
-        return self._stage
-
-    def release(self, close_fd=None) -> None:
-        """The socket is closed (or unwrapped): ConnectionLifetime.release, with the socket's
-        timeout bounding the linger of a connection that failed."""
-        owner = self._owner()
-        self._life.release(close_fd, timeout=owner.gettimeout() if owner is not None else None)
-
-    # --- plumbing ----------------------------------------------------------------------------
-
-    @property
-    def owner(self):
-        sock = self._owner()
-        if sock is None:
-            raise ValueError("the socket of this TLS connection is gone")
-        return sock
-
-    def _event(self, what: str) -> None:
-        self._handshake.record_event("ktls", what)
+    def _raise_deferred(self) -> None:
+        self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
 
     def _observe_handshake(self, write_p: int, content_type: int, data: bytes) -> None:
         """Called from inside OpenSSL's message callback: samples the kernel at the moments that
@@ -338,7 +117,7 @@ class Connection:
                 self._handshake.stop_counting()
             self._after_handshake()
             self._stage = ConnectionState.KERNEL if self._session is not None else ConnectionState.OPENSSL
-            self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
+            self._raise_deferred()
 
     def _check_required_before_handshake(self) -> None:
         if self._context.require_ktls and self.policy is not Policy.USERSPACE:
@@ -377,12 +156,8 @@ class Connection:
         try:
             if sock.family not in (_socket.AF_INET, _socket.AF_INET6) or sock.type != _socket.SOCK_STREAM:
                 raise HandoffUnavailable("kernel TLS needs a TCP socket")
-            self._session = hand_over(
-                self._fd, OpenSSLPostHandshake(self._handshake), event=self._event, server_side=self.server_side,
-                post_handshake_auth=bool(self._context.post_handshake_auth),
-                key_update_after=self._context.key_update_records,
-                waiter_for=lambda operation: _Waiter(self, operation), check_open=self._check_open,
-                on_control_record=self._on_control_record)
+            self._session = hand_over(self._fd, OpenSSLPostHandshake(self._handshake), event=self._event,
+                                      **self._session_options())
             handoff = self._handoff = self._session.handoff
             tx_reason = self._session.tx_reason
             cipher_label = f"{handoff.cipher.display_name} ({handoff.suite})"
@@ -402,143 +177,6 @@ class Connection:
                                   None if rx_kernel else rx_reason, cipher_label, version,
                                   rekey_supported=rekey)
 
-    @property
-    def tickets_received(self) -> int:
-        return self._rx.tickets_received
-
-    @property
-    def key_updates(self) -> int:
-        return self._rx.key_updates
-
-    @property
-    def key_limit_reached(self) -> bool:
-        return self._rx.key_limit_reached
-
-    @property
-    def status(self) -> KTLSStatus:
-        if not (self.key_updates or self.key_limit_reached):
-            return self._status
-        return dataclasses.replace(self._status, key_updates=self.key_updates,
-                                   key_limit_reached=self.key_limit_reached)
-
-    @property
-    def _tx_kernel(self) -> bool:
-        """The kernel sends for this connection (its session holds the TX keys)."""
-        return self._session is not None and self._session.tx_in_kernel
-
-    def _ensure_handshake(self) -> None:
-        if self._stage is ConnectionState.HANDSHAKING or self._stage is ConnectionState.FAILED:
-            self.do_handshake()
-
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        self._rx.raise_if_failed()
-
-    def _on_control_record(self, content_type: int, payload: bytes) -> None:
-        """The context's control_record_callback sees each control record first (its errors are
-        reported, never raised: the built-in handling must run)."""
-        callback = self._context.control_record_callback
-        if callback is not None:
-            try:
-                callback(self.owner, content_type, payload)
-            except Exception as exc:
-                errors.report_callback_error(exc, callback, "Exception ignored in control_record_callback")
-            self._check_open()  # the callback may have closed the socket
-
-    # --- reading ---------------------------------------------------------------------------------
-
-    @_guarded
-    def read(self, len=1024, buffer=None):
-        if buffer is None:
-            if len < 0:
-                raise ValueError("size should not be negative")
-            target = bytearray(len)
-            count = self._read_into(memoryview(target), len)
-            return bytes(target[:count])
-        view = memoryview(buffer).cast("B")
-        if len <= 0 or len > view.nbytes:
-            len = view.nbytes
-        return self._read_into(view, len)
-
-    def _read_into(self, view, nbytes: int) -> int:
-        if nbytes == 0:
-            return 0
-        self._ensure_handshake()
-        self._raise_if_failed()
-        with _Waiter(self, "read") as waiter:
-            count = self._rx.read_into(view, nbytes, waiter)
-        if count and not self._delivered_any:
-            self._delivered_any = True
-            self._event(f"first application data delivered ({count} bytes)")
-        self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
-        return count
-
-    # --- key updates, records ----------------------------------------------------------------------
-
-    @_guarded
-    def key_update(self, request_peer: bool = False) -> None:
-        """Send a TLS 1.3 KeyUpdate and move our sending direction to the next key."""
-        self._ensure_handshake()
-        self._raise_if_failed()
-        with self._lock:
-            if self._handshake.protocol_version != keys.TLS_1_3_VERSION:
-                raise ValueError("KeyUpdate exists in TLS 1.3 only")
-            self._tx.key_update(request_peer)
-
-    @_guarded
-    def recv_record(self, bufsize: int = MAX_RECORD):
-        """The next record as (content_type, payload). A non-data record gets its built-in
-        handling too (keys move, tickets reach OpenSSL, close_notify ends the data) before it is
-        returned, so the connection stays consistent, and application data behind an unfinished
-        post-handshake message is refused as recv() refuses it. A record that fails the
-        connection (a fatal alert, a protocol violation) raises instead."""
-        self._ensure_handshake()
-        self._raise_if_failed()
-        with _Waiter(self, "read") as waiter:
-            return self._rx.recv_record(bufsize, waiter)
-
-    # --- writing ---------------------------------------------------------------------------------
-
-    @_guarded
-    def write(self, data) -> int:
-        self._ensure_handshake()
-        self._raise_if_failed()
-        with _Waiter(self, "write") as waiter:
-            count = self._tx.write(data, waiter)
-        self._handshake.raise_application_error()  # what _msg_callback raised, as CPython
-        return count
-
-    @_guarded
-    def sendfile(self, file, offset: int, count):
-        """Bytes sent through the kernel path, or None when this connection cannot sendfile."""
-        self._ensure_handshake()
-        self._raise_if_failed()
-        try:
-            fileno = file.fileno()
-        except (AttributeError, OSError):  # not a real file (io.UnsupportedOperation is an OSError)
-            return None
-        send_chunk = self._tx.prepare_sendfile()
-        if send_chunk is None:
-            return None  # KTLSSocket sends the file through write()
-        return _send_file(_Waiter(self, "write"), file, fileno, offset, count, send_chunk)
-
-    @_guarded
-    def pending(self) -> int:
-        return self._rx.pending
-
-    # --- shutdown ----------------------------------------------------------------------------------
-
-    @_guarded
-    def shutdown(self):
-        """Send close_notify and wait for the peer's (CPython's unwrap); returns the socket."""
-        sock = self.owner
-        if self._stage in (ConnectionState.KERNEL, ConnectionState.OPENSSL):
-            self._stage = ConnectionState.CLOSING
-        with _Waiter(self, "read") as waiter:
-            self._rx.shutdown(waiter)
-        return sock
-
     # --- information (what _ssl._SSLSocket offers: TLSInfo's answers) -----------------------------
 
     version = _reports("version")
@@ -550,14 +188,6 @@ class Connection:
     getpeercert = _reports("peer_certificate", "getpeercert")
     get_verified_chain = _reports("verified_chain", "get_verified_chain")
     get_unverified_chain = _reports("unverified_chain", "get_unverified_chain")
-
-    @_guarded
-    def verify_client_post_handshake(self):
-        """Ask the client for a certificate now (TLS 1.3). Under kTLS the CertificateRequest goes
-        out at once; the client's answer is checked by OpenSSL when it arrives, and no data that
-        follows it is delivered before OpenSSL has accepted it."""
-        with self._lock:
-            self._rx.request_client_certificate()
 
     @property
     @_guarded
@@ -574,39 +204,11 @@ class Connection:
     def session_reused(self):
         return self._handshake.session_reused
 
-    @property
-    def context(self):
-        return self._context
-
-    @context.setter
+    @RecordConnection.context.setter
     @_guarded
     def context(self, value):
         self._handshake.set_context(value)
         self._context = value
-
-
-def _send_file(waiter: _Waiter, file, fileno: int, offset: int, count, send_chunk) -> int:
-    """socket.sendfile's contract over ``send_chunk(fileno, offset, size)`` (bytes, or -WANT_*):
-    from ``offset``, ``count`` bytes or to the end of the file; the file position ends after
-    the last byte sent; the socket's timeout bounds each wait."""
-    size = os.fstat(fileno).st_size - offset
-    if count is not None:
-        size = min(size, count)
-    total = 0
-    try:
-        with waiter:
-            while total < size:
-                sent = send_chunk(fileno, offset + total, min(size - total, 1 << 30))
-                if sent < 0:
-                    waiter.wait(-sent)
-                    continue
-                if sent == 0:
-                    break  # the file ended early
-                total += sent
-    finally:
-        if total:
-            file.seek(offset + total)
-    return total
 
 
 class KTLSSocket(ssl.SSLSocket):

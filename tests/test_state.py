@@ -118,12 +118,26 @@ def _forged_record_outcomes(client_ctx, server_cert, states=None):
     return outcomes
 
 
-@pytest.mark.ktls_or_fallback
+@pytest.mark.ktls
 @pytest.mark.parametrize("version", VERSIONS)
-def test_a_forged_record_fails_the_connection_for_good(pki, server_cert, version):
-    """The reads fail as CPython's ssl's fail (bad record MAC first), and the state says FAILED."""
+def test_a_forged_record_fails_a_kernel_connection_for_good(pki, server_cert, version):
+    """The first read fails as CPython's ssl's does (bad record MAC), the state says FAILED, and the
+    failure is final: the next read raises it again (OpenSSL, and so CPython, reads b"" there, which
+    an application could take for an orderly end)."""
     states = []
     ours = _forged_record_outcomes(versioned(client_context(pki.ca_path), version), server_cert, states)
+    cpython = _forged_record_outcomes(versioned(client_context(pki.ca_path, ours=False), version), server_cert)
+    assert ours[0] == cpython[0] == ("SSLError", "DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
+    assert ours[1] == ours[0]
+    assert states == [ConnectionState.FAILED, ConnectionState.FAILED]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_forged_record_fails_an_openssl_connection_as_cpython(pki, server_cert, version):
+    """In user space every read after the forged record ends as CPython's does; the state says FAILED."""
+    states = []
+    ours = _forged_record_outcomes(versioned(client_context(pki.ca_path, ktls_policy=Policy.USERSPACE), version),
+                                   server_cert, states)
     cpython = _forged_record_outcomes(versioned(client_context(pki.ca_path, ours=False), version), server_cert)
     assert ours[0] == ("SSLError", "DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
     assert ours == cpython
