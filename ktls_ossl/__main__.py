@@ -1,4 +1,4 @@
-"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo | bench`` (also ``ktls-ossl``)."""
+"""Command line: ``python -m ktls_ossl probe | serve | fetch | demo | agent | bench`` (also ``ktls-ossl``)."""
 # Only what the chosen command needs is imported: the benchmark code (multiprocessing, ...) and
 # serve.py (http.server, socketserver, ...) load when their command runs, never for ``probe``.
 from __future__ import annotations
@@ -68,6 +68,12 @@ def _demo(args) -> int:
     return demo.transfer(size_mib=args.size_mib)
 
 
+def _agent(args) -> int:
+    from . import agent_server
+
+    return agent_server.main(args)
+
+
 def _bench(args) -> int:
     from . import bench
 
@@ -133,6 +139,12 @@ def main(argv=None) -> int:
     demo = commands.add_parser("demo", help="HTTPS transfer of a large file with sendfile, checked end to end")
     demo.add_argument("--size-mib", type=int, default=256)
     demo.set_defaults(handler=_demo)
+
+    agent = commands.add_parser("agent", help="the handshake agent: holds the private keys, runs the handshakes")
+    if chosen == "agent":
+        from .agent_server import add_arguments as add_agent_arguments
+        add_agent_arguments(agent)
+    agent.set_defaults(handler=_agent)
 
     bench = commands.add_parser("bench", help="benchmarks against CPython ssl and OpenSSL's own kTLS")
     if chosen == "bench":

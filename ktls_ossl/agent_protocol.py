@@ -29,11 +29,12 @@ __all__ = ["MAGIC", "MAX_PACKET", "Message", "ProtocolError", "decode", "encode"
 
 MAGIC = b"KTA1"
 # The largest packet either side sends or accepts: a post-handshake answer may hold a certificate
-# chain (a few records of up to 2^14 bytes); both sides raise their socket buffers to fit it.
-MAX_PACKET = 256 * 1024
+# chain (a few records of up to 2^14 bytes). A Unix socket sends a packet only if it fits its send
+# buffer, which is at most net.core.wmem_max (208 KiB by default) for an unprivileged process.
+MAX_PACKET = 160 * 1024
 _PREFIX = struct.Struct(">4sI")
 _RECORD = struct.Struct(">BI")
-MAX_HEADER = 16 * 1024
+MAX_HEADER = 64 * 1024
 
 
 class ProtocolError(ValueError):
@@ -53,9 +54,9 @@ class Message:
                 raise ProtocolError(f"{self.kind}: field {name!r} is missing")
             return default
         value = self.fields[name]
-        if isinstance(value, bool) and expected is not bool and bool not in (expected if isinstance(expected, tuple) else (expected,)):
-            raise ProtocolError(f"{self.kind}: field {name!r} has the wrong type")
-        if not isinstance(value, expected):
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        # JSON's true is Python's True, an int too: a number field takes no boolean.
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise ProtocolError(f"{self.kind}: field {name!r} has the wrong type")
         return value
 
