@@ -65,7 +65,7 @@ def _fetch(args) -> int:
 def _demo(args) -> int:
     from . import demo
 
-    return demo.transfer(size_mib=args.size_mib)
+    return demo.transfer(size_mib=args.size_mib, agent=args.agent)
 
 
 def _agent(args) -> int:
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
 
     demo = commands.add_parser("demo", help="HTTPS transfer of a large file with sendfile, checked end to end")
     demo.add_argument("--size-mib", type=int, default=256)
+    demo.add_argument("--agent", action="store_true",
+                      help="the server's handshakes run by a handshake agent process that alone holds the key")
     demo.set_defaults(handler=_demo)
 
     agent = commands.add_parser("agent", help="the handshake agent: holds the private keys, runs the handshakes")

@@ -64,6 +64,12 @@ class AgentChannel:
             raise KTLSAgentError(exc.errno or 0, f"cannot reach the handshake agent at {path}",
                                  "AGENT_UNREACHABLE") from None
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, protocol.MAX_PACKET * 2)
+        # The agent speaks first: "welcome", or "refused" (this uid, its limits) before anything is sent.
+        try:
+            _expect(self.receive(timeout), "welcome")
+        except BaseException:
+            self.sock.close()
+            raise
 
     def request(self, kind: str, fields: dict[str, Any] | None = None, payload: bytes = b"",
                 fds: tuple[int, ...] = (), timeout: float | None = ...) -> Message:

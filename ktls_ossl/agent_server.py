@@ -291,6 +291,7 @@ class Agent:
                 sock.close()
                 log.warning("refused %s: %s", peer, refusal[1])
                 continue
+            _send_quietly(sock, protocol.encode("welcome", {"protocol": 1}))
             threading.Thread(target=ApplicationConnection(self, sock, peer).run, daemon=True,
                              name=f"ktls-agent {peer}").start()
 

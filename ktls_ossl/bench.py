@@ -1,6 +1,6 @@
 """Benchmarks: ktls_ossl against CPython's ssl and OpenSSL's own kTLS, in one run on one kernel.
 
-``python -m ktls_ossl bench`` measures six contenders on five workloads and prints a Markdown
+``python -m ktls_ossl bench`` measures eight contenders on five workloads and prints a Markdown
 report (``--json`` / ``--markdown`` / ``--chart`` write the JSON, the report and a PNG chart):
 
 contenders (both ends of every connection are the same contender)
@@ -10,6 +10,10 @@ contenders (both ends of every connection are the same contender)
     cpython-ssl          CPython's ssl module
     cpython-ssl-ktls     CPython's ssl with SSL_OP_ENABLE_KTLS (1 << 3) in ``options``
     tcp                  plain TCP, no TLS (the ceiling)
+    agent-fd             handshakes run by the handshake agent, which gets the socket (handshake
+                         workload only: afterwards the kernel carries the data as for
+                         ktls-after-finished); one agent process per role
+    agent-forward        the same, the application forwarding the records to the agent
 
 workloads
     bulk       one-way transfer, sendall -> recv_into: throughput, user/system CPU s per GiB per end
@@ -79,6 +83,8 @@ class Contender:
     library: str  # "ktls_ossl", "cpython" or "tcp"
     policy: Policy | None = None
     openssl_ktls: bool = False
+    agent_mode: str | None = None  # library "agent": "fd" or "forward"
+    workloads: tuple[str, ...] = ("bulk", "file", "handshake", "latency", "memory")
 
     @property
     def tls(self) -> bool:
@@ -92,6 +98,10 @@ CONTENDERS = (
     Contender("cpython-ssl", "CPython ssl", "cpython"),
     Contender("cpython-ssl-ktls", "CPython ssl + OpenSSL kTLS", "cpython", openssl_ktls=True),
     Contender("tcp", "plain TCP (no TLS)", "tcp"),
+    Contender("agent-fd", "ktls_ossl agent (fd passing)", "agent", Policy.AFTER_FINISHED, agent_mode="fd",
+              workloads=("handshake",)),
+    Contender("agent-forward", "ktls_ossl agent (record forwarding)", "agent", Policy.AFTER_FINISHED,
+              agent_mode="forward", workloads=("handshake",)),
 )
 CONTENDER_NAMES = tuple(c.name for c in CONTENDERS)
 BY_NAME = {c.name: c for c in CONTENDERS}
@@ -337,6 +347,15 @@ def make_context(contender: Contender, server_side: bool, pki: dict, key: str, v
     """The contender's SSLContext for one end (None for plain TCP)."""
     if not contender.tls:
         return None
+    if contender.library == "agent":
+        from .agent import AgentContext
+        ctx = AgentContext(pki[key]["agent_server" if server_side else "agent_client"],
+                           ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT,
+                           mode=contender.agent_mode)
+        ctx.minimum_version = ctx.maximum_version = TLS_VERSIONS[version]
+        if version == "1.2":
+            ctx.set_ciphers(TLS12_SUITES[key])
+        return ctx
     if contender.library == "ktls_ossl":
         from .context import SSLContext
         factory = SSLContext
@@ -778,6 +797,7 @@ class Progress:
 
 def _cases(workload: str, settings: Settings, contenders) -> list[tuple[Contender, dict]]:
     """(contender, variant) pairs of a workload, grouped by variant so that rows compare down a table."""
+    contenders = [c for c in contenders if workload in c.workloads]
     if workload == "handshake":
         variants = [{"hs_version": v, "hs_key": k} for v in settings.handshake_versions
                     for k in settings.handshake_keys]
@@ -860,16 +880,23 @@ def run(settings: Settings, progress: bool = True) -> dict:
     started = time.monotonic()
     info = machine_info()  # also runs (and caches) the kTLS probe before any child is forked
     contenders = [BY_NAME[name] for name in settings.contenders]
+    skipped = {}
+    if not kernel.probe().ulp_available:
+        # The agent installs the keys in the kernel or fails the handshake: nothing to measure.
+        skipped = {c.name: f"the handshake agent needs kernel TLS ({kernel.probe().ulp_message})"
+                   for c in contenders if c.library == "agent"}
+        contenders = [c for c in contenders if c.name not in skipped]
     plan = [case for w in settings.workloads for case in _cases(w, settings, contenders)]
     bar = Progress(len(plan) * settings.runs + len(settings.workloads) * settings.warmup,
                    info["kernel_label"], progress)
     document = {"schema": SCHEMA, "started": started_at.isoformat(timespec="seconds"), "machine": info,
                 "settings": dataclasses.asdict(settings), "contenders": [
-                    {"name": c.name, "label": c.label} for c in contenders],
+                    {"name": c.name, "label": c.label} for c in contenders], "skipped_contenders": skipped,
                 "references": {"cpython": CPYTHON_REFERENCE, "openssl_ktls": OPENSSL_KTLS_REFERENCE},
                 "workloads": {}}
     scratch = tempfile.mkdtemp(prefix="ktls-bench-")
     file_dir = None
+    agents: list = []
     try:
         pki = make_pki(scratch)
         params = {"data_tls": settings.data_tls[0], "chunk": settings.chunk_kib * 1024, "message": 100,
@@ -878,6 +905,8 @@ def run(settings: Settings, progress: bool = True) -> dict:
                   "latency_warmup": max(10, settings.latency_count // 10),
                   "hs_seconds": settings.handshake_seconds, "hs_minimum": 3,
                   "connections": settings.connections, "io_timeout": min(60.0, settings.trial_timeout)}
+        if "handshake" in settings.workloads and any(c.library == "agent" for c in contenders):
+            agents = _start_agents(scratch, pki, settings.handshake_keys)
         if "file" in settings.workloads:
             file_dir = tempfile.mkdtemp(prefix="ktls-bench-", dir=_file_directory(settings))
             params["file_path"] = _make_file(file_dir, params["file_bytes"])
@@ -888,12 +917,35 @@ def run(settings: Settings, progress: bool = True) -> dict:
             add_ratios(document, workload)
     finally:
         bar.finish()
+        for agent in agents:
+            agent.terminate()
+            agent.wait(10)
         shutil.rmtree(scratch, ignore_errors=True)
         if file_dir:
             shutil.rmtree(file_dir, ignore_errors=True)
     document["seconds"] = time.monotonic() - started
     document["targets"] = evaluate_targets(document)
     return document
+
+
+def _start_agents(directory: str, pki: dict, keys) -> list:
+    """Handshake agents for the agent contenders, per key type one for the server ends (holding
+    the key) and one for the client ends (so that, as with the other contenders, the two ends'
+    handshakes run in separate processes); their socket paths go into ``pki``."""
+    import subprocess
+
+    processes = []
+    for key in keys:
+        for role in ("server", "client"):
+            path = os.path.join(directory, f"agent-{key}-{role}.sock")
+            command = [sys.executable, "-m", "ktls_ossl", "agent", "--socket", path, "--ca", pki[key]["ca"],
+                       "--cert", pki[key]["chain"], "--key", pki[key]["key"], "--max-per-uid", "1024"]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            processes.append(process)
+            if b"listening" not in process.stdout.readline():
+                raise BenchError(f"the handshake agent did not start: {' '.join(command)}")
+            pki[key][f"agent_{role}"] = path
+    return processes
 
 
 def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[dict]:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import ssl
+import subprocess
+import tempfile
+import threading
 import time
 
 import pytest
@@ -23,7 +27,7 @@ from ktls_ossl.agent import AgentContext, AgentSession
 from ktls_ossl.errors import KTLSAgentError, KTLSRekeyUnsupportedError
 from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
 
-from .agenthelpers import echo_checksum, payload, send_and_check, start_agent
+from .agenthelpers import PYTHON, ROOT, echo_checksum, payload, send_and_check, start_agent
 from .conftest import RekeyCounters, kernel_can_rekey, loopback_pair
 from .timing import scaled
 from .tlshelpers import COMBINATION_IDS, COMBINATIONS, TLS12_SUITES, TLS13_SUITES, in_thread, pin, versioned
@@ -415,6 +419,7 @@ def test_the_agent_survives_hostile_applications(agent, tmp_path):
         sock.settimeout(scaled(10))
         with sock:
             sock.connect(agent.path)
+            assert protocol.decode(sock.recv(protocol.MAX_PACKET)).kind == "welcome"
             import array
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
             try:
@@ -467,3 +472,186 @@ def test_the_agent_survives_hostile_applications(agent, tmp_path):
         os.close(pipe_read)
         os.close(pipe_write)
     assert agent.process.poll() is None, agent.log()
+
+
+# --- another uid: admission, and what the application can reach ------------------------------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="running the application as another uid needs root")
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory another uid can reach (pytest's own are private to root)."""
+    directory = tempfile.mkdtemp(prefix="ktls-agent-test-")
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_app(agent_path: str, key_path: str, mode: str = "fd") -> subprocess.Popen:
+    """tests/agent_app.py as uid and gid 65534: a server whose handshakes the agent runs."""
+    return subprocess.Popen([PYTHON, "-m", "tests.agent_app", agent_path, key_path, str(NOBODY), str(NOBODY), mode],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def app_says(app: subprocess.Popen, name: str) -> str:
+    """The app's next "name: value" line (its stderr on failure)."""
+    result: list[str] = []
+
+    def read():
+        for line in app.stdout:
+            if line.startswith(name + ": "):
+                result.append(line[len(name) + 2:].strip())
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(scaled(60))
+    if not result:
+        app.kill()
+        raise AssertionError(f"the app never said {name!r}: {app.stderr.read()}")
+    return result[0]
+
+
+def connect_to_app(app: subprocess.Popen, pki) -> socket.socket:
+    port = int(app_says(app, "port"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=scaled(30))
+    return raw
+
+
+@needs_root
+def test_an_application_whose_uid_the_agent_does_not_allow_is_refused(shared_dir, identities, pki):
+    agent = start_agent(shared_dir, [identities["localhost"]], ca=pki.ca_path, extra=("--socket-mode", "0666"))
+    try:
+        app = start_app(agent.path, identities["localhost"].key_path)
+        raw = connect_to_app(app, pki)
+        with raw:
+            assert app_says(app, "agent") == "AGENT_REFUSED"
+        app.wait(scaled(30))
+        assert f"refused pid={app.pid} uid={NOBODY} gid={NOBODY}" in agent.log()
+    finally:
+        agent.stop()
+
+
+@needs_root
+@pytest.mark.ktls
+@pytest.mark.parametrize("allow", [("--allow-uid", str(NOBODY)), ("--allow-gid", str(NOBODY))], ids=["uid", "gid"])
+def test_an_application_whose_uid_or_gid_the_agent_allows_is_served(shared_dir, identities, pki, allow):
+    agent = start_agent(shared_dir, [identities["localhost"]], ca=pki.ca_path, extra=("--socket-mode", "0666", *allow))
+    try:
+        app = start_app(agent.path, identities["localhost"].key_path)
+        raw = connect_to_app(app, pki)
+        with peer_client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
+            assert app_says(app, "agent") == "handshake done"
+            tls.sendall(b"hello")
+            assert tls.recv(5) == b"hello"
+            app.stdin.write("\n")
+            app.stdin.flush()
+        app.wait(scaled(30))
+    finally:
+        agent.stop()
+
+
+def _process_memory(pid: int, limit: int = 1 << 30) -> bytes:
+    """Every readable mapping of process ``pid``, concatenated (as root: /proc/PID/mem)."""
+    chunks, total = [], 0
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as memory:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            try:
+                memory.seek(start)
+                chunks.append(memory.read(end - start))
+            except (OSError, OverflowError, ValueError):
+                continue
+            total += end - start
+            if total > limit:
+                break
+    return b"".join(chunks)
+
+
+@needs_root
+@pytest.mark.ktls
+@pytest.mark.parametrize("mode", MODES)
+def test_the_application_never_holds_the_private_key(shared_dir, pki, mode):
+    """The key file is the agent's alone (0600, root), so the application (uid 65534) cannot open
+    it; and after a handshake that the key signed, the application's whole memory holds neither the
+    private key (its scalar, its DER, its PEM) nor a part of it, while it does hold the message it
+    echoed (which shows that the scan sees its data)."""
+    from cryptography.hazmat.primitives import serialization
+
+    identity = pki.issue("localhost", dns=["localhost"])
+    key_copy = os.path.join(shared_dir, "server.key")
+    shutil.copyfile(identity.key_path, key_copy)
+    os.chmod(key_copy, 0o600)
+    agent = start_agent(shared_dir, [identity], ca=pki.ca_path,
+                        extra=("--socket-mode", "0666", "--allow-uid", str(NOBODY)))
+    with open(key_copy, "rb") as key_file:
+        pem = key_file.read()
+    key = serialization.load_pem_private_key(pem, None)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    pem_body = b"".join(pem.splitlines()[1:-1])
+    secrets = {"scalar": scalar, "scalar (little-endian)": scalar[::-1], "DER": der[-48:],
+               "PEM line": pem.splitlines()[1], "PEM body": pem_body[:32]}
+    marker = os.urandom(16).hex().encode()
+    try:
+        app = start_app(agent.path, key_copy, mode)
+        assert app_says(app, "key") == "PermissionError"
+        raw = connect_to_app(app, pki)
+        with peer_client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
+            assert app_says(app, "agent") == "handshake done"
+            tls.sendall(marker)
+            assert tls.recv(len(marker)) == marker
+            assert app_says(app, "ready") == str(len(marker))
+            memory = _process_memory(app.pid)
+            app.stdin.write("\n")
+            app.stdin.flush()
+        app.wait(scaled(30))
+    finally:
+        agent.stop()
+    assert marker in memory, "the scan did not see the application's data"
+    found = [name for name, secret in secrets.items() if secret in memory]
+    assert found == [], f"the application's memory holds the private key's {found}"
+
+
+# --- load --------------------------------------------------------------------------------------------
+
+@pytest.mark.ktls
+def test_two_hundred_concurrent_handshakes_through_one_agent(agent, pki, identities):
+    """200 connections start their handshakes at once (half passing their socket, half forwarding
+    records); every one completes and carries its own data."""
+    count = 200
+    start = threading.Barrier(count, timeout=scaled(60))
+    peer_ctx = peer_server_context(pki, identities)
+    failures: list[BaseException] = []
+
+    def one(index: int) -> None:
+        try:
+            ours_raw, theirs_raw = loopback_pair(timeout=scaled(120))
+            peer = in_thread(lambda: peer_ctx.wrap_socket(theirs_raw, server_side=True))
+            context = AgentContext(agent.path, mode="fd" if index % 2 else "forward", timeout=scaled(120))
+            start.wait()
+            with context.wrap_socket(ours_raw, server_hostname="localhost") as ours, peer(scaled(120)) as theirs:
+                message = payload(1000 + index, index)
+                ours.sendall(message)
+                received = bytearray()
+                while len(received) < len(message):
+                    received += theirs.recv(len(message) - len(received))
+                assert received == message
+                assert ours.ktls.tx and ours.ktls.rx
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one, args=(index,), daemon=True) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(scaled(300))
+    assert not any(thread.is_alive() for thread in threads), "handshakes still running"
+    assert failures == []

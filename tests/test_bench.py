@@ -45,17 +45,23 @@ def test_every_workload_and_contender_is_present(quick_run):
     assert document["schema"] == bench.SCHEMA
     assert document["settings"]["preset"] == "quick" and document["settings"]["runs"] == 1
     assert list(document["workloads"]) == list(bench.WORKLOADS)
-    assert [c["name"] for c in document["contenders"]] == list(bench.CONTENDER_NAMES)
+    # The agent's contenders run only where the kernel has TLS (the agent cannot work without it).
+    agents = {c.name for c in bench.CONTENDERS if c.library == "agent"}
+    ran = [name for name in bench.CONTENDER_NAMES if document["machine"]["ktls_available"] or name not in agents]
+    assert [c["name"] for c in document["contenders"]] == ran
+    assert set(document["skipped_contenders"]) == set(bench.CONTENDER_NAMES) - set(ran)
     for workload in bench.WORKLOADS:
         rows = rows_of(document, workload)
-        assert {row["contender"] for row in rows} == set(bench.CONTENDER_NAMES), workload
+        assert {row["contender"] for row in rows} == {c.name for c in bench.CONTENDERS
+                                                      if c.name in ran and workload in c.workloads}, workload
         assert not [row for row in rows if row.get("error")], [row.get("error") for row in rows]
         assert bench.WORKLOAD_TITLES[workload] in markdown
+    data_contenders = [c.name for c in bench.CONTENDERS if c.name in ran and "bulk" in c.workloads]
     for workload in ("bulk", "file", "latency", "memory"):
         versions = {(row["contender"], row["variant"]["data_tls"]) for row in rows_of(document, workload)}
-        assert versions == {(c, v) for c in bench.CONTENDER_NAMES for v in ("1.2", "1.3")}, workload
+        assert versions == {(c, v) for c in data_contenders for v in ("1.2", "1.3")}, workload
     variants = {(row["contender"], row["variant_label"]) for row in rows_of(document, "handshake")}
-    expected = {(c, f"TLS {v} {k}") for c in TLS_CONTENDERS for v in ("1.2", "1.3")
+    expected = {(c, f"TLS {v} {k}") for c in TLS_CONTENDERS if c in ran for v in ("1.2", "1.3")
                 for k in ("ECDSA P-256", "RSA-2048")}
     assert variants == expected | {("tcp", "TCP connect only")}
     machine = document["machine"]
@@ -134,13 +140,13 @@ def test_record_layer_is_reported_per_end(quick_run):
 
 @pytest.mark.ktls
 def test_after_finished_rows_ran_in_the_kernel(quick_run):
-    """Under a kernel with TLS every AFTER_FINISHED row had both directions of both ends in the
-    kernel, as the connection itself (sock.ktls) and the socket (getsockopt) say."""
+    """Under a kernel with TLS every AFTER_FINISHED row (the agent's included) had both directions
+    of both ends in the kernel, as the connection itself (sock.ktls) and the socket (getsockopt) say."""
     document, _ = quick_run
     assert document["machine"]["ktls_available"]
     for workload in bench.WORKLOADS:
         for row in rows_of(document, workload):
-            if row["contender"] != "ktls-after-finished":
+            if row["contender"] not in ("ktls-after-finished", "agent-fd", "agent-forward"):
                 continue
             where = f"{workload} {row['variant_label']}"
             for end in ("server", "client"):
