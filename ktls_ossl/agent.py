@@ -27,16 +27,18 @@ from __future__ import annotations
 import array
 import errno
 import os
+import select
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import agent_protocol as protocol
 from .agent_protocol import Message, ProtocolError
 from .audit import AuditTrail
-from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded, _reports, _Waiter
+from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded, _reports
 from .errors import KernelTLSError, KTLSAgentError, KTLSUnavailableError
-from .handshake import Handoff, HandoffUnavailable, Policy
+from .handshake import WANT_READ, Handoff, HandoffUnavailable, Policy
 from .keys import TrafficKeys
 from .pump import RecordPump
 from .session import KernelSession, hand_over
@@ -242,6 +244,10 @@ class RemoteHandshakeEngine:
     def advance(self) -> bool:
         if self.established is not None:
             return True
+        if self._request is None and not self._eof and (not self._incoming or _inside_a_record(self._incoming)):
+            # Nothing the agent could act on yet: a record goes over whole, one round trip each
+            # (the pump gives its header and its body separately).
+            return False
         if self._request is not None:
             answer = self._channel.request("handshake", self._request)
             self._request = None
@@ -255,6 +261,14 @@ class RemoteHandshakeEngine:
             return True
         _expect(answer, "advanced")
         return False
+
+
+def _inside_a_record(data: bytearray) -> bool:
+    """``data`` ends inside a TLS record (its header, or the length the header gives)."""
+    offset = 0
+    while len(data) - offset >= 5:
+        offset += 5 + int.from_bytes(data[offset + 3:offset + 5], "big")
+    return offset != len(data)
 
 
 class AgentSession:
@@ -406,7 +420,7 @@ class AgentConnection(RecordConnection):
                 if context.mode == "fd":
                     self._session = self._handshake_by_agent(self._request(sock), timeout)
                 else:
-                    self._session = self._handshake_forwarded(self._request(sock))
+                    self._session = self._handshake_forwarded(self._request(sock), timeout)
             except Exception as exc:
                 self._check_open()
                 self._failure, self._stage = exc, ConnectionState.FAILED
@@ -457,15 +471,26 @@ class AgentConnection(RecordConnection):
         return KernelSession(self._fd, handoff, tx_in_kernel=True, post_handshake=remote, event=self._event,
                              **self._session_options())
 
-    def _handshake_forwarded(self, request: dict[str, Any]) -> KernelSession:
-        """forward mode: the peer's records go to the agent one at a time; its keys come back."""
+    def _handshake_forwarded(self, request: dict[str, Any], timeout: float) -> KernelSession:
+        """forward mode: the peer's records go to the agent one at a time; its keys come back.
+        While the peer is waited for, so is the agent: one that dies meanwhile ends the handshake
+        at once (AGENT_GONE), not at the timeout."""
         engine = RemoteHandshakeEngine(self._channel, request)
         view = _NoWaitSocket(self._fd)
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._channel.sock, select.POLLIN)
         try:
             pump = RecordPump(view, engine)
-            with _Waiter(self, "handshake") as waiter:
-                while (want := pump.step()) != 0:
-                    waiter.wait(want)
+            while (want := pump.step()) != 0:
+                poller.register(self._fd, select.POLLIN if want == WANT_READ else select.POLLOUT)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("The handshake operation timed out")
+                events = poller.poll(max(1, int(remaining * 1000)))
+                self._check_open()
+                if any(fd == self._channel.sock.fileno() for fd, _ in events):
+                    _expect(self._channel.receive(0), "nothing", records=False)  # EOF: AGENT_GONE
         finally:
             view.close()
         self._check_open()
