@@ -655,3 +655,69 @@ def test_two_hundred_concurrent_handshakes_through_one_agent(agent, pki, identit
         thread.join(scaled(300))
     assert not any(thread.is_alive() for thread in threads), "handshakes still running"
     assert failures == []
+
+
+# --- the agent's configuration and socket ----------------------------------------------------------
+
+def _arguments(**values):
+    import argparse
+
+    from ktls_ossl.agent_server import add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = []
+    for name, value in values.items():
+        for item in value if isinstance(value, list) else [value]:
+            argv += [f"--{name.replace('_', '-')}", str(item)]
+    return parser.parse_args(argv)
+
+
+def test_the_configuration_file_and_the_command_line_combine(tmp_path, identities, pki):
+    import json
+
+    from ktls_ossl.agent_server import config_from_arguments
+    config_file = tmp_path / "agent.json"
+    config_file.write_text(json.dumps({
+        "socket": str(tmp_path / "from-file.sock"), "ca": pki.ca_path, "allow_uids": [1000], "socket_mode": "0640",
+        "identities": [{"cert": identities["localhost"].chain_path, "key": identities["localhost"].key_path}]}))
+    config = config_from_arguments(_arguments(config=config_file, cert=identities["other"].chain_path,
+                                              key=identities["other"].key_path, allow_uid=1001,
+                                              socket=str(tmp_path / "from-cli.sock")))
+    assert config.socket_path == str(tmp_path / "from-cli.sock")  # the command line wins
+    assert [identity.names for identity in config.identities] == [("localhost",), ("other.test",)]
+    assert config.allow_uids == {1000, 1001} and config.socket_mode == 0o640 and config.ca_file == pki.ca_path
+    with pytest.raises(ValueError, match="--key"):
+        config_from_arguments(_arguments(socket="x", cert=identities["other"].chain_path))
+
+
+def test_the_socket_appears_with_its_mode_and_never_replaces_what_is_not_a_stale_socket(tmp_path, identities):
+    from ktls_ossl.agent_server import Agent, AgentConfig, Identity
+
+    identity = Identity.load(identities["localhost"].chain_path, identities["localhost"].key_path)
+    path = str(tmp_path / "agent.sock")
+    for allow_gids, mode in ((frozenset(), 0o600), (frozenset({4242}), 0o660)):
+        agent = Agent(AgentConfig(path, [identity], allow_gids=allow_gids))
+        agent.bind()
+        try:
+            assert os.stat(path).st_mode & 0o777 == mode
+            with pytest.raises(FileExistsError, match="another agent"):
+                Agent(AgentConfig(path, [identity])).bind()
+        finally:
+            agent._listener.close()  # gone without unlinking: a stale socket, which the next one replaces
+    assert sorted(os.listdir(tmp_path)) == ["agent.sock"]  # no private directory left behind
+    agent.stop()
+    regular = tmp_path / "a-file"
+    regular.write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a socket"):
+        Agent(AgentConfig(str(regular), [identity])).bind()
+    assert regular.read_text() == "keep me"
+
+
+def test_an_agent_without_a_usable_identity_does_not_start(tmp_path, identities, pki):
+    from ktls_ossl.agent_server import Agent, AgentConfig, Identity
+
+    with pytest.raises(ValueError, match="at least one"):
+        Agent(AgentConfig(str(tmp_path / "s"), []))
+    mismatched = Identity.load(identities["localhost"].chain_path, identities["other"].key_path)
+    with pytest.raises(ssl.SSLError):  # the key does not match the certificate: refused at start
+        Agent(AgentConfig(str(tmp_path / "s"), [mismatched]))
