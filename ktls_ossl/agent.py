@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from . import agent_protocol as protocol
 from .agent_protocol import Message, ProtocolError
 from .audit import AuditTrail
-from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded, _reports
+from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded
 from .errors import KernelTLSError, KTLSAgentError, KTLSUnavailableError
 from .handshake import WANT_READ, Handoff, HandoffUnavailable, Policy
 from .keys import TrafficKeys
@@ -504,14 +504,7 @@ class AgentConnection(RecordConnection):
                                           "through the agent both directions must be in the kernel", "KTLS_REQUIRED")
         return session
 
-    # --- information ------------------------------------------------------------------------------
-
-    version = _reports("version")
-    cipher = _reports("cipher")
-    shared_ciphers = _reports("shared_ciphers")
-    compression = _reports("compression")
-    selected_alpn_protocol = _reports("selected_alpn_protocol")
-    get_channel_binding = _reports("channel_binding", "get_channel_binding")
+    # --- information: the agent's facts (RecordConnection's methods), refreshed for certificates --
 
     @_guarded
     def getpeercert(self, binary_form: bool = False):

@@ -112,7 +112,7 @@ def _reports(info_method: str, name: str | None = None):
     def method(self, *args, **kwargs):
         return getattr(self._info, info_method)(*args, **kwargs)
     method.__name__ = name or info_method
-    method.__qualname__ = f"Connection.{method.__name__}"
+    method.__qualname__ = f"RecordConnection.{method.__name__}"
     return _guarded(method)
 
 
@@ -250,6 +250,9 @@ class RecordConnection:
     def _raise_deferred(self) -> None:
         """After a call that succeeded: an error a callback raised during it, where the front
         raises those then (CPython's _msg_callback)."""
+
+    # ``_info``: what the connection reports about itself (tlsinfo.TLSInfo's methods), set by the
+    # subclass.
 
     # --- lifetime (ktls_ossl/lifetime.py) --------------------------------------------------------
 
@@ -439,6 +442,18 @@ class RecordConnection:
     @property
     def context(self):
         return self._context
+
+    # --- information (what _ssl._SSLSocket offers: the subclass's ``_info``, a tlsinfo.TLSInfo) ---
+
+    version = _reports("version")
+    cipher = _reports("cipher")
+    shared_ciphers = _reports("shared_ciphers")
+    compression = _reports("compression")
+    selected_alpn_protocol = _reports("selected_alpn_protocol")
+    get_channel_binding = _reports("channel_binding", "get_channel_binding")
+    getpeercert = _reports("peer_certificate", "getpeercert")
+    get_verified_chain = _reports("verified_chain", "get_verified_chain")
+    get_unverified_chain = _reports("unverified_chain", "get_unverified_chain")
 
 
 def _send_file(waiter: _Waiter, file, fileno: int, offset: int, count, send_chunk) -> int:

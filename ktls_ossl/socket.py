@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import cpython_callbacks, kernel, records
 from .after_ccs import OpenSSLOffloadWatch
-from .connection import MAX_RECORD, ConnectionState, KTLSStatus, RecordConnection, _guarded, _reports, _Waiter
+from .connection import MAX_RECORD, ConnectionState, KTLSStatus, RecordConnection, _guarded, _Waiter
 from .errors import KernelTLSError, KTLSUnavailableError, KTLSUnwrappedError
 from .handshake import Handshake, HandoffUnavailable, Policy, Session
 from .kernel import Direction
@@ -176,18 +176,6 @@ class Connection(RecordConnection):
                                   None if self._tx_kernel else tx_reason,
                                   None if rx_kernel else rx_reason, cipher_label, version,
                                   rekey_supported=rekey)
-
-    # --- information (what _ssl._SSLSocket offers: TLSInfo's answers) -----------------------------
-
-    version = _reports("version")
-    cipher = _reports("cipher")
-    shared_ciphers = _reports("shared_ciphers")
-    compression = _reports("compression")
-    selected_alpn_protocol = _reports("selected_alpn_protocol")
-    get_channel_binding = _reports("channel_binding", "get_channel_binding")
-    getpeercert = _reports("peer_certificate", "getpeercert")
-    get_verified_chain = _reports("verified_chain", "get_verified_chain")
-    get_unverified_chain = _reports("unverified_chain", "get_unverified_chain")
 
     @property
     @_guarded

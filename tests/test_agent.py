@@ -55,14 +55,15 @@ def common_name(cert: dict) -> str:
     return dict(entry[0] for entry in cert["subject"])["commonName"]
 
 
-def peer_server_context(pki, identities, version=None, cipher=None, *, cpython=True, **settings):
-    """The peer's server context: CPython's ssl where it can pin the cipher, ktls_ossl in user
-    space for TLS 1.3 CCM (CPython cannot enable those suites)."""
+def _peer_context(protocol, pki, version, cipher, cpython, settings, identity=None):
+    """The peer's context: CPython's ssl where it can pin the cipher, ktls_ossl in user space for
+    TLS 1.3 CCM (CPython cannot enable those suites) or where asked."""
     cpython = cpython and not (version == TLS_1_3_VERSION and cipher is KernelCipher.AES_CCM_128)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if cpython else ktls_ossl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ssl.SSLContext(protocol) if cpython else ktls_ossl.SSLContext(protocol)
     if not cpython:
         ctx.ktls_policy = ktls_ossl.Policy.USERSPACE
-    ctx.load_cert_chain(identities["localhost"].chain_path, identities["localhost"].key_path)
+    if identity is not None:
+        ctx.load_cert_chain(identity.chain_path, identity.key_path)
     ctx.load_verify_locations(pki.ca_path)
     if cipher is not None:
         pin(ctx, version, cipher)
@@ -71,21 +72,14 @@ def peer_server_context(pki, identities, version=None, cipher=None, *, cpython=T
     for name, value in settings.items():
         setattr(ctx, name, value)
     return ctx
+
+
+def peer_server_context(pki, identities, version=None, cipher=None, *, cpython=True, **settings):
+    return _peer_context(ssl.PROTOCOL_TLS_SERVER, pki, version, cipher, cpython, settings, identities["localhost"])
 
 
 def peer_client_context(pki, version=None, cipher=None, *, cpython=True, **settings):
-    cpython = cpython and not (version == TLS_1_3_VERSION and cipher is KernelCipher.AES_CCM_128)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT) if cpython else ktls_ossl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if not cpython:
-        ctx.ktls_policy = ktls_ossl.Policy.USERSPACE
-    ctx.load_verify_locations(pki.ca_path)
-    if cipher is not None:
-        pin(ctx, version, cipher)
-    elif version is not None:
-        versioned(ctx, version)
-    for name, value in settings.items():
-        setattr(ctx, name, value)
-    return ctx
+    return _peer_context(ssl.PROTOCOL_TLS_CLIENT, pki, version, cipher, cpython, settings)
 
 
 def through_agent(agent, role: str, mode: str, peer_ctx, *, hostname="localhost", app_settings=None,
