@@ -131,9 +131,13 @@ def decode_records(message: Message) -> list[tuple[int, bytes]]:
 
 # --- keys and the handoff --------------------------------------------------------------------------
 
-def keys_to_fields(traffic_keys: TrafficKeys) -> dict[str, Any]:
-    return {"version": traffic_keys.version, "cipher": int(traffic_keys.cipher), "key": traffic_keys.key.hex(),
-            "iv": traffic_keys.iv.hex(), "salt": traffic_keys.salt.hex(), "seq": traffic_keys.seq}
+def keys_to_fields(traffic_keys: TrafficKeys, *, material: bool = True) -> dict[str, Any]:
+    """Traffic keys as they cross; without ``material`` only what is not secret (version, cipher,
+    the next sequence number): for a socket whose keys the agent installed itself."""
+    fields = {"version": traffic_keys.version, "cipher": int(traffic_keys.cipher), "seq": traffic_keys.seq}
+    if material:
+        fields.update(key=traffic_keys.key.hex(), iv=traffic_keys.iv.hex(), salt=traffic_keys.salt.hex())
+    return fields
 
 
 def keys_from_fields(fields: Any) -> TrafficKeys:
@@ -143,15 +147,21 @@ def keys_from_fields(fields: Any) -> TrafficKeys:
         numbers = [fields[name] for name in ("version", "cipher", "seq")]
         if not all(isinstance(number, int) and not isinstance(number, bool) for number in numbers):
             raise TypeError("version, cipher and seq must be integers")
-        return TrafficKeys(fields["version"], KernelCipher(fields["cipher"]), bytes.fromhex(fields["key"]),
+        cipher = KernelCipher(fields["cipher"])
+        if not any(name in fields for name in ("key", "iv", "salt")):
+            # Withheld (the agent installed them): zeros of the right sizes, never given to a kernel.
+            return TrafficKeys(fields["version"], cipher, bytes(cipher.key_size), bytes(cipher.iv_size),
+                               bytes(cipher.salt_size), fields["seq"])
+        return TrafficKeys(fields["version"], cipher, bytes.fromhex(fields["key"]),
                            bytes.fromhex(fields["iv"]), bytes.fromhex(fields["salt"]), fields["seq"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"traffic keys: {exc}") from None
 
 
-def handoff_to_fields(handoff: Handoff, *, with_secrets: bool = False) -> dict[str, Any]:
+def handoff_to_fields(handoff: Handoff, *, with_keys: bool = True, with_secrets: bool = False) -> dict[str, Any]:
     fields = {"version": handoff.version, "cipher": int(handoff.cipher), "suite": handoff.suite,
-              "hash_name": handoff.hash_name, "tx": keys_to_fields(handoff.tx), "rx": keys_to_fields(handoff.rx)}
+              "hash_name": handoff.hash_name, "tx": keys_to_fields(handoff.tx, material=with_keys),
+              "rx": keys_to_fields(handoff.rx, material=with_keys)}
     if with_secrets and handoff.tx_secret is not None:
         fields["tx_secret"], fields["rx_secret"] = handoff.tx_secret.hex(), handoff.rx_secret.hex()
     return fields

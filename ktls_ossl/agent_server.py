@@ -449,7 +449,8 @@ class ApplicationConnection:
         self.sni = sni_seen[0]
         facts = _facts(self.handshake, self.sni)
         self._log_handshake(request, role, hostname, sni_seen[0], started, "established", facts)
-        fields = {"handoff": protocol.handoff_to_fields(handoff), "facts": facts}
+        # fd mode: the keys are in the kernel already; the application needs none of them.
+        fields = {"handoff": protocol.handoff_to_fields(handoff, with_keys=tcp_fd is None), "facts": facts}
         self._send(protocol.encode("established", fields, outgoing))
 
     def _run_on_fd(self, handshake: Handshake, fd: int, deadline: float):

@@ -715,3 +715,76 @@ def test_an_agent_without_a_usable_identity_does_not_start(tmp_path, identities,
     mismatched = Identity.load(identities["localhost"].chain_path, identities["other"].key_path)
     with pytest.raises(ssl.SSLError):  # the key does not match the certificate: refused at start
         Agent(AgentConfig(str(tmp_path / "s"), [mismatched]))
+
+
+@pytest.mark.ktls
+def test_in_fd_mode_the_application_gets_no_key_material(agent, pki, identities):
+    """The agent installed the keys itself: the application's record of the handoff has the sequence
+    numbers but no key (the kernel has the real ones: read back from the socket to compare)."""
+    ours, theirs = through_agent(agent, "client", "fd", peer_server_context(pki, identities))
+    with ours, theirs:
+        handoff = ours._sslobj._handoff
+        installed = kernel.read_crypto_info(ours.fileno(), kernel.Direction.RX)
+        assert installed.key != bytes(len(installed.key))
+        assert handoff.rx.key == bytes(len(installed.key)) and handoff.tx.key == bytes(len(installed.key))
+        assert handoff.rx.cipher == installed.cipher
+
+
+@pytest.mark.ktls
+def test_sendfile_through_a_socket_whose_handshake_the_agent_ran(agent, pki, identities, tmp_path):
+    import hashlib
+
+    data = os.urandom(3 << 20)
+    path = tmp_path / "payload"
+    path.write_bytes(data)
+    ours, theirs = through_agent(agent, "server", "fd", peer_client_context(pki), exchange=False)
+    with ours, theirs, open(path, "rb") as source:
+        receiver = in_thread(_recv_exactly, theirs, len(data))
+        assert ours.sendfile(source) == len(data)
+        assert hashlib.sha256(receiver(scaled(60))).digest() == hashlib.sha256(data).digest()
+
+
+def _recv_exactly(sock, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        chunk = sock.recv(min(1 << 16, size - len(received)))
+        if not chunk:
+            raise EOFError(f"{len(received)} of {size} bytes")
+        received += chunk
+    return bytes(received)
+
+
+def test_an_application_at_the_per_uid_limit_is_told_so(tmp_path, identities, pki):
+    busy = start_agent(str(tmp_path), [identities["localhost"]], ca=pki.ca_path, extra=("--max-per-uid", "2"))
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.connect(busy.path)
+            sock.recv(1024)  # welcome
+            held.append(sock)
+        raw, peer = loopback_pair()
+        with raw, peer:
+            with pytest.raises(KTLSAgentError) as info:
+                AgentContext(busy.path, timeout=scaled(10)).wrap_socket(raw, server_hostname="localhost")
+        assert info.value.reason == "AGENT_BUSY"
+    finally:
+        for sock in held:
+            sock.close()
+        busy.stop()
+
+
+def test_an_application_that_says_nothing_is_dropped_at_the_handshake_timeout(tmp_path, identities, pki):
+    slow = start_agent(str(tmp_path), [identities["localhost"]], ca=pki.ca_path,
+                       extra=("--handshake-timeout", str(scaled(0.5))))
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(scaled(20))
+        with sock:
+            sock.connect(slow.path)
+            sock.recv(1024)  # welcome
+            started = time.monotonic()
+            assert sock.recv(1024) == b""  # closed by the agent, not by our timeout
+            assert time.monotonic() - started < scaled(10)
+    finally:
+        slow.stop()

@@ -157,3 +157,14 @@ def test_an_unlisted_exception_crosses_as_an_agent_failure():
 def test_an_error_that_may_not_cross_is_a_protocol_error(fields):
     with pytest.raises(ProtocolError):
         protocol.error_from_fields(fields)
+
+
+def test_keys_can_cross_without_their_material():
+    fields = protocol.keys_to_fields(keys(9), material=False)
+    assert set(fields) == {"version", "cipher", "seq"}
+    withheld = protocol.keys_from_fields(fields)
+    assert (withheld.version, withheld.cipher, withheld.seq) == (TLS_1_3_VERSION, GCM, 9)
+    assert withheld.key == bytes(16) and withheld.iv == bytes(8) and withheld.salt == bytes(4)
+    handoff = Handoff(TLS_1_3_VERSION, GCM, "TLS_AES_128_GCM_SHA256", "sha256", keys(1), keys(2))
+    text = json.dumps(protocol.handoff_to_fields(handoff, with_keys=False))
+    assert bytes(range(16)).hex() not in text
