@@ -40,6 +40,7 @@ from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded
 from .errors import KernelTLSError, KTLSAgentError, KTLSUnavailableError
 from .handshake import WANT_READ, Handoff, HandoffUnavailable, Policy
 from .keys import TrafficKeys
+from .keyschedule import KeyScheduleEngine
 from .pump import RecordPump
 from .session import KernelSession, hand_over
 from .socket import KTLSSocket
@@ -441,7 +442,10 @@ class AgentConnection(RecordConnection):
             tcp_peer = "%s:%s" % sock.getpeername()[:2]
         except OSError:
             tcp_peer = None
-        return {"mode": context.mode, "role": "server" if self.server_side else "client",
+        if context.post_handshake == "local" and context.post_handshake_auth:
+            raise ValueError("post-handshake authentication needs the agent: post_handshake='agent'")
+        return {"mode": context.mode, "post_handshake": context.post_handshake,
+                "role": "server" if self.server_side else "client",
                 "server_hostname": self.server_hostname, "alpn": list(context._alpn_protocols),
                 "verify": _VERIFY_NAMES[context.verify_mode], "check_hostname": bool(context.check_hostname),
                 "post_handshake_auth": bool(context.post_handshake_auth),
@@ -451,14 +455,22 @@ class AgentConnection(RecordConnection):
                 "ciphers": context._ciphers, "ciphersuites": context._ciphersuites,
                 "session": self._requested_session.handle if self._requested_session is not None else None}
 
-    def _established(self, answer: Message) -> tuple[Handoff, RemotePostHandshake]:
+    def _established(self, answer: Message) -> tuple[Handoff, RemotePostHandshake | KeyScheduleEngine]:
+        """The agent's answer: the handoff, the facts, and the connection's post-handshake engine:
+        the agent (RemotePostHandshake), or with post_handshake="local" the key schedule of the
+        secrets it handed over (the agent connection then ends here)."""
         _expect(answer, "established", records=False)
         try:
             handoff = protocol.handoff_from_fields(answer.fields.get("handoff"))
             facts = answer.get("facts", dict)
-        except ProtocolError as exc:
+            self._info = RemoteTLSInfo(facts, self.server_side)
+            if self._context.post_handshake == "local":
+                engine = KeyScheduleEngine(handoff, "the handshake agent handed this connection over "
+                                                    "(post_handshake='local')")
+                self._close_channel()
+                return handoff, engine
+        except (ProtocolError, ValueError) as exc:
             raise KTLSAgentError(0, f"the handshake agent broke the protocol: {exc}", "AGENT_PROTOCOL") from None
-        self._info = RemoteTLSInfo(facts, self.server_side)
         self._remote = RemotePostHandshake(self._channel, handoff)
         return handoff, self._remote
 
@@ -529,8 +541,10 @@ class AgentConnection(RecordConnection):
     @property
     @_guarded
     def session(self) -> AgentSession | None:
-        if self._remote is None:
+        if self._stage is ConnectionState.HANDSHAKING:
             return self._requested_session
+        if self._remote is None:
+            return None  # post_handshake="local": the agent keeps nothing for this connection
         with self._session.engine_lock:
             return self._remote.get_session()
 
@@ -559,11 +573,15 @@ class AgentContext:
     _encode_hostname = ssl.SSLContext._encode_hostname
 
     def __init__(self, socket_path: str, protocol: int = ssl.PROTOCOL_TLS_CLIENT, *, mode: str = "fd",
-                 timeout: float = 30.0) -> None:
+                 post_handshake: str = "agent", timeout: float = 30.0) -> None:
         if protocol not in (ssl.PROTOCOL_TLS_CLIENT, ssl.PROTOCOL_TLS_SERVER):
             raise ValueError("AgentContext takes PROTOCOL_TLS_CLIENT or PROTOCOL_TLS_SERVER")
         if mode not in ("fd", "forward"):
             raise ValueError("mode is 'fd' (pass the socket) or 'forward' (forward its records)")
+        if post_handshake not in ("agent", "local"):
+            raise ValueError("post_handshake is 'agent' (every post-handshake message to the agent) or 'local' "
+                             "(the agent hands over the TLS 1.3 traffic secrets and is done)")
+        self.post_handshake = post_handshake
         self.socket_path = os.fspath(socket_path)
         self.protocol = protocol
         self.mode = mode

@@ -362,6 +362,8 @@ class ApplicationConnection:
             if request.kind != "handshake":
                 raise ProtocolError(f"expected a handshake request, got {request.kind!r}")
             mode = request.get("mode", str)
+            if request.get("post_handshake", str, "agent") not in ("agent", "local"):
+                raise ProtocolError("post_handshake: 'agent' or 'local'")
             if mode == "fd":
                 if len(fds) != 1:
                     raise ProtocolError(f"fd mode needs exactly one file descriptor, got {len(fds)}")
@@ -449,9 +451,15 @@ class ApplicationConnection:
         self.sni = sni_seen[0]
         facts = _facts(self.handshake, self.sni)
         self._log_handshake(request, role, hostname, sni_seen[0], started, "established", facts)
-        # fd mode: the keys are in the kernel already; the application needs none of them.
-        fields = {"handoff": protocol.handoff_to_fields(handoff, with_keys=tcp_fd is None), "facts": facts}
+        # fd mode: the keys are in the kernel already; the application needs none of them. Local
+        # post-handshake handling: the application takes the TLS 1.3 traffic secrets and the agent
+        # is done with this connection.
+        local = request.get("post_handshake", str, "agent") == "local"
+        fields = {"handoff": protocol.handoff_to_fields(handoff, with_keys=tcp_fd is None, with_secrets=local),
+                  "facts": facts}
         self._send(protocol.encode("established", fields, outgoing))
+        if local:
+            self.engine = None
 
     def _run_on_fd(self, handshake: Handshake, fd: int, deadline: float):
         """The handshake on the application's socket, then its keys into the kernel."""

@@ -788,3 +788,33 @@ def test_an_application_that_says_nothing_is_dropped_at_the_handshake_timeout(tm
             assert time.monotonic() - started < scaled(10)
     finally:
         slow.stop()
+
+
+# --- post_handshake="local": the agent hands over the secrets and is done ---------------------------
+
+@pytest.mark.ktls
+@pytest.mark.parametrize("mode", MODES)
+def test_with_local_post_handshake_the_connection_outlives_the_agent(tmp_path, identities, pki, mode):
+    """The agent hands over the TLS 1.3 traffic secrets and forgets the connection; with the agent
+    killed, the server's tickets are dropped and KeyUpdates both ways still work (on a kernel that
+    rekeys; elsewhere the peer's KeyUpdate is the specific error)."""
+    dying = start_agent(str(tmp_path), [identities["localhost"]], ca=pki.ca_path)
+    peer_ctx = peer_server_context(pki, identities, TLS_1_3_VERSION, cpython=False)  # OpenSSL: can KeyUpdate
+    ours, theirs = through_agent(dying, "client", mode, peer_ctx, app_settings={"post_handshake": "local"},
+                                 exchange=False)
+    with ours, theirs:
+        dying.kill()
+        send_and_check_from(theirs, ours, payload(DATA, 5))  # behind the tickets, which are dropped
+        send_and_check_from(ours, theirs, payload(DATA, 6))
+        assert ours.session is None  # the agent keeps nothing for this connection
+        counters = RekeyCounters()
+        theirs.key_update(request_peer=True)
+        if not kernel_can_rekey():
+            theirs.sendall(b"after")
+            with pytest.raises(KTLSRekeyUnsupportedError):
+                ours.recv(100)
+            return
+        send_and_check_from(theirs, ours, payload(DATA, 7))
+        ours.key_update()
+        send_and_check_from(ours, theirs, payload(DATA, 8))
+        counters.check(2, 1)
