@@ -367,7 +367,9 @@ class ApplicationConnection:
             if mode == "fd":
                 if len(fds) != 1:
                     raise ProtocolError(f"fd mode needs exactly one file descriptor, got {len(fds)}")
-                tcp_fd = fds.pop()
+                # Our copy of the application's socket: closed below, whatever happens (held, it
+                # would keep the TCP connection open after the application closed it).
+                tcp_fd = fds[0]
                 self._answer_handshake(request, lambda handshake: self._run_on_fd(handshake, tcp_fd, deadline),
                                        tcp_fd)
             elif mode == "forward":

@@ -818,3 +818,27 @@ def test_with_local_post_handshake_the_connection_outlives_the_agent(tmp_path, i
         ours.key_update()
         send_and_check_from(ours, theirs, payload(DATA, 8))
         counters.check(2, 1)
+
+
+@pytest.mark.ktls
+@pytest.mark.parametrize("mode", MODES)
+def test_the_agent_keeps_no_copy_of_the_applications_socket(agent, pki, identities, mode):
+    """After the handshake the agent holds nothing of the socket: when the application closes it,
+    the peer sees the connection end (a copy held in the agent would keep it open), and the agent's
+    descriptors are back to what they were."""
+    descriptors = f"/proc/{agent.process.pid}/fd"
+    before = len(os.listdir(descriptors))
+    peer_ctx = peer_server_context(pki, identities)
+    for _ in range(5):
+        ours, theirs = through_agent(agent, "client", mode, peer_ctx, exchange=False)
+        with theirs:
+            ours.close()
+            theirs.settimeout(scaled(10))  # a copy held in the agent: TimeoutError here
+            try:
+                assert theirs.recv(10) == b""  # the FIN (CPython: ragged EOFs read as b"")
+            except (ssl.SSLEOFError, ConnectionResetError):
+                pass
+    deadline = time.monotonic() + scaled(10)
+    while len(os.listdir(descriptors)) != before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the agent's connection threads end as the application connections close
+    assert len(os.listdir(descriptors)) == before
