@@ -291,9 +291,16 @@ class Agent:
                 sock.close()
                 log.warning("refused %s: %s", peer, refusal[1])
                 continue
-            _send_quietly(sock, protocol.encode("welcome", {"protocol": 1}))
-            threading.Thread(target=ApplicationConnection(self, sock, peer).run, daemon=True,
-                             name=f"ktls-agent {peer}").start()
+            try:
+                thread = threading.Thread(target=ApplicationConnection(self, sock, peer).run, daemon=True,
+                                          name=f"ktls-agent {peer}")
+                thread.start()
+            except Exception as exc:  # no thread to serve it (the process's limit): not admitted after all
+                log.warning("could not serve %s: %s", peer, exc)
+                _send_quietly(sock, protocol.encode("refused", {"reason": "AGENT_BUSY",
+                                                                "message": f"the agent cannot serve: {exc}"}))
+                sock.close()
+                self.connection_ended(peer)
 
     def _admit(self, peer: Peer) -> tuple[str, str] | None:
         if not self.config.allows(peer.uid, peer.gid):
@@ -356,6 +363,7 @@ class ApplicationConnection:
             self.agent.connection_ended(self.peer)
 
     def _serve(self) -> None:
+        self._send(protocol.encode("welcome", {"protocol": 1}))
         deadline = time.monotonic() + self.agent.config.handshake_timeout
         request, fds = self._receive(deadline)
         try:

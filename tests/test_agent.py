@@ -166,6 +166,10 @@ def test_the_agent_picks_the_certificate_by_sni_and_negotiates_alpn(agent, pki, 
     with ours, theirs:
         assert common_name(theirs.getpeercert()) == "other.test"
         assert theirs.selected_alpn_protocol() == ours.selected_alpn_protocol() == "http/1.1"
+    # The agent's log line for it: who asked, for which name, with what outcome.
+    logged = [line for line in agent.log().splitlines() if "sni other.test" in line and f"mode {mode}" in line]
+    assert logged and f"peer process pid={os.getpid()} uid={os.getuid()}" in logged[-1], agent.log()[-2000:]
+    assert "role server" in logged[-1] and "alpn http/1.1" in logged[-1] and "established" in logged[-1]
 
 
 @pytest.mark.ktls
