@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import ktls_ossl
-from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION, KernelCipher
+from ktls_ossl.keys import TLS_1_2_VERSION, TLS_1_3_VERSION
 
 from .conftest import KTLS, REKEY, expect_our_ktls, port_of, read_log
 from ..tlshelpers import TLS12_SUITES, TLS13_SUITES, same_error, versioned
