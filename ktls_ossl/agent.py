@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import agent_protocol as protocol
+from . import records
 from .agent_protocol import Message, ProtocolError
 from .audit import AuditTrail
 from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded
@@ -43,6 +44,7 @@ from .keys import TrafficKeys
 from .keyschedule import KeyScheduleEngine
 from .pump import RecordPump
 from .session import KernelSession, hand_over
+from .tlsinfo import getpeercert_result
 from .socket import KTLSSocket
 
 if TYPE_CHECKING:
@@ -245,9 +247,10 @@ class RemoteHandshakeEngine:
     def advance(self) -> bool:
         if self.established is not None:
             return True
-        if self._request is None and not self._eof and (not self._incoming or _inside_a_record(self._incoming)):
+        if self._request is None and not self._eof and (
+                not self._incoming or records.split_records(bytes(self._incoming))[1]):
             # Nothing the agent could act on yet: a record goes over whole, one round trip each
-            # (the pump gives its header and its body separately).
+            # (the pump gives its header and its body separately, and has parsed the header).
             return False
         if self._request is not None:
             answer = self._channel.request("handshake", self._request)
@@ -262,14 +265,6 @@ class RemoteHandshakeEngine:
             return True
         _expect(answer, "advanced")
         return False
-
-
-def _inside_a_record(data: bytearray) -> bool:
-    """``data`` ends inside a TLS record (its header, or the length the header gives)."""
-    offset = 0
-    while len(data) - offset >= 5:
-        offset += 5 + int.from_bytes(data[offset + 3:offset + 5], "big")
-    return offset != len(data)
 
 
 class AgentSession:
@@ -326,15 +321,8 @@ class RemoteTLSInfo:
         if not self._facts:
             raise ValueError("handshake not done yet")
         value = self._facts.get("peer_certificate")
-        if value is None:
-            return None
-        der = bytes.fromhex(value)
-        if binary_form:
-            return der
-        if not self._facts.get("peer_verified"):
-            return {}  # as CPython: a certificate that was not verified is not decoded
-        from .certificate import decode_certificate
-        return decode_certificate(der)
+        return getpeercert_result(bytes.fromhex(value) if value is not None else None,
+                                  bool(self._facts.get("peer_verified")), binary_form)
 
     def verified_chain(self) -> list[bytes]:
         return [bytes.fromhex(der) for der in self._facts.get("verified_chain") or ()]

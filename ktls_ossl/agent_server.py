@@ -661,7 +661,7 @@ def _facts(handshake: Handshake, sni: str | None) -> dict[str, Any]:
     return {"version": handshake.version(), "version_number": handshake.protocol_version,
             "cipher": info.cipher(), "shared_ciphers": info.shared_ciphers(), "alpn": info.selected_alpn_protocol(),
             "server_name": sni, "session_reused": handshake.session_reused,
-            "peer_verified": bool(info.verify_mode() & lib.SSL_VERIFY_PEER) and peer is not None,
+            "peer_verified": info.peer_verified() and peer is not None,
             "peer_certificate": peer.hex() if peer is not None else None,
             "verified_chain": [der.hex() for der in chain] if sum(map(len, chain)) < 12 * 1024 else None,
             "channel_binding": binding.hex() if binding is not None else None}

@@ -73,15 +73,11 @@ class TLSInfo:
         """CPython's getpeercert(): the DER, or the decoded certificate where it was verified."""
         if not self._handshake.is_finished:
             raise ValueError("handshake not done yet")
-        der = self.peer_certificate_der()
-        if der is None:
-            return None
-        if binary_form:
-            return der
-        if not self.verify_mode() & lib.SSL_VERIFY_PEER:
-            return {}  # CPython: a certificate that was not verified is not decoded
-        from .certificate import decode_certificate
-        return decode_certificate(der)
+        return getpeercert_result(self.peer_certificate_der(), self.peer_verified(), binary_form)
+
+    def peer_verified(self) -> bool:
+        """The peer's certificate went through verification (VERIFY_PEER): CPython decodes only then."""
+        return bool(self.verify_mode() & lib.SSL_VERIFY_PEER)
 
     def peer_certificate_der(self) -> bytes | None:
         return _der(lib.SSL_get0_peer_certificate(self._handshake.ssl))
@@ -100,6 +96,19 @@ class TLSInfo:
             if leaf is not None:
                 chain.insert(0, leaf)
         return chain
+
+
+def getpeercert_result(der: bytes | None, verified: bool, binary_form: bool):
+    """What CPython's getpeercert() returns for the peer's certificate ``der``: None without one,
+    the DER with ``binary_form``, {} for a certificate that was not verified, else the decoded dict."""
+    if der is None:
+        return None
+    if binary_form:
+        return der
+    if not verified:
+        return {}
+    from .certificate import decode_certificate
+    return decode_certificate(der)
 
 
 def _cipher_tuple(pointer):
