@@ -39,6 +39,7 @@ import logging
 import os
 import secrets
 import select
+import shutil
 import socket
 import ssl
 import stat
@@ -269,7 +270,8 @@ class Agent:
             listener.close()
             raise
         finally:
-            os.rmdir(directory) if os.path.isdir(directory) and not os.listdir(directory) else None
+            # Empty after the rename; after a failure, the socket bound in it goes with it.
+            shutil.rmtree(directory, ignore_errors=True)
         self._listener = listener
         log.info("listening on %s (mode %o)", path, mode)
 
@@ -378,6 +380,7 @@ class ApplicationConnection:
                 # Our copy of the application's socket: closed below, whatever happens (held, it
                 # would keep the TCP connection open after the application closed it).
                 tcp_fd = fds[0]
+                _check_tcp_socket(tcp_fd)  # before OpenSSL is given it
                 self._answer_handshake(request, lambda handshake: self._run_on_fd(handshake, tcp_fd, deadline),
                                        tcp_fd)
             elif mode == "forward":
@@ -473,7 +476,6 @@ class ApplicationConnection:
 
     def _run_on_fd(self, handshake: Handshake, fd: int, deadline: float):
         """The handshake on the application's socket, then its keys into the kernel."""
-        _check_tcp_socket(fd)
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         try:
