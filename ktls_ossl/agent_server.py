@@ -44,6 +44,8 @@ import socket
 import ssl
 import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -676,6 +678,26 @@ def _send_quietly(sock: socket.socket, packet: bytes) -> None:
         pass
 
 
+def start_process(socket_path: str, identities, *, ca: str | None = None, options=(), stderr=None,
+                  cwd: str | None = None) -> subprocess.Popen:
+    """``python -m ktls_ossl agent`` in a process of its own, returned once it listens: it prints
+    one line when its socket exists. ``identities``: (certificate chain, key) pairs; ``options``:
+    more command-line options. RuntimeError (the agent stopped) where it exited instead."""
+    command = [sys.executable, "-m", "ktls_ossl", "agent", "--socket", socket_path]
+    for cert, key in identities:
+        command += ["--cert", cert, "--key", key]
+    if ca:
+        command += ["--ca", ca]
+    command += list(options)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, cwd=cwd)
+    line = process.stdout.readline()
+    if b"listening" not in line:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the handshake agent did not start ({' '.join(command)}): {line!r}")
+    return process
+
+
 def config_from_arguments(args) -> AgentConfig:
     """The agent's configuration: a JSON config file (``--config``), then the command line on top.
     The file holds the options' names: {"socket": ..., "identities": [{"cert": ..., "key": ...}],
@@ -728,7 +750,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     import signal
-    import sys
 
     try:
         config = config_from_arguments(args)

@@ -934,16 +934,17 @@ def _start_agents(directory: str, pki: dict, keys) -> list:
     handshakes run in separate processes); their socket paths go into ``pki``."""
     import subprocess
 
+    from .agent_server import start_process
+
     processes = []
     for key in keys:
         for role in ("server", "client"):
             path = os.path.join(directory, f"agent-{key}-{role}.sock")
-            command = [sys.executable, "-m", "ktls_ossl", "agent", "--socket", path, "--ca", pki[key]["ca"],
-                       "--cert", pki[key]["chain"], "--key", pki[key]["key"], "--max-per-uid", "1024"]
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            processes.append(process)
-            if b"listening" not in process.stdout.readline():
-                raise BenchError(f"the handshake agent did not start: {' '.join(command)}")
+            try:
+                processes.append(start_process(path, [(pki[key]["chain"], pki[key]["key"])], ca=pki[key]["ca"],
+                                               options=("--max-per-uid", "1024"), stderr=subprocess.DEVNULL))
+            except RuntimeError as exc:
+                raise BenchError(str(exc)) from None
             pki[key][f"agent_{role}"] = path
     return processes
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 
 from . import OPENSSL_VERSION, kernel
@@ -23,13 +21,11 @@ from .serve import HTTPSFileServer, fetch, make_self_signed, run_in_thread, serv
 def _agent_context(directory: str, cert: str, key: str):
     """A handshake agent holding ``cert``/``key``, and a server context whose handshakes it runs."""
     from .agent import AgentContext
+    from .agent_server import start_process
 
     path = os.path.join(directory, "agent.sock")
-    agent = subprocess.Popen([sys.executable, "-m", "ktls_ossl", "agent", "--socket", path, "--cert", cert,
-                              "--key", key], stdout=subprocess.PIPE)
+    agent = start_process(path, [(cert, key)])
     try:
-        if b"listening" not in agent.stdout.readline():
-            raise RuntimeError("the handshake agent did not start")
         print(f"server handshakes: run by the handshake agent (pid {agent.pid}), the only process that "
               "holds the private key")
         import ssl

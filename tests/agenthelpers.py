@@ -5,9 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import zlib
 from dataclasses import dataclass
+
+from ktls_ossl.agent_server import start_process
 
 from .timing import scaled
 
@@ -42,32 +43,19 @@ class AgentProcess:
 
 
 def start_agent(directory: str, identities, *, ca: str | None = None, extra: tuple[str, ...] = (),
-                name: str = "agent.sock", user: int | None = None) -> AgentProcess:
-    """Start an agent and return once it listens (it prints a line when its socket exists)."""
+                name: str = "agent.sock") -> AgentProcess:
+    """Start an agent (agent_server.start_process) that logs every handshake to a file, and return
+    once it listens."""
     path = os.path.join(directory, name)
-    command = [PYTHON, "-m", "ktls_ossl", "agent", "--socket", path, "-v"]
-    for identity in identities:
-        command += ["--cert", identity.chain_path, "--key", identity.key_path]
-    if ca:
-        command += ["--ca", ca]
-    command += list(extra)
     stderr_path = path + ".log"
     with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, user=user)
-    line = _read_line(process, scaled(30))
-    if "listening" not in line:
-        process.kill()
-        with open(stderr_path, encoding="utf-8", errors="replace") as log:
-            raise RuntimeError(f"the agent did not start: {line!r}\n{log.read()}")
+        try:
+            process = start_process(path, [(identity.chain_path, identity.key_path) for identity in identities],
+                                    ca=ca, options=("-v", *extra), stderr=stderr, cwd=ROOT)
+        except RuntimeError as exc:
+            with open(stderr_path, encoding="utf-8", errors="replace") as log:
+                raise RuntimeError(f"{exc}\n{log.read()}") from None
     return AgentProcess(process, path, stderr_path)
-
-
-def _read_line(process: subprocess.Popen, timeout: float) -> str:
-    result: list[bytes] = []
-    reader = threading.Thread(target=lambda: result.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return result[0].decode(errors="replace") if result else ""
 
 
 def payload(size: int, seed: int) -> bytes:

@@ -520,7 +520,7 @@ def app_says(app: subprocess.Popen, name: str) -> str:
     return result[0]
 
 
-def connect_to_app(app: subprocess.Popen, pki) -> socket.socket:
+def connect_to_app(app: subprocess.Popen) -> socket.socket:
     port = int(app_says(app, "port"))
     raw = socket.create_connection(("127.0.0.1", port), timeout=scaled(30))
     return raw
@@ -531,7 +531,7 @@ def test_an_application_whose_uid_the_agent_does_not_allow_is_refused(shared_dir
     agent = start_agent(shared_dir, [identities["localhost"]], ca=pki.ca_path, extra=("--socket-mode", "0666"))
     try:
         app = start_app(agent.path, identities["localhost"].key_path)
-        raw = connect_to_app(app, pki)
+        raw = connect_to_app(app)
         with raw:
             assert app_says(app, "agent") == "AGENT_REFUSED"
         app.wait(scaled(30))
@@ -547,7 +547,7 @@ def test_an_application_whose_uid_or_gid_the_agent_allows_is_served(shared_dir, 
     agent = start_agent(shared_dir, [identities["localhost"]], ca=pki.ca_path, extra=("--socket-mode", "0666", *allow))
     try:
         app = start_app(agent.path, identities["localhost"].key_path)
-        raw = connect_to_app(app, pki)
+        raw = connect_to_app(app)
         with peer_client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
             assert app_says(app, "agent") == "handshake done"
             tls.sendall(b"hello")
@@ -608,7 +608,7 @@ def test_the_application_never_holds_the_private_key(shared_dir, pki, mode):
     try:
         app = start_app(agent.path, key_copy, mode)
         assert app_says(app, "key") == "PermissionError"
-        raw = connect_to_app(app, pki)
+        raw = connect_to_app(app)
         with peer_client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
             assert app_says(app, "agent") == "handshake done"
             tls.sendall(marker)
