@@ -29,21 +29,21 @@ __all__ = ["PostHandshakeRelay"]
 
 
 class PostHandshakeRelay:
-    """``terminate(exc, event)`` ends the session (the caller raises); ``check_open()`` raises
+    """``sender``: the session's KernelSender (whether TX is in the kernel is its to say).
+    ``terminate(exc, event)`` ends the session (the caller raises); ``check_open()`` raises
     where the owner closed the socket meanwhile; ``event(text)`` records to the audit trail."""
 
-    def __init__(self, fd: int, engine: PostHandshakeEngine, *, lock: threading.RLock, tx_in_kernel: bool,
+    def __init__(self, fd: int, engine: PostHandshakeEngine, sender: KernelSender, *, lock: threading.RLock,
                  control_state: ControlState, terminate: Callable[[BaseException, str], BaseException],
                  check_open: Callable[[], None], event: Callable[[str], None]) -> None:
         self.fd = fd
         self.engine = engine
+        self.sender = sender  # the engine's answers go out through it
         self.lock = lock
-        self.tx_in_kernel = tx_in_kernel
         self._control = control_state
         self._terminate = terminate
         self._check_open = check_open
         self._event = event
-        self.sender: KernelSender | None = None  # set by the session, which builds both
 
     def feed(self, decision: control.Decision, *, key_update: bool = False) -> bool:
         """The engine processes the message (it owns sessions, the key schedule and certificate
@@ -79,7 +79,7 @@ class PostHandshakeRelay:
             with self.lock:
                 self.engine.verify_client_post_handshake()
                 answer = self.engine.emit()  # OpenSSL sends it itself where TX is its own
-            if self.tx_in_kernel:
+            if self.sender.tx_in_kernel:
                 self.sender.queue_own_records(answer)
                 self.sender.flush("write")
             self._control.client_auth = "requested"
@@ -109,7 +109,7 @@ class PostHandshakeRelay:
         except KernelTLSError as exc:
             raise self._terminate(exc, f"KeyUpdate received; the kernel refused the next RX key: {exc}") from None
         self._event("KeyUpdate received: RX rekeyed")
-        if decision.update_requested and not answered and self.tx_in_kernel:
+        if decision.update_requested and not answered and self.sender.tx_in_kernel:
             self.sender.update_tx_keys(request_peer=False)
 
     def note_close_notify(self, *, sent: bool = False, received: bool = False) -> None:

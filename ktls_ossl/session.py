@@ -222,13 +222,13 @@ class KernelSession:
         # The engine is one object (OpenSSL's SSL) that the reading and the sending thread both use:
         # every call into it is made under this lock.
         self.engine_lock = threading.RLock()
-        self.relay = PostHandshakeRelay(fd, post_handshake, lock=self.engine_lock, tx_in_kernel=tx_in_kernel,
-                                        control_state=self._control, terminate=self._terminate,
-                                        check_open=check_open, event=event)
-        self.sender = self.relay.sender = KernelSender(
+        self.sender = KernelSender(
             fd, handoff, tx_in_kernel=tx_in_kernel, post_handshake=post_handshake, engine_lock=self.engine_lock,
             rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for, check_open=check_open,
             event=event, terminate=self._terminate)
+        self.relay = PostHandshakeRelay(fd, post_handshake, self.sender, lock=self.engine_lock,
+                                        control_state=self._control, terminate=self._terminate,
+                                        check_open=check_open, event=event)
         # What tells a failed tag from a TLS 1.3 record without a content type (_record_refused).
         self._decrypt_errors_at_handoff = (kernel.decrypt_error_count()
                                            if handoff.version == keys.TLS_1_3_VERSION else None)
