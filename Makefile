@@ -49,8 +49,11 @@ venv: deps $(VENV)/.installed
 
 # Each venv installs the tree in place (pip install -e): the extension is one abi3 build
 # (ktls_ossl/_ossl.abi3.so, cffi's limited API) that every supported Python loads.
-.venv-%/.installed: .venv-%/bin/python $(BINDING_SOURCES)
-	.venv-$*/bin/python -m pip install -q -e '.[test]'
+# The oldest Python also gets the oldest supported pyOpenSSL and cryptography (constraints-oldest.txt), so
+# the host suite and the first VM kernel prove the bottom of the supported range, the others the top.
+OLDEST_PYTHON := $(firstword $(EXTRA_PYTHONS))
+.venv-%/.installed: .venv-%/bin/python $(BINDING_SOURCES) constraints-oldest.txt
+	.venv-$*/bin/python -m pip install -q -e '.[test]' $(if $(filter $*,$(OLDEST_PYTHON)),-c constraints-oldest.txt)
 	touch $@
 
 venvs: venv $(EXTRA_VENVS:%=%/.installed)

@@ -33,7 +33,9 @@ setup(
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "cryptography>=41"],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        # pyOpenSSL 23.2.0 is the oldest whose cryptography requirement (<42) meets the project's (>=41).
+        "pyopenssl": ["pyOpenSSL>=23.2.0"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "pyOpenSSL>=23.2.0"],
         "bench": ["matplotlib>=3.5"],  # the PNG chart of `python -m ktls_ossl bench` (optional)
     },
     cffi_modules=["cffi_build/build_ossl.py:ffibuilder"],

@@ -31,24 +31,21 @@ import select
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import agent_protocol as protocol
 from . import records
 from .agent_protocol import Message, ProtocolError
 from .audit import AuditTrail
-from .connection import ConnectionState, KTLSStatus, RecordConnection, _guarded
+from .connection import BeforeHandshake, ConnectionState, KTLSStatus, RecordConnection, _guarded
 from .errors import KernelTLSError, KTLSAgentError, KTLSUnavailableError
 from .handshake import WANT_READ, Handoff, HandoffUnavailable, Policy
 from .keys import TrafficKeys
 from .keyschedule import KeyScheduleEngine
-from .pump import RecordPump
+from .pump import NoWaitSocket, RecordPump
 from .session import KernelSession, hand_over
 from .tlsinfo import getpeercert_result
 from .socket import KTLSSocket
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 __all__ = ["AgentContext", "AgentSession", "RemotePostHandshake"]
 
@@ -332,38 +329,6 @@ class RemoteTLSInfo:
         return [leaf] if leaf is not None else []
 
 
-class _BeforeHandshake:
-    """The record layer before there is one: nothing pending, nothing to shut down."""
-
-    tickets_received = key_updates = 0
-    key_limit_reached = False
-    pending = 0
-
-    def raise_if_failed(self) -> None:
-        pass
-
-    def shutdown(self, waiter) -> None:
-        raise ValueError("the handshake has not run: there is no TLS connection to shut down")
-
-
-class _NoWaitSocket:
-    """The pump's view of the application's socket: every call non-blocking (MSG_DONTWAIT), whatever
-    the socket's own mode, on a copy of the descriptor (the socket object keeps its timeout)."""
-
-    def __init__(self, fd: int) -> None:
-        self._sock = socket.socket(fileno=os.dup(fd))
-        self.type = self._sock.type
-
-    def recv(self, size: int) -> bytes:
-        return self._sock.recv(size, socket.MSG_DONTWAIT)
-
-    def send(self, data: ReadableBuffer) -> int:
-        return self._sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 class AgentConnection(RecordConnection):
     """A KTLSSocket's connection whose handshake the agent runs; the record layer is always the
     kernel's, both directions."""
@@ -378,7 +343,7 @@ class AgentConnection(RecordConnection):
         self._info = RemoteTLSInfo({}, server_side)  # the agent's facts, once it has run the handshake
         self._requested_session = session
         self._remote: RemotePostHandshake | None = None
-        self._rx = self._tx = _BeforeHandshake()
+        self._rx = self._tx = BeforeHandshake()
 
     def _record(self, source: str, what: str) -> None:
         self.events.append((source, what))
@@ -476,7 +441,7 @@ class AgentConnection(RecordConnection):
         While the peer is waited for, so is the agent: one that dies meanwhile ends the handshake
         at once (AGENT_GONE), not at the timeout."""
         engine = RemoteHandshakeEngine(self._channel, request)
-        view = _NoWaitSocket(self._fd)
+        view = NoWaitSocket(self._fd)
         deadline = time.monotonic() + timeout
         poller = select.poll()
         poller.register(self._channel.sock, select.POLLIN)

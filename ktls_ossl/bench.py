@@ -1,6 +1,6 @@
 """Benchmarks: ktls_ossl against CPython's ssl and OpenSSL's own kTLS, in one run on one kernel.
 
-``python -m ktls_ossl bench`` measures eight contenders on five workloads and prints a Markdown
+``python -m ktls_ossl bench`` measures ten contenders on five workloads and prints a Markdown
 report (``--json`` / ``--markdown`` / ``--chart`` write the JSON, the report and a PNG chart):
 
 contenders (both ends of every connection are the same contender)
@@ -14,11 +14,16 @@ contenders (both ends of every connection are the same contender)
                          workload only: afterwards the kernel carries the data as for
                          ktls-after-finished); one agent process per role
     agent-forward        the same, the application forwarding the records to the agent
+    pyopenssl            pyOpenSSL (OpenSSL.SSL.Connection over the socket), its record layer in user
+                         space (bulk, file, handshake, latency; skipped without pyOpenSSL)
+    pyopenssl-ktls       ktls_ossl.pyopenssl.Connection on the same pyOpenSSL context: the kernel's
+                         record layer after the verified Finished (same workloads)
 
 workloads
     bulk       one-way transfer, sendall -> recv_into: throughput, user/system CPU s per GiB per end
     file       a file sent with sock.sendfile() (ktls_ossl: os.sendfile on a kTLS socket, or
-               SSL_sendfile under AFTER_CCS; CPython 3.11: read + send), received with recv_into
+               SSL_sendfile under AFTER_CCS; CPython 3.11: read + send; pyOpenSSL, which has no
+               sendfile: read + sendall), received with recv_into
     handshake  full handshakes per second, TLS 1.2 and 1.3 x ECDSA P-256 and RSA-2048, counting
                connect + handshake (+ the key handoff) + one byte each way + close
     latency    100-byte request/response round trips: p50, p99
@@ -35,14 +40,15 @@ same run: against CPython's ssl, and against OpenSSL's own kTLS (CPython ssl + S
 for the file workload SSL_sendfile, i.e. ktls-after-ccs, which CPython 3.11 cannot reach).
 
 Where each end's record layer ran is checked on the socket (getsockopt SOL_TLS TLS_TX / TLS_RX),
-not assumed: on a kernel without the tls module the AFTER_FINISHED and AFTER_CCS rows are labelled
-as the user-space fallback they are.
+not assumed: on a kernel without the tls module the AFTER_FINISHED, AFTER_CCS and pyopenssl-ktls
+rows are labelled as the user-space fallback they are.
 
 Traffic goes only to 127.0.0.1; every child process is bounded in time and killed on overrun.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -80,7 +86,9 @@ SERVER_NAME = "localhost"
 class Contender:
     name: str
     label: str
-    library: str  # "ktls_ossl", "cpython" or "tcp"
+    library: str  # "ktls_ossl", "cpython", "tcp", "agent" or "pyopenssl"
+    # ktls_ossl's policy; for library "pyopenssl": None is pyOpenSSL's own Connection, a policy
+    # ktls_ossl.pyopenssl.Connection with that policy.
     policy: Policy | None = None
     openssl_ktls: bool = False
     agent_mode: str | None = None  # library "agent": "fd" or "forward"
@@ -102,6 +110,11 @@ CONTENDERS = (
               workloads=("handshake",)),
     Contender("agent-forward", "ktls_ossl agent (record forwarding)", "agent", Policy.AFTER_FINISHED,
               agent_mode="forward", workloads=("handshake",)),
+    # The workloads that compare where the record layer runs (data) and what the handoff costs
+    # (handshake); the memory workload is not run for them.
+    Contender("pyopenssl", "pyOpenSSL", "pyopenssl", workloads=("bulk", "file", "handshake", "latency")),
+    Contender("pyopenssl-ktls", "ktls_ossl.pyopenssl AFTER_FINISHED", "pyopenssl", Policy.AFTER_FINISHED,
+              workloads=("bulk", "file", "handshake", "latency")),
 )
 CONTENDER_NAMES = tuple(c.name for c in CONTENDERS)
 BY_NAME = {c.name: c for c in CONTENDERS}
@@ -239,22 +252,35 @@ def _meminfo_kib(name: str) -> int | None:
 
 
 def _kernel_direction(sock, optname: int) -> bool:
-    """Does the kernel hold keys for this direction of the socket? (4-byte header only: no key.)"""
+    """Does the kernel hold keys for this direction of the socket? (4-byte header only: no key.)
+    Asked on the descriptor, through a socket object of its own (detached after), since a
+    pyOpenSSL Connection is no socket."""
+    probe = socket.socket(fileno=sock.fileno())
     try:
-        socket.socket.getsockopt(sock, kernel.SOL_TLS, optname, 4)
+        probe.getsockopt(kernel.SOL_TLS, optname, 4)
         return True
     except OSError:
         return False
+    finally:
+        probe.detach()
 
 
 def _record_layer(sock) -> dict:
     """Where one end's record layer runs, checked on the socket, plus what the library says."""
     info = {"tx_kernel": _kernel_direction(sock, kernel.Direction.TX.optname),
             "rx_kernel": _kernel_direction(sock, kernel.Direction.RX.optname)}
+    pyopenssl = sys.modules.get("OpenSSL.SSL")  # imported only where a pyOpenSSL contender runs
     if isinstance(sock, ssl.SSLSocket):
         info["version"] = sock.version()
         cipher = sock.cipher()
         info["cipher"] = cipher[0] if cipher else None
+    elif pyopenssl is not None and isinstance(sock, pyopenssl.Connection):
+        info["version"] = sock.get_protocol_version_name()
+        info["cipher"] = sock.get_cipher_name()
+        # pyOpenSSL runs cryptography's OpenSSL, whose default key exchange may not be the system
+        # OpenSSL's (OpenSSL 3.5+ prefers X25519MLKEM768 in TLS 1.3); newer pyOpenSSL tells which.
+        if hasattr(sock, "get_group_name"):
+            info["group"] = sock.get_group_name()
     status = getattr(sock, "ktls", None)
     if status is not None:
         info["ktls"] = {"tx": status.tx, "rx": status.rx, "tx_reason": status.tx_reason,
@@ -344,9 +370,11 @@ TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def make_context(contender: Contender, server_side: bool, pki: dict, key: str, version: str):
-    """The contender's SSLContext for one end (None for plain TCP)."""
+    """The contender's SSLContext for one end (None for plain TCP; an OpenSSL.SSL.Context for pyOpenSSL)."""
     if not contender.tls:
         return None
+    if contender.library == "pyopenssl":
+        return make_pyopenssl_context(contender, server_side, pki, key, version)
     if contender.library == "agent":
         from .agent import AgentContext
         ctx = AgentContext(pki[key]["agent_server" if server_side else "agent_client"],
@@ -376,11 +404,43 @@ def make_context(contender: Contender, server_side: bool, pki: dict, key: str, v
     return ctx
 
 
+def make_pyopenssl_context(contender: Contender, server_side: bool, pki: dict, key: str, version: str):
+    """The pyOpenSSL contenders' OpenSSL.SSL.Context, set up as make_context sets up CPython's: the
+    same certificates, one TLS version, the TLS 1.2 suite pinned and TLS 1.3's left at the default
+    (AES-256-GCM first, as for the others). The client verifies the chain against the bench CA with
+    OpenSSL's own verification (no Python callback per certificate, as in CPython's ssl); pyOpenSSL
+    has no API for checking the host name, so unlike CPython's ssl it does not."""
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    if server_side:
+        ctx.use_certificate_chain_file(pki[key]["chain"])
+        ctx.use_privatekey_file(pki[key]["key"])
+    else:
+        ctx.load_verify_locations(pki[key]["ca"])
+        ctx.set_verify(SSL.VERIFY_PEER)
+    protocol = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}[version]
+    ctx.set_min_proto_version(protocol)
+    ctx.set_max_proto_version(protocol)
+    if version == "1.2":
+        ctx.set_cipher_list(TLS12_SUITES[key].encode("ascii"))
+    if contender.policy is not None:
+        from .pyopenssl import prepare_context
+
+        # It takes the context's keylog callback, which pyOpenSSL 26.2+ fixes at the first connection.
+        prepare_context(ctx)
+    return ctx
+
+
 # --- the two ends of one run -----------------------------------------------------------------------
 
 
 class Endpoint:
-    """What a child process gets: its role, the contender's contexts, the listener or the port."""
+    """What a child process gets: its role, the contender's contexts, the listener or the port.
+
+    accept() and connect() return the connection after its handshake: a socket, an SSLSocket or a
+    pyOpenSSL Connection. The last is no context manager, so the workloads close them all with
+    contextlib.closing."""
 
     def __init__(self, role, contender, params, pki, listener, port, control):
         self.role = role
@@ -409,7 +469,11 @@ class Endpoint:
         if nodelay:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self.context(key, version)
-        return raw if ctx is None else ctx.wrap_socket(raw, server_side=True)
+        if ctx is None:
+            return raw
+        if self.contender.library == "pyopenssl":
+            return self._pyopenssl_handshake(ctx, raw, server_side=True)
+        return ctx.wrap_socket(raw, server_side=True)
 
     def connect(self, key="ecdsa", version=None, nodelay=True):
         raw = socket.create_connection((HOST, self.port), timeout=self.params["io_timeout"])
@@ -420,10 +484,29 @@ class Endpoint:
         if ctx is None:
             return raw
         try:
+            if self.contender.library == "pyopenssl":
+                return self._pyopenssl_handshake(ctx, raw, server_side=False)
             return ctx.wrap_socket(raw, server_hostname=SERVER_NAME)
         except BaseException:
             raw.close()
             raise
+
+    def _pyopenssl_handshake(self, ctx, raw, server_side: bool):
+        """pyOpenSSL's Connection (ktls_ossl.pyopenssl's, with the contender's policy) over the
+        blocking socket, its handshake done, as wrap_socket does for the ssl contenders."""
+        if self.contender.policy is None:
+            from OpenSSL.SSL import Connection
+            connection = Connection(ctx, raw)
+        else:
+            from .pyopenssl import Connection
+            connection = Connection(ctx, raw, policy=self.contender.policy)
+        if server_side:
+            connection.set_accept_state()
+        else:
+            connection.set_connect_state()
+            connection.set_tlsext_host_name(SERVER_NAME.encode("ascii"))
+        connection.do_handshake()
+        return connection
 
 
 def _recv_exactly(sock, view, size: int) -> None:
@@ -457,7 +540,7 @@ def bulk_server(end: Endpoint) -> dict:
     """Sender: sendall of ``size`` bytes in chunks, then the receiver's one-byte acknowledgement."""
     size, chunk = end.params["bulk_bytes"], end.params["chunk"]
     source = memoryview(bytearray(os.urandom(min(chunk, size))))
-    with end.accept() as sock:
+    with contextlib.closing(end.accept()) as sock:
         cpu0, start = _cpu(), time.perf_counter()
         remaining = size
         while remaining:
@@ -470,7 +553,7 @@ def bulk_server(end: Endpoint) -> dict:
 
 
 def _receiver(end: Endpoint, size: int) -> dict:
-    with end.connect() as sock:
+    with contextlib.closing(end.connect()) as sock:
         cpu0, start = _cpu(), time.perf_counter()
         _receive_all(sock, size, end.params["chunk"])
         sock.sendall(b"k")
@@ -484,14 +567,28 @@ def bulk_client(end: Endpoint) -> dict:
 def file_server(end: Endpoint) -> dict:
     """Sender: sock.sendfile() of the whole file (each library's own sendfile)."""
     path, size = end.params["file_path"], end.params["file_bytes"]
-    with open(path, "rb") as source, end.accept() as sock:
+    with open(path, "rb") as source, contextlib.closing(end.accept()) as sock:
         cpu0, start = _cpu(), time.perf_counter()
-        sent = sock.sendfile(source)
+        sent = _send_file(end, sock, source)
         if sent != size:
             raise RuntimeError(f"sendfile sent {sent} of {size} bytes")
         if sock.recv(1) != b"k":
             raise RuntimeError("no acknowledgement from the receiver")
         return _data_result(start, cpu0, size, sock)
+
+
+def _send_file(end: Endpoint, sock, source) -> int:
+    """sock.sendfile(source), except for pyOpenSSL's own Connection: it has no sendfile, and the
+    one its attribute delegation finds is the TCP socket's, which would send the file in clear.
+    Its file goes read + sendall, in the bulk workload's chunks."""
+    if end.contender.library != "pyopenssl" or end.contender.policy is not None:
+        return sock.sendfile(source)
+    buffer = memoryview(bytearray(end.params["chunk"]))
+    sent = 0
+    while count := source.readinto(buffer):
+        sock.sendall(buffer[:count])
+        sent += count
+    return sent
 
 
 def file_client(end: Endpoint) -> dict:
@@ -501,7 +598,7 @@ def file_client(end: Endpoint) -> dict:
 def latency_server(end: Endpoint) -> dict:
     size, total = end.params["message"], end.params["latency_total"]
     buffer = memoryview(bytearray(size))
-    with end.accept(nodelay=True) as sock:
+    with contextlib.closing(end.accept(nodelay=True)) as sock:
         cpu0 = _cpu()
         for _ in range(total):
             _recv_exactly(sock, buffer, size)
@@ -516,7 +613,7 @@ def latency_client(end: Endpoint) -> dict:
     buffer = memoryview(bytearray(size))
     samples = []
     clock = time.perf_counter_ns
-    with end.connect(nodelay=True) as sock:
+    with contextlib.closing(end.connect(nodelay=True)) as sock:
         for index in range(total):
             if index == warmup:
                 cpu0 = _cpu()
@@ -545,7 +642,7 @@ def handshake_server(end: Endpoint) -> dict:
         ready, _, _ = select.select([end.listener, end.control], [], [], end.params["io_timeout"])
         if end.control in ready or not ready:
             break
-        with end.accept(key, version, nodelay=True) as sock:
+        with contextlib.closing(end.accept(key, version, nodelay=True)) as sock:
             sock.sendall(b"k")
             if sock.recv(1) != b"c":
                 raise RuntimeError("no byte from the client after the handshake")
@@ -563,7 +660,7 @@ def handshake_client(end: Endpoint) -> dict:
     count, layer = 0, None
     cpu0, start = _cpu(), time.perf_counter()
     while True:
-        with end.connect(key, version, nodelay=True) as sock:
+        with contextlib.closing(end.connect(key, version, nodelay=True)) as sock:
             if sock.recv(1) != b"k":
                 raise RuntimeError("no byte from the server after the handshake")
             if layer is None:
@@ -841,6 +938,49 @@ def _file_directory(settings: Settings) -> str:
     return tempfile.gettempdir()
 
 
+def _pyopenssl_versions(sender) -> None:
+    """pyopenssl_probe's child: imports pyOpenSSL and sends what pyopenssl_probe returns."""
+    try:
+        import OpenSSL
+        from OpenSSL import SSL
+    except ImportError as exc:
+        sender.send((None, f"pyOpenSSL cannot be imported ({exc}; pip install 'ktls_ossl[pyopenssl]')"))
+    else:
+        openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+        sender.send((f"pyOpenSSL {OpenSSL.__version__}, {openssl}", None))
+    finally:
+        sender.close()
+
+
+def pyopenssl_probe() -> tuple[str | None, str | None]:
+    """pyOpenSSL's version and its OpenSSL's (cryptography's own build, not the system's), or why
+    it cannot be imported (the pyOpenSSL contenders are then skipped): (version, None) or (None, why).
+
+    Asked in a child process, so that this process, which every measured one is forked from, never
+    imports pyOpenSSL: with it imported here, the ktls-after-finished handshakes under UML 7.2 took
+    1.5 to 2 times the CPU (alternating runs, nothing else changed)."""
+    mp = multiprocessing.get_context("fork")
+    receiver, sender = mp.Pipe(duplex=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    process = mp.Process(target=_pyopenssl_versions, args=(sender,), name="bench-pyopenssl-probe", daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if receiver.poll(60):
+            return receiver.recv()
+        return None, "importing pyOpenSSL took more than 60 s"
+    except EOFError:
+        process.join(5)
+        return None, f"the process importing pyOpenSSL died (exit code {process.exitcode})"
+    finally:
+        receiver.close()
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
 def machine_info() -> dict:
     cpu = "unknown"
     host_line = None
@@ -857,6 +997,7 @@ def machine_info() -> dict:
         pass
     report = kernel.probe()
     uml = in_uml()
+    pyopenssl, pyopenssl_unavailable = pyopenssl_probe()
     return {
         "kernel_label": os.environ.get("KTLS_VM_KERNEL") or ("uml" if uml else "host"),
         "kernel_release": os.uname().release,
@@ -869,6 +1010,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "openssl_ktls_ossl": OPENSSL_VERSION,
         "openssl_cpython": ssl.OPENSSL_VERSION,
+        "pyopenssl": pyopenssl,
+        "pyopenssl_unavailable_reason": pyopenssl_unavailable,
         "ktls_available": report.ulp_available,
         "ktls_unavailable_reason": None if report.ulp_available else report.ulp_message,
     }
@@ -883,9 +1026,12 @@ def run(settings: Settings, progress: bool = True) -> dict:
     skipped = {}
     if not kernel.probe().ulp_available:
         # The agent installs the keys in the kernel or fails the handshake: nothing to measure.
-        skipped = {c.name: f"the handshake agent needs kernel TLS ({kernel.probe().ulp_message})"
-                   for c in contenders if c.library == "agent"}
-        contenders = [c for c in contenders if c.name not in skipped]
+        skipped.update({c.name: f"the handshake agent needs kernel TLS ({kernel.probe().ulp_message})"
+                        for c in contenders if c.library == "agent"})
+    if info["pyopenssl"] is None:  # an optional dependency
+        skipped.update({c.name: info["pyopenssl_unavailable_reason"] for c in contenders
+                        if c.library == "pyopenssl"})
+    contenders = [c for c in contenders if c.name not in skipped]
     plan = [case for w in settings.workloads for case in _cases(w, settings, contenders)]
     bar = Progress(len(plan) * settings.runs + len(settings.workloads) * settings.warmup,
                    info["kernel_label"], progress)
@@ -999,7 +1145,9 @@ def _workload_detail(workload: str, settings: Settings) -> str:
     if workload == "file":
         return (f"{settings.file_mib} MiB file (page cache) with sock.sendfile() -> recv_into; {tls}. "
                 "ktls_ossl: os.sendfile with TX in the kernel, SSL_sendfile under AFTER_CCS, else read + "
-                "send; CPython 3.11's SSLSocket.sendfile always reads + sends")
+                "send; CPython 3.11's SSLSocket.sendfile always reads + sends; pyOpenSSL has no sendfile: "
+                f"read + sendall of {settings.chunk_kib} KiB blocks; ktls_ossl.pyopenssl's sendfile: "
+                "os.sendfile with TX in the kernel, else read + send")
     if workload == "handshake":
         return (f"sequential full handshakes for {settings.handshake_seconds:g} s per run: TCP connect, "
                 "handshake with certificate verification, the key handoff (ktls_ossl AFTER_FINISHED), "
@@ -1150,17 +1298,21 @@ def render_markdown(document: dict, heading: str = "##") -> str:
                      "'record layer' column says so (checked with getsockopt on each socket).")
     else:
         lines.append(f"**No kTLS on this kernel** ({machine['ktls_unavailable_reason']}): the "
-                     "AFTER_FINISHED, AFTER_CCS and CPython+kTLS rows fell back to user-space OpenSSL "
-                     "and are labelled so; they measure the fallback, not kernel TLS.")
+                     "AFTER_FINISHED, AFTER_CCS, CPython+kTLS and ktls_ossl.pyopenssl rows fell back to "
+                     "user-space OpenSSL (pyOpenSSL's for ktls_ossl.pyopenssl) and are labelled so; they "
+                     "measure the fallback, not kernel TLS.")
     cpu = machine["cpu"] + (f" (UML guest; host: {machine['uml_host']})" if machine["uml"] else "")
     lines += ["", f"- machine: {cpu}, {machine['cpus']} CPU(s), {machine['memory_mib']} MiB; "
                   f"{machine['machine']}, Python {machine['python']}",
-              f"- OpenSSL: {machine['openssl_ktls_ossl']} (ktls_ossl), {machine['openssl_cpython']} (CPython ssl)",
+              f"- OpenSSL: {machine['openssl_ktls_ossl']} (ktls_ossl), {machine['openssl_cpython']} (CPython ssl)"
+              + (f"; {machine['pyopenssl']} (the pyOpenSSL rows)" if machine.get("pyopenssl") else ""),
               f"- run: {document['started']}, preset `{settings['preset']}`, {settings['runs']} run(s) per "
               f"figure (after {settings['warmup']} unmeasured warm-up run(s) per workload), "
               f"{document.get('seconds', 0):.0f} s; figures are median (min–max)",
               "- every run: a fresh server process and client process (each measures its own CPU with "
-              "getrusage), one connection on 127.0.0.1, blocking sockets, TCP_NODELAY on both ends", ""]
+              "getrusage), one connection on 127.0.0.1, blocking sockets, TCP_NODELAY on both ends"]
+    lines += [f"- skipped: {name} ({reason})" for name, reason in document.get("skipped_contenders", {}).items()]
+    lines.append("")
     if machine["uml"]:
         lines += ["Under UML the kernel's crypto is generic C and system calls are slow: compare the "
                   "contenders of this section with each other (ratios), never with another kernel's "
@@ -1215,6 +1367,8 @@ def render_markdown(document: dict, heading: str = "##") -> str:
                       "slab caches absorbed the growth: there 0 means 'not measured').",
         }
         lines += ["", notes[workload], ""]
+        if workload == "handshake" and any(row["contender"].startswith("pyopenssl") for row in data["rows"]):
+            lines += [_pyopenssl_handshake_note(data["rows"], machine), ""]
     targets = document.get("targets") or []
     if targets:
         lines += [f"{heading}# Targets", "", "| target | goal | this run | met |", "|---|---|---|---|"]
@@ -1226,6 +1380,18 @@ def render_markdown(document: dict, heading: str = "##") -> str:
             lines.append(f"| {target['target']} | {target['goal']} | {value} | {met} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _pyopenssl_handshake_note(rows: list[dict], machine: dict) -> str:
+    """What the pyOpenSSL rows' handshakes do differently from the other rows'."""
+    groups = sorted({f"{layer['version']} {layer['group']}" for row in rows
+                     if row["contender"].startswith("pyopenssl")
+                     for layer in (row.get("record_layer") or {}).values() if layer and layer.get("group")})
+    return (f"pyOpenSSL rows: the handshake is run by cryptography's OpenSSL ({machine.get('pyopenssl')}), "
+            "with its default key exchange" + (f" (negotiated: {', '.join(groups)})" if groups else "")
+            + ", where the other rows use the system OpenSSL's; the client verifies the certificate chain "
+            "but not the host name (pyOpenSSL has no API for that). ktls_ossl.pyopenssl AFTER_FINISHED "
+            "includes the key handoff.")
 
 
 CHART_GROUPS = [("bulk", "throughput_mib_s", "bulk: MiB/s (higher is better)"),

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .session import KernelSession
     from .userspace import OpenSSLRecordLayer
 
-__all__ = ["ConnectionState", "KTLSStatus", "RecordConnection"]
+__all__ = ["BeforeHandshake", "ConnectionState", "KTLSStatus", "RecordConnection"]
 
 MAX_RECORD = kernel.MAX_RECORD_PLAINTEXT
 
@@ -208,6 +208,21 @@ class _Waiter:
                 return
 
 
+class BeforeHandshake:
+    """The record layer of a connection whose subclass makes it at the handshake, until then:
+    nothing pending, nothing to shut down."""
+
+    tickets_received = key_updates = 0
+    key_limit_reached = False
+    pending = 0
+
+    def raise_if_failed(self) -> None:
+        pass
+
+    def shutdown(self, waiter) -> None:
+        raise ValueError("the handshake has not run: there is no TLS connection to shut down")
+
+
 class RecordConnection:
     """See the module doc. ``events``/``record_event``: the connection's audit trail and how to add
     to it; ``free``: releases the handshake's state when the last user leaves."""
@@ -326,10 +341,15 @@ class RecordConnection:
         callback = self._context.control_record_callback
         if callback is not None:
             try:
-                callback(self.owner, content_type, payload)
+                callback(self._callback_subject, content_type, payload)
             except Exception as exc:
                 errors.report_callback_error(exc, callback, "Exception ignored in control_record_callback")
             self._check_open()  # the callback may have closed the socket
+
+    @property
+    def _callback_subject(self):
+        """What the application's callbacks are handed as the connection: the socket."""
+        return self.owner
 
     def _session_options(self) -> dict[str, Any]:
         """KernelSession's options for this connection (hand_over's ``session_options``)."""

@@ -50,6 +50,17 @@ def _as_this_python_names(generated: dict, cpython: dict | None) -> dict:
 
 _REASON_NAMES = _as_this_python_names(_REASON_NAMES, getattr(_ssl, "err_codes_to_names", None))
 
+# {(library name, reason name): (lib code, reason code)}: the way back from a CPython-style exception
+# to OpenSSL's error (another front words it in its own library's terms, see reason_code).
+_REASON_CODES = {(_LIB_NAMES.get(lib_code), name): (lib_code, reason_code)
+                 for (lib_code, reason_code), name in _REASON_NAMES.items()}
+
+
+def reason_code(library: str | None, reason: str | None) -> tuple[int, int] | None:
+    """(lib code, reason code) of the OpenSSL error CPython names ``library``/``reason``."""
+    return _REASON_CODES.get((library, reason))
+
+
 SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 SSL_R_UNEXPECTED_EOF_WHILE_READING = 294
 SSL_R_ALERT_BASE = 1000  # OpenSSL reports a received alert N as reason 1000 + N

@@ -12,6 +12,7 @@ everything OpenSSL still owns (certificates, session, post-handshake messages).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import logging
 import weakref
@@ -96,6 +97,36 @@ class HandshakeHooks:
 
     message: Callable[[bool, int, int, bytes], None] | None = None
     servername: Callable[[bytes | None], int | None] | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def _standard_suite_names() -> dict[str, str]:
+    """{OpenSSL's name of a cipher suite: its IANA name}, from the system OpenSSL's full list (the
+    names are the same in every OpenSSL 3 build, so they translate a name that another build of
+    OpenSSL reported, such as pyOpenSSL's)."""
+    context = lib.SSL_CTX_new(lib.TLS_method())
+    if context == ffi.NULL:
+        raise MemoryError("SSL_CTX_new failed")
+    try:
+        lib.SSL_CTX_set_security_level(context, 0)
+        lib.SSL_CTX_set_cipher_list(context, b"ALL:COMPLEMENTOFALL")
+        suites = lib.SSL_CTX_get_ciphers(context)
+        names = {}
+        for index in range(lib.sk_SSL_CIPHER_num(suites)):
+            pointer = lib.sk_SSL_CIPHER_value(suites, index)
+            names[ffi.string(lib.SSL_CIPHER_get_name(pointer)).decode("ascii")] = \
+                ffi.string(lib.SSL_CIPHER_standard_name(pointer)).decode("ascii")
+        return names
+    finally:
+        lib.SSL_CTX_free(context)
+        lib.ERR_clear_error()  # a name the cipher string does not know leaves nothing for later calls
+
+
+def standard_suite_name(openssl_name: str) -> str | None:
+    """The IANA name of the cipher suite OpenSSL calls ``openssl_name`` (None: unknown here)."""
+    if openssl_name.startswith("TLS_"):
+        return openssl_name  # TLS 1.3 suites: OpenSSL uses the IANA names
+    return _standard_suite_names().get(openssl_name)
 
 
 class HandoffUnavailable(Exception):

@@ -138,6 +138,16 @@ def kernel_cipher_for_suite(standard_name: str) -> KernelCipher:
         ) from None
 
 
+def hash_name_for_suite(standard_name: str) -> str:
+    """The hash of an IANA cipher suite's key schedule (TLS 1.3 HKDF, TLS 1.2 PRF): SHA-384 where
+    the name says so, else SHA-256 (also for suites whose name gives none, such as the AES-CCM ones).
+
+    >>> hash_name_for_suite("TLS_AES_256_GCM_SHA384"), hash_name_for_suite("TLS_ECDHE_ECDSA_WITH_AES_128_CCM")
+    ('sha384', 'sha256')
+    """
+    return "sha384" if standard_name.endswith("_SHA384") else "sha256"
+
+
 @dataclass(frozen=True)
 class TrafficKeys:
     """What the kernel needs for one direction: the crypto_info fields and the next record number.

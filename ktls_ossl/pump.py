@@ -17,7 +17,10 @@ The pump only frames: it judges nothing. Bytes go to the engine as they arrive (
 it is whole), so a malformed header or an oversized record fails in OpenSSL with OpenSSL's error,
 exactly when it would on the fd; the pump itself holds at most one 5-byte header.
 It counts records per direction from the wire (``records_received``/``records_sent``): an account of
-what crossed, independent of the engine's own counters.
+what crossed, independent of the engine's own counters. For an engine that reports no record counts
+of its own (pyOpenSSL), the sequence numbers of the keys after the handshake come from the same
+account: records since each direction's last ChangeCipherSpec (TLS 1.2's new epoch), and the records
+the engine wrote in the step that completed the handshake (a TLS 1.3 server's tickets).
 
 Every call works on a non-blocking socket and returns WANT_READ or WANT_WRITE where it would block,
 so an event loop drives it; ``step()`` returns 0 once the handshake is complete and everything the
@@ -26,17 +29,20 @@ engine wrote has been sent.
 from __future__ import annotations
 
 import enum
+import os
 import socket
 from typing import TYPE_CHECKING, Protocol
 
-from . import errors, records
+from . import errors, keys, records
 from .handshake import WANT_READ, WANT_WRITE, Handoff, Handshake
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
     from .context import SSLContext
     from .handshake import Session
 
-__all__ = ["HandshakeEngine", "OpenSSLEngine", "PumpState", "RecordPump", "WANT_READ", "WANT_WRITE"]
+__all__ = ["HandshakeEngine", "NoWaitSocket", "OpenSSLEngine", "PumpState", "RecordPump", "WANT_READ", "WANT_WRITE"]
 
 
 class HandshakeEngine(Protocol):
@@ -82,6 +88,24 @@ class OpenSSLEngine:
         return self.handshake.handoff()
 
 
+class NoWaitSocket:
+    """The pump's view of a socket that others use in blocking mode: every call non-blocking (MSG_DONTWAIT), whatever
+    the socket's own mode, on a copy of the descriptor (the socket object keeps its timeout)."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self.type = self._sock.type
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size, socket.MSG_DONTWAIT)
+
+    def send(self, data: ReadableBuffer) -> int:
+        return self._sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class PumpState(enum.Enum):
     HANDSHAKING = "handshaking"
     FLUSHING = "handshake complete, sending what it wrote last"
@@ -100,6 +124,10 @@ class RecordPump:
         self.state = PumpState.HANDSHAKING
         self.records_received = 0
         self.records_sent = 0
+        # Records since the last ChangeCipherSpec record in each direction (None: none crossed yet).
+        self.received_after_change_cipher_spec: int | None = None
+        self.sent_after_change_cipher_spec: int | None = None
+        self.sent_in_completing_step = 0  # records the engine wrote in the step that completed it
         # The record being read: its header (kept to learn the body's length), then its body.
         self._header = bytearray()
         self._header_missing = records.HEADER_SIZE
@@ -111,6 +139,25 @@ class RecordPump:
     @property
     def done(self) -> bool:
         return self.state is PumpState.DONE
+
+    def sequence_numbers(self, version: int, *, server_side: bool) -> tuple[int, int]:
+        """(TX, RX) sequence numbers of the first records under the traffic keys after the
+        completed handshake, from the wire alone, for an engine that counts no records itself.
+
+        TLS 1.2: the new epoch starts after each direction's ChangeCipherSpec (its Finished is
+        record 0 there, possibly with records before it). TLS 1.3: the pump stopped reading at the
+        record that completed the handshake (the peer's Finished, under the handshake keys), so
+        nothing was received under the application keys; a client's completing flight is all under
+        the handshake keys, and what a server wrote in its completing step, after the client's
+        Finished, is under the application keys (its tickets). Raises ValueError where the wire
+        holds no such account (no ChangeCipherSpec crossed in TLS 1.2)."""
+        if not self.done:
+            raise ValueError("the handshake is not complete")
+        if version == keys.TLS_1_3_VERSION:
+            return (self.sent_in_completing_step if server_side else 0), 0
+        if self.sent_after_change_cipher_spec is None or self.received_after_change_cipher_spec is None:
+            raise ValueError("no ChangeCipherSpec crossed in both directions")
+        return self.sent_after_change_cipher_spec, self.received_after_change_cipher_spec
 
     def step(self) -> int:
         """Advance as far as the socket allows: 0 when done, else WANT_READ or WANT_WRITE."""
@@ -133,8 +180,10 @@ class RecordPump:
             if self.state is PumpState.DONE:
                 return 0
             complete = self.engine.advance()
+            sent_before = self.records_sent
             self._queue(self.engine.take_outgoing())
             if complete:
+                self.sent_in_completing_step = self.records_sent - sent_before
                 self.state = PumpState.FLUSHING
                 continue
             if self._unsent:
@@ -170,6 +219,10 @@ class RecordPump:
 
     def _record_read(self) -> None:
         self.records_received += 1
+        if self._header[0] == records.ContentType.CHANGE_CIPHER_SPEC:
+            self.received_after_change_cipher_spec = 0
+        elif self.received_after_change_cipher_spec is not None:
+            self.received_after_change_cipher_spec += 1
         self._header.clear()
         self._header_missing = records.HEADER_SIZE
 
@@ -192,6 +245,11 @@ class RecordPump:
         self._sent_partial += data
         whole, rest = records.split_records(bytes(self._sent_partial))
         self.records_sent += len(whole)
+        for header, _ in whole:
+            if header.content_type == records.ContentType.CHANGE_CIPHER_SPEC:
+                self.sent_after_change_cipher_spec = 0
+            elif self.sent_after_change_cipher_spec is not None:
+                self.sent_after_change_cipher_spec += 1
         self._sent_partial = bytearray(rest)
 
     def _flush(self) -> bool:

@@ -353,7 +353,9 @@ class KernelSession:
             self._event("TCP reset after the peer's FIN: the FIN is the end")
             return kernel.ReceivedRecord(0, 0, 0)
         self._event(f"connection reset: {exc}")
-        raise errors.syscall_error(0, exc.errno) from None
+        failure = errors.syscall_error(0, exc.errno)
+        failure.tcp_errno = exc.errno  # what TCP said, for a front whose library reports the errno itself
+        raise failure from None
 
     def _scratch_buffer(self) -> bytearray:
         if self._scratch is None:  # only sessions that do short reads pay for it
@@ -579,18 +581,23 @@ class KernelSession:
 
     # --- closing ---------------------------------------------------------------------------------
 
+    def send_close_notify(self) -> None:
+        """Send our close_notify, once (SSL_shutdown's first step)."""
+        if self.sent_close:
+            return
+        if self.tx_in_kernel:
+            self.sender.queue_close_notify()
+            self.sender.flush("write")
+        else:
+            self.relay.shutdown_step()  # the engine sends on the socket itself
+        self.sent_close = True
+        self.relay.note_close_notify(sent=True)
+        self._event("close_notify sent")
+
     def shutdown(self, waiter: Waiter) -> None:
         """Send close_notify (once) and read until the peer's; data still arriving is discarded,
         as OpenSSL does."""
-        if not self.sent_close:
-            if self.tx_in_kernel:
-                self.sender.queue_close_notify()
-                self.sender.flush("write")
-            else:
-                self.relay.shutdown_step()  # the engine sends on the socket itself
-            self.sent_close = True
-            self.relay.note_close_notify(sent=True)
-            self._event("close_notify sent")
+        self.send_close_notify()
         scratch = self._scratch_buffer()
         while not self.peer_closed:
             record = self._receive(scratch, waiter)

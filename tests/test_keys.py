@@ -124,3 +124,14 @@ def test_with_seq_moves_the_tls12_explicit_nonce_too():
     assert moved.seq == 300 and moved.iv == (300).to_bytes(8, "big") and moved.salt == b"salt"
     tls13 = keys.tls13_traffic_keys(bytes(32), KernelCipher.AES_GCM_128, "sha256")
     assert tls13.with_seq(9).iv == tls13.iv
+
+
+@pytest.mark.parametrize("suite, expected", [
+    ("TLS_AES_128_GCM_SHA256", "sha256"), ("TLS_AES_256_GCM_SHA384", "sha384"),
+    ("TLS_CHACHA20_POLY1305_SHA256", "sha256"), ("TLS_AES_128_CCM_SHA256", "sha256"),
+    ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "sha384"), ("TLS_ECDHE_ECDSA_WITH_AES_128_CCM", "sha256"),
+    ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "sha256"),
+])
+def test_hash_name_for_suite(suite, expected):
+    """RFC 8446 B.4 and RFC 5246 5 (the PRF's hash, SHA-256 unless the suite names another)."""
+    assert keys.hash_name_for_suite(suite) == expected

@@ -355,3 +355,38 @@ def test_the_pumps_handoff_carries_data_through_the_kernel(pki, server_cert, ver
         assert after["TlsTxSw"] - before["TlsTxSw"] >= 1 and after["TlsRxSw"] - before["TlsRxSw"] >= 1
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("version", [v for v, _ in VERSIONS], ids=[n for _, n in VERSIONS])
+@pytest.mark.parametrize("ours_role", ROLES)
+def test_pump_wire_counts_give_the_sequence_numbers_openssl_counted(pki, server_cert, version, ours_role):
+    """What a front without record counters of its own (pyOpenSSL) derives its sequence numbers
+    from: records since each direction's ChangeCipherSpec (TLS 1.2) and the records written in the
+    step that completed the handshake (a TLS 1.3 server's tickets), equal to OpenSSL's own counts
+    (its message callback, in C) after the last ChangeCipherSpec and after the last Finished."""
+    from ktls_ossl.keys import Direction
+
+    ours_ctx, theirs_ctx = _contexts(pki, server_cert, version, KernelCipher.AES_GCM_128, ours_role)
+    if ours_role == "server":
+        ours_ctx.num_tickets = 2  # the records a TLS 1.3 server writes in its completing step
+    raw_client, raw_server = loopback_pair()
+    mine, theirs_raw = (raw_server, raw_client) if ours_role == "server" else (raw_client, raw_server)
+    peer = CountingPeer(theirs_ctx, theirs_raw, server_side=ours_role == "client")
+    mine.setblocking(False)
+    engine = pump.OpenSSLEngine(ours_ctx, server_side=ours_role == "server",
+                                server_hostname=None if ours_role == "server" else "localhost")
+    the_pump = pump.RecordPump(mine, engine)
+    try:
+        drive(the_pump)
+        peer.join()
+        capture = engine.handshake.capture
+        if version == TLS_1_2_VERSION:
+            expected = (capture.records_after_change_cipher_spec(Direction.TX),
+                        capture.records_after_change_cipher_spec(Direction.RX))
+            assert expected[0] >= 1 and expected[1] >= 1  # at least the Finished, each way
+        else:
+            expected = (capture.records_after_finished(Direction.TX), capture.records_after_finished(Direction.RX))
+            assert expected == ((2, 0) if ours_role == "server" else (0, 0))
+        assert the_pump.sequence_numbers(version, server_side=ours_role == "server") == expected
+    finally:
+        mine.close()

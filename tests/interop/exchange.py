@@ -68,6 +68,16 @@ def connect(port: int, ctx, server_hostname: str | None = "localhost", **kwargs)
         raise
 
 
+def send_through_file(sendfile, data: bytes, name: str) -> None:
+    """``data`` written to the file ``name``, then sent with ``sendfile(file)`` (all of it)."""
+    with open(name, "wb") as out:
+        out.write(data)
+    with open(name, "rb") as source:
+        sent = sendfile(source)
+    os.unlink(name)
+    assert sent == len(data), f"sendfile sent {sent} of {len(data)} bytes"
+
+
 class Endpoint:
     """Our end of a connection, reading and writing through a chosen path."""
 
@@ -92,13 +102,7 @@ class Endpoint:
             assert sock.sendall(data) is None
         elif path == "sendfile":
             self._files += 1
-            name = os.path.join(self.workdir, f"sendfile-{self._files}.bin")
-            with open(name, "wb") as out:
-                out.write(data)
-            with open(name, "rb") as source:
-                sent = sock.sendfile(source)
-            os.unlink(name)
-            assert sent == len(data), f"sendfile sent {sent} of {len(data)} bytes"
+            send_through_file(sock.sendfile, data, os.path.join(self.workdir, f"sendfile-{self._files}.bin"))
         elif path == "makefile":
             if self._writer is None:
                 self._writer = sock.makefile("wb")
