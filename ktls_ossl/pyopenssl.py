@@ -239,7 +239,7 @@ class PyOpenSSLRecordConnection(RecordConnection):
             try:
                 session = hand_over(self._fd, self._post_handshake, event=self._event, **self._session_options())
             except (HandoffUnavailable, KernelTLSError) as exc:  # nothing is in the kernel yet
-                reason = str(exc)
+                reason = getattr(exc, "message", None) or str(exc)
         if session is None:
             if self._context.require_ktls:
                 self._failure, self._stage = (KTLSUnavailableError(0, f"kernel TLS is required, but {reason}",

@@ -296,7 +296,7 @@ def test_session_resumption_with_gnutls_cli(launch, our_servers, interop_pki, fe
     # connection stays in user space, which sock.ktls then says. The resumed one carries data.
     first = records[0]["ktls"]
     if KTLS and not first.active:
-        assert "ENOTCONN" in first.rx_reason and "ENOTCONN" in first.tx_reason, first
+        assert "not established" in first.rx_reason and "not established" in first.tx_reason, first
         cell.note("first connection sometimes half-closed before the handoff: stays in user space (ENOTCONN)")
     else:
         expect_our_ktls(first)
