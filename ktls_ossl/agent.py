@@ -337,7 +337,6 @@ class AgentConnection(RecordConnection):
                  session: AgentSession | None = None) -> None:
         self._channel: AgentChannel | None = None
         events = AuditTrail()
-        self._label = f"agent {'server' if server_side else 'client'} fd={sock.fileno()}"
         super().__init__(context, sock, server_side, server_hostname, owner, policy=Policy.AFTER_FINISHED,
                          events=events, record_event=self._record, free=self._close_channel)
         self._info = RemoteTLSInfo({}, server_side)  # the agent's facts, once it has run the handshake

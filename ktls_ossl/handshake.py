@@ -69,6 +69,15 @@ class Handoff:
     def __repr__(self) -> str:
         return f"Handoff({keys.VERSION_NAMES[self.version]}, {self.suite}, tx={self.tx!r}, rx={self.rx!r})"
 
+    @classmethod
+    def from_tls13_secrets(cls, cipher: KernelCipher, suite: str, hash_name: str, *, tx_secret: bytes,
+                           rx_secret: bytes, tx_seq: int, rx_seq: int) -> Handoff:
+        """A TLS 1.3 handoff: each direction's keys from its application traffic secret, starting at
+        the first record number not yet used under it."""
+        return cls(TLS_1_3_VERSION, cipher, suite, hash_name,
+                   keys.tls13_traffic_keys(tx_secret, cipher, hash_name, tx_seq),
+                   keys.tls13_traffic_keys(rx_secret, cipher, hash_name, rx_seq), tx_secret, rx_secret)
+
 
 class KeyUpdateRecord(tuple):
     """(content type, payload) of a record OpenSSL wrote that ends with its KeyUpdate: whoever
@@ -272,10 +281,11 @@ class SecretCapture:
         rx_secret = self.traffic_secret(client=server_side)
         if tx_secret is None or rx_secret is None:
             raise HandoffUnavailable("OpenSSL did not report the TLS 1.3 traffic secrets")
-        tx = keys.tls13_traffic_keys(tx_secret, cipher, hash_name, self.records_after_finished(Direction.TX))
-        rx = keys.tls13_traffic_keys(rx_secret, cipher, hash_name, self.records_after_finished(Direction.RX))
+        handoff = Handoff.from_tls13_secrets(cipher, suite, hash_name, tx_secret=tx_secret, rx_secret=rx_secret,
+                                             tx_seq=self.records_after_finished(Direction.TX),
+                                             rx_seq=self.records_after_finished(Direction.RX))
         self.forget_secrets()
-        return Handoff(TLS_1_3_VERSION, cipher, suite, hash_name, tx, rx, tx_secret, rx_secret)
+        return handoff
 
     def tls12_handoff(self, ssl_object, cipher: KernelCipher, suite: str, hash_name: str, *,
                       server_side: bool) -> Handoff:

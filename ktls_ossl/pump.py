@@ -89,8 +89,9 @@ class OpenSSLEngine:
 
 
 class NoWaitSocket:
-    """The pump's view of a socket that others use in blocking mode: every call non-blocking (MSG_DONTWAIT), whatever
-    the socket's own mode, on a copy of the descriptor (the socket object keeps its timeout)."""
+    """The pump's view of a socket that others use in blocking mode: every call non-blocking
+    (MSG_DONTWAIT), whatever the socket's own mode, on a copy of the descriptor (the socket object
+    keeps its timeout)."""
 
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=os.dup(fd))

@@ -177,7 +177,6 @@ class PyOpenSSLRecordConnection(RecordConnection):
         self._known_reason = known_reason
         self._view = NoWaitSocket(sock.fileno()) if known_reason is None else None
         events = AuditTrail()
-        self._label = f"pyOpenSSL {'server' if server_side else 'client'} fd={sock.fileno()}"
         super().__init__(options, sock, server_side, None, self._timeouts, policy=options.ktls_policy,
                          events=events, record_event=lambda source, what: events.append((source, what)),
                          free=self._view.close if self._view is not None else lambda: None)
@@ -209,9 +208,7 @@ class PyOpenSSLRecordConnection(RecordConnection):
                     raise self._failure
                 return
             if self._pump is None and self._context.require_ktls:
-                self._failure, self._stage = (KTLSUnavailableError(
-                    0, f"kernel TLS is required, but {self._known_reason}", "KTLS_REQUIRED"), ConnectionState.FAILED)
-                raise self._failure
+                self._fail_for_kernel(self._known_reason)
             with _Waiter(self, "handshake") as waiter:
                 while True:
                     try:
@@ -242,9 +239,7 @@ class PyOpenSSLRecordConnection(RecordConnection):
                 reason = getattr(exc, "message", None) or str(exc)
         if session is None:
             if self._context.require_ktls:
-                self._failure, self._stage = (KTLSUnavailableError(0, f"kernel TLS is required, but {reason}",
-                                                                   "KTLS_REQUIRED"), ConnectionState.FAILED)
-                raise self._failure
+                self._fail_for_kernel(reason)
             self._rx = self._tx = self._userspace or self._pyopenssl_layer(reason)
             self._status = KTLSStatus(self.policy, False, False, reason, reason,
                                       SSL.Connection.get_cipher_name(self._front), version)
@@ -258,6 +253,12 @@ class PyOpenSSLRecordConnection(RecordConnection):
                                   f"{handoff.cipher.display_name} ({handoff.suite})", version,
                                   rekey_supported=session.rekeys if handoff.version == TLS_1_3_VERSION else None)
         self._stage = ConnectionState.KERNEL
+
+    def _fail_for_kernel(self, reason: str) -> None:
+        """require_ktls, and the kernel cannot take the connection: it fails for good."""
+        self._failure = KTLSUnavailableError(0, f"kernel TLS is required, but {reason}", "KTLS_REQUIRED")
+        self._stage = ConnectionState.FAILED
+        raise self._failure
 
     def _kernel_unavailable_reason(self) -> str | None:
         """Why the kernel cannot take this connection, in both directions (None: it can). Asked

@@ -118,9 +118,8 @@ class PyOpenSSLEngine:
                 raise HandoffUnavailable("pyOpenSSL's keylog callback did not report the TLS 1.3 traffic secrets "
                                          "(was the context's keylog callback replaced without "
                                          "ktls_ossl.pyopenssl.prepare_context?)")
-            return Handoff(version, cipher, suite, hash_name,
-                           keys.tls13_traffic_keys(tx_secret, cipher, hash_name, tx_seq),
-                           keys.tls13_traffic_keys(rx_secret, cipher, hash_name, rx_seq), tx_secret, rx_secret)
+            return Handoff.from_tls13_secrets(cipher, suite, hash_name, tx_secret=tx_secret, rx_secret=rx_secret,
+                                              tx_seq=tx_seq, rx_seq=rx_seq)
         tx, rx = keys.tls12_connection_keys(
             SSL.Connection.master_key(connection), SSL.Connection.client_random(connection),
             SSL.Connection.server_random(connection), cipher, hash_name,
@@ -152,7 +151,6 @@ class PyOpenSSLPostHandshake(KeyScheduleEngine):
         # its keys and sequence numbers are the handoff's, whatever the kernel has moved to since.
         self._into_pyopenssl = RecordProtection(handoff.rx)
         self._from_pyopenssl = RecordProtection(handoff.tx)
-        self.tickets_fed = 0
 
     def feed(self, content_type: int, payload: bytes) -> list[tuple[int, bytes]]:
         if (self._handoff.version == TLS_1_3_VERSION and content_type == ContentType.HANDSHAKE
@@ -173,7 +171,6 @@ class PyOpenSSLPostHandshake(KeyScheduleEngine):
             raise failure from None
         else:
             raise errors.local_protocol_error("INTERNAL_ERROR", "pyOpenSSL returned data for a session ticket")
-        self.tickets_fed += 1
         return self._written_by_pyopenssl()
 
     def note_close_notify(self, *, sent: bool = False, received: bool = False) -> None:
