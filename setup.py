@@ -35,8 +35,11 @@ setup(
     extras_require={
         # pyOpenSSL 23.2.0 is the oldest whose cryptography requirement (<42) meets the project's (>=41).
         "pyopenssl": ["pyOpenSSL>=23.2.0"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "pyOpenSSL>=23.2.0"],
-        "bench": ["matplotlib>=3.5"],  # the PNG chart of `python -m ktls_ossl bench` (optional)
+        # ktls_ossl.asyncio needs nothing more; its tests run it under the frameworks (uvicorn 0.54
+        # brought ssl_context_factory) and against aiofastnet (the bench's asyncio contender).
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "pyOpenSSL>=23.2.0", "aiohttp>=3.9", "uvicorn>=0.54",
+                 "httpx>=0.27", "uvloop>=0.19", "aiofastnet>=1.2"],
+        "bench": ["matplotlib>=3.5", "aiofastnet>=1.2", "uvloop>=0.19"],  # the PNG chart; asyncio contenders
     },
     cffi_modules=["cffi_build/build_ossl.py:ffibuilder"],
     entry_points={"console_scripts": ["ktls-ossl=ktls_ossl.__main__:main"]},

@@ -29,6 +29,25 @@ workloads
     latency    100-byte request/response round trips: p50, p99
     memory     RSS per idle established connection (each end), N connections at once
 
+asyncio section (workloads aio-file, aio-echo, aio-handshake; ``--workloads asyncio`` selects all
+three): both ends run an event loop in their own process, with asyncio's streams
+    aio-ktls        ktls_ossl.asyncio: loop from ktls_ossl.asyncio.new_event_loop(), a
+                    ktls_ossl.SSLContext (AFTER_FINISHED); loop.sendfile is os.sendfile into kTLS
+    aio-stock       asyncio's default loop with ssl.SSLContext (loop.sendfile: read + write)
+    aio-uvloop      uvloop with ssl.SSLContext (uvloop has no loop.sendfile: read + write + drain;
+                    skipped without uvloop)
+    aio-aiofastnet  aiofastnet (aio-libs' C transports) on asyncio's loop with SSL_OP_ENABLE_KTLS,
+                    so OpenSSL's own kTLS and SSL_sendfile; skipped, with the reason, when aiofastnet
+                    is missing or a trial connection shows it cannot turn its kTLS on here
+workloads
+    aio-file       a file per connection with loop.sendfile(transport, file) (or the read + write
+                   fallback above), read by the client, which compares every byte with the file:
+                   MiB/s and the server's CPU s per GiB (user+sys)
+    aio-echo       100-byte echo round trips: p50, p99
+    aio-handshake  connect + handshake + one byte each way + close, per second (ECDSA P-256)
+Ratios of the asyncio rows are against aio-stock (the "CPython ssl" reference) and aio-aiofastnet
+(the "OpenSSL kTLS" reference).
+
 The data workloads (bulk, file, latency, memory) run in TLS 1.2 and TLS 1.3 (--data-tls), both
 with AES-256-GCM. Sizes and counts come from presets (--quick, default, --full; smaller under
 User-Mode Linux, where kernel crypto is generic C) and every one can be overridden.
@@ -93,11 +112,14 @@ class Contender:
     openssl_ktls: bool = False
     agent_mode: str | None = None  # library "agent": "fd" or "forward"
     workloads: tuple[str, ...] = ("bulk", "file", "handshake", "latency", "memory")
+    loop: str | None = None  # the asyncio contenders' loop: "ktls", "asyncio", "uvloop" or "aiofastnet"
 
     @property
     def tls(self) -> bool:
         return self.library != "tcp"
 
+
+ASYNCIO_WORKLOADS = ("aio-file", "aio-echo", "aio-handshake")
 
 CONTENDERS = (
     Contender("ktls-after-finished", "ktls_ossl AFTER_FINISHED", "ktls_ossl", Policy.AFTER_FINISHED),
@@ -115,24 +137,44 @@ CONTENDERS = (
     Contender("pyopenssl", "pyOpenSSL", "pyopenssl", workloads=("bulk", "file", "handshake", "latency")),
     Contender("pyopenssl-ktls", "ktls_ossl.pyopenssl AFTER_FINISHED", "pyopenssl", Policy.AFTER_FINISHED,
               workloads=("bulk", "file", "handshake", "latency")),
+    # The asyncio section: the library and options decide the context (make_context), ``loop`` the
+    # event loop and transports.
+    Contender("aio-ktls", "ktls_ossl.asyncio (AFTER_FINISHED)", "ktls_ossl", Policy.AFTER_FINISHED, loop="ktls",
+              workloads=ASYNCIO_WORKLOADS),
+    Contender("aio-stock", "asyncio + ssl", "cpython", loop="asyncio", workloads=ASYNCIO_WORKLOADS),
+    Contender("aio-uvloop", "uvloop + ssl", "cpython", loop="uvloop", workloads=ASYNCIO_WORKLOADS),
+    Contender("aio-aiofastnet", "aiofastnet + OpenSSL kTLS", "cpython", openssl_ktls=True, loop="aiofastnet",
+              workloads=ASYNCIO_WORKLOADS),
 )
 CONTENDER_NAMES = tuple(c.name for c in CONTENDERS)
 BY_NAME = {c.name: c for c in CONTENDERS}
 CPYTHON_REFERENCE = "cpython-ssl"
 # "OpenSSL's own kTLS" per workload: CPython's C path with SSL_OP_ENABLE_KTLS, except for files,
-# where OpenSSL's kTLS path is SSL_sendfile, which only ktls_ossl's AFTER_CCS calls.
+# where OpenSSL's kTLS path is SSL_sendfile, which only ktls_ossl's AFTER_CCS calls. Under asyncio:
+# aiofastnet, which runs OpenSSL with SSL_OP_ENABLE_KTLS on the socket (and SSL_sendfile).
 OPENSSL_KTLS_REFERENCE = {"bulk": "cpython-ssl-ktls", "file": "ktls-after-ccs",
                           "handshake": "cpython-ssl-ktls", "latency": "cpython-ssl-ktls",
-                          "memory": "cpython-ssl-ktls"}
+                          "memory": "cpython-ssl-ktls", "aio-file": "aio-aiofastnet",
+                          "aio-echo": "aio-aiofastnet", "aio-handshake": "aio-aiofastnet"}
 
-WORKLOADS = ("bulk", "file", "handshake", "latency", "memory")
+SYNC_WORKLOADS = ("bulk", "file", "handshake", "latency", "memory")
+WORKLOADS = SYNC_WORKLOADS + ASYNCIO_WORKLOADS
+# "CPython's ssl" per workload: blocking SSLSocket; under asyncio, asyncio's own SSL transport.
+CPYTHON_REFERENCE_FOR = dict({w: CPYTHON_REFERENCE for w in SYNC_WORKLOADS},
+                             **{w: "aio-stock" for w in ASYNCIO_WORKLOADS})
 WORKLOAD_TITLES = {
     "bulk": "Bulk one-way transfer (sendall -> recv_into)",
     "file": "File transfer (sendfile -> recv_into)",
     "handshake": "Handshakes per second",
     "latency": "Request/response latency, 100-byte messages",
     "memory": "Memory per idle established connection",
+    "aio-file": "asyncio: static file per connection (loop.sendfile -> StreamReader)",
+    "aio-echo": "asyncio: echo latency, 100-byte messages",
+    "aio-handshake": "asyncio: handshakes per second",
 }
+# The column over each ratio pair: (the "cpython" reference, the "openssl_ktls" reference).
+RATIO_TITLES = dict({w: "× CPython ssl / × OpenSSL kTLS" for w in SYNC_WORKLOADS},
+                    **{w: "× asyncio ssl / × aiofastnet" for w in ASYNCIO_WORKLOADS})
 
 # (metric key, column title, higher is better, shown with its ratios)
 METRICS = {
@@ -159,6 +201,17 @@ METRICS = {
 }
 METRICS["file"] = METRICS["bulk"]
 METRICS["file-uml"] = METRICS["bulk-uml"]
+# The issue's figure for serving files is the server's CPU per GiB, user+sys (the kernel's
+# encryption included): the ratio sits on that total.
+METRICS["aio-file"] = [("throughput_mib_s", "MiB/s", True, True),
+                       ("server_cpu_s_per_gib", "server CPU s/GiB (user+sys)", False, True),
+                       ("server_user_s_per_gib", "server user s/GiB", False, False),
+                       ("server_sys_s_per_gib", "server sys s/GiB", False, False),
+                       ("client_cpu_s_per_gib", "client CPU s/GiB (user+sys)", False, False)]
+METRICS["aio-file-uml"] = [m for m in METRICS["aio-file"] if m[0] not in ("server_user_s_per_gib",
+                                                                          "server_sys_s_per_gib")]
+METRICS["aio-echo"] = METRICS["latency"]
+METRICS["aio-handshake"] = METRICS["handshake"]
 
 
 def table_metrics(workload: str, uml: bool) -> list:
@@ -702,12 +755,347 @@ def memory_client(end: Endpoint) -> dict:
     return _memory_end(end, end.connect)
 
 
+# --- the asyncio section: both ends on an event loop (run in the child processes) ------------------
+
+
+def _ensure_ktls_option_name() -> bool:
+    """aiofastnet asks for kTLS when ``context.options & ssl.OP_ENABLE_KTLS``, a name CPython's ssl
+    has only from 3.12 (its value, SSL_OP_ENABLE_KTLS, is OpenSSL's and works on every version, as
+    the cpython-ssl-ktls contender shows). Where the name is missing it is defined here, in the
+    aiofastnet processes only; returns whether it had to be."""
+    if hasattr(ssl, "OP_ENABLE_KTLS"):
+        return False
+    ssl.OP_ENABLE_KTLS = ssl.Options(SSL_OP_ENABLE_KTLS)
+    return True
+
+
+def _aio_new_loop(contender: Contender):
+    import asyncio
+
+    if contender.loop == "ktls":
+        from .asyncio import new_event_loop
+        return new_event_loop()
+    if contender.loop == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    if contender.loop == "aiofastnet":
+        import logging
+
+        import aiofastnet
+        _ensure_ktls_option_name()
+        # Its per-connection warnings (TLS 1.3 RX stays in user space with OpenSSL 3.0) would flood
+        # the report's stderr: asyncio_probe keeps what it says, the rows say where the layer ran.
+        logging.getLogger("aiofastnet").setLevel(logging.ERROR)
+        return aiofastnet.loop_factory()()
+    return asyncio.new_event_loop()
+
+
+def _aio_run(end: Endpoint, main) -> dict:
+    """Run ``main(end)`` on a fresh loop of the contender's kind and close the loop."""
+    import asyncio
+
+    loop = _aio_new_loop(end.contender)
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main(end))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _aio_record_layer(transport) -> dict:
+    """_record_layer for an asyncio transport: the socket's TLS_TX / TLS_RX, the negotiated
+    version and cipher, and what the library says (ktls_ossl's KTLSStatus, aiofastnet's flags).
+    Asked as soon as the connection is made: a transport closes its socket as soon as the peer's
+    close_notify arrives, which may be in the same read as the last data."""
+    sock = transport.get_extra_info("socket")
+    info = {"tx_kernel": _kernel_direction(sock, kernel.Direction.TX.optname),
+            "rx_kernel": _kernel_direction(sock, kernel.Direction.RX.optname)}
+    cipher = transport.get_extra_info("cipher")
+    if cipher:
+        info["cipher"], info["version"] = cipher[0], cipher[1]
+    status = transport.get_extra_info("ktls")
+    if status is not None:
+        info["ktls"] = {"tx": status.tx, "rx": status.rx, "tx_reason": status.tx_reason,
+                        "rx_reason": status.rx_reason, "text": str(status)}
+    send = transport.get_extra_info("ktls_send_enabled")
+    if send is not None:  # aiofastnet's own account (BIO_get_ktls_send / BIO_get_ktls_recv)
+        info["aiofastnet_ktls"] = {"tx": bool(send), "rx": bool(transport.get_extra_info("ktls_recv_enabled"))}
+    return info
+
+
+def _aio_listen_nodelay(end: Endpoint) -> None:
+    """TCP_NODELAY on the listener, which accepted sockets inherit (Linux), so that it is on
+    before the handshake, as on the client's side, for every loop: asyncio sets it only where the
+    socket's proto is IPPROTO_TCP, which a listener from socket.create_server (proto 0) is not, and
+    without it each handshake of asyncio's transport waited ~40 ms for a delayed ACK."""
+    end.listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _aio_nodelay(writer) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _aio_close(writer) -> None:
+    """Close with close_notify both ways, bounded; a peer that closed first is no failure."""
+    import asyncio
+
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 10)
+    except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+        pass
+
+
+async def _aio_accept(end: Endpoint):
+    """The server: asyncio.start_server on the parent's listener (the loop's own function, which
+    each contender's loop routes to its transports); returns the first connection's streams after
+    its handshake and stops listening."""
+    import asyncio
+
+    accepted = asyncio.get_running_loop().create_future()
+
+    def connected(reader, writer):
+        if accepted.done():
+            writer.close()
+        else:
+            accepted.set_result((reader, writer))
+
+    _aio_listen_nodelay(end)
+    server = await asyncio.start_server(connected, sock=end.listener, ssl=end.context())
+    try:
+        reader, writer = await asyncio.wait_for(accepted, end.params["io_timeout"])
+    finally:
+        server.close()
+    _aio_nodelay(writer)
+    return reader, writer
+
+
+async def _aio_connect(end: Endpoint, key: str = "ecdsa", version: str | None = None, nodelay: bool = True):
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(HOST, end.port, ssl=end.context(key, version),
+                                                   server_hostname=SERVER_NAME)
+    if nodelay:
+        _aio_nodelay(writer)
+    return reader, writer
+
+
+async def _aio_send_file(end: Endpoint, writer, source, size: int) -> tuple[int, str]:
+    """loop.sendfile(transport, file), as aiohttp's FileResponse calls it; where the loop has no
+    sendfile for this transport (uvloop; aiofastnet without kTLS TX) the application's read +
+    write + drain, as aiohttp falls back. Returns (bytes sent, how)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    transport = writer.transport
+    try:
+        sent = await loop.sendfile(transport, source)
+    except NotImplementedError:
+        source.seek(0)
+        chunk, sent = end.params["chunk"], 0
+        while data := source.read(chunk):
+            writer.write(data)
+            await writer.drain()
+            sent += len(data)
+        return sent, "read + write + drain (the loop has no sendfile for this transport)"
+    if sent is None:  # aiofastnet's sendfile returns nothing; the client counts and compares every byte
+        sent = size
+    loop_kind = end.contender.loop
+    if loop_kind == "ktls":
+        status = transport.get_extra_info("ktls")
+        how = ("os.sendfile into kTLS" if status is not None and status.tx
+               else "read + write (ktls_ossl.asyncio fallback: TX not in the kernel)")
+    elif loop_kind == "aiofastnet":
+        how = "SSL_sendfile (OpenSSL kTLS)" if transport.get_extra_info("ktls_send_enabled") else "aiofastnet"
+    else:
+        how = "read + write (asyncio's sendfile fallback)"
+    return sent, how
+
+
+def _aio_data_result(start, cpu0, size, layer) -> dict:
+    elapsed = time.perf_counter() - start
+    user, system = _cpu()
+    return {"seconds": elapsed, "bytes": size, "user": user - cpu0[0], "sys": system - cpu0[1],
+            "record_layer": layer}
+
+
+async def _aio_file_server(end: Endpoint) -> dict:
+    """Sender: the whole file with loop.sendfile, then the client's one-byte acknowledgement.
+    Measured from the connection's first byte (its handshake is done) to the acknowledgement."""
+    path, size = end.params["file_path"], end.params["file_bytes"]
+    reader, writer = await _aio_accept(end)
+    layer = _aio_record_layer(writer.transport)
+    with open(path, "rb") as source:
+        cpu0, start = _cpu(), time.perf_counter()
+        sent, how = await _aio_send_file(end, writer, source, size)
+        if sent != size:
+            raise RuntimeError(f"sendfile sent {sent} of {size} bytes")
+        if await reader.readexactly(1) != b"k":
+            raise RuntimeError("no acknowledgement from the receiver")
+        result = _aio_data_result(start, cpu0, size, layer)
+    result["file_sent_by"] = how
+    await _aio_close(writer)
+    return result
+
+
+async def _aio_file_client(end: Endpoint) -> dict:
+    """Receiver: reads the file from the StreamReader and compares every byte with the file
+    itself (a slice of an mmap: a copy and a memcmp, far cheaper than decryption), so that a lost,
+    repeated or corrupted byte fails the run; then sends the acknowledgement."""
+    import mmap
+
+    path, size, chunk = end.params["file_path"], end.params["file_bytes"], end.params["chunk"]
+    reader, writer = await _aio_connect(end)
+    layer = _aio_record_layer(writer.transport)
+    with open(path, "rb") as source, mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as expected:
+        if len(expected) != size:
+            raise RuntimeError(f"the file has {len(expected)} bytes, not {size}")
+        cpu0, start = _cpu(), time.perf_counter()
+        got = 0
+        while got < size:
+            data = await reader.read(chunk)
+            if not data:
+                raise EOFError(f"connection closed after {got} of {size} bytes")
+            if expected[got:got + len(data)] != data:
+                raise RuntimeError(f"the bytes received at offset {got} (+{len(data)}) differ from the file")
+            got += len(data)
+        writer.write(b"k")
+        await writer.drain()
+        result = _aio_data_result(start, cpu0, size, layer)
+    result["verified_bytes"] = got
+    await _aio_close(writer)
+    return result
+
+
+async def _aio_echo_server(end: Endpoint) -> dict:
+    size, total = end.params["message"], end.params["latency_total"]
+    reader, writer = await _aio_accept(end)
+    layer = _aio_record_layer(writer.transport)
+    cpu0 = _cpu()
+    for _ in range(total):
+        writer.write(await reader.readexactly(size))
+    user, system = _cpu()
+    result = {"cpu": user + system - sum(cpu0), "record_layer": layer}
+    await _aio_close(writer)
+    return result
+
+
+async def _aio_echo_client(end: Endpoint) -> dict:
+    size, total, warmup = end.params["message"], end.params["latency_total"], end.params["latency_warmup"]
+    request = os.urandom(size)
+    samples = []
+    clock = time.perf_counter_ns
+    reader, writer = await _aio_connect(end)
+    layer = _aio_record_layer(writer.transport)
+    for index in range(total):
+        if index == warmup:
+            cpu0 = _cpu()
+        started = clock()
+        writer.write(request)
+        answer = await reader.readexactly(size)
+        samples.append(clock() - started)
+        if answer != request:
+            raise RuntimeError("the echo differs from the request")
+    user, system = _cpu()
+    result = {"samples_ns": sorted(samples[warmup:]), "cpu": user + system - sum(cpu0), "record_layer": layer}
+    await _aio_close(writer)
+    return result
+
+
+async def _aio_handshake_server(end: Endpoint) -> dict:
+    """Every accepted connection: send one byte, read one, close (close_notify both ways); until
+    the parent says stop. A failed connection fails the run (asyncio would only log it)."""
+    import asyncio
+
+    key, version = _handshake_variant(end)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    loop.add_reader(end.control.fileno(), lambda: stop.done() or stop.set_result(None))
+    state = {"count": 0, "layer": None, "error": None}
+    cpu0 = _cpu()
+    state["last"] = cpu0
+    serving = set()
+
+    async def connected(reader, writer):
+        serving.add(asyncio.current_task())
+        try:
+            # Read before the client's byte: its close_notify may follow that byte at once, and
+            # the transport then closes the socket.
+            if state["layer"] is None:
+                state["layer"] = _aio_record_layer(writer.transport)
+            writer.write(b"k")
+            if await reader.readexactly(1) != b"c":
+                raise RuntimeError("no byte from the client after the handshake")
+            await _aio_close(writer)
+        except Exception:
+            if state["error"] is None:
+                state["error"] = traceback.format_exc()
+            writer.close()
+            return
+        finally:
+            serving.discard(asyncio.current_task())
+        state["count"] += 1
+        state["last"] = _cpu()
+
+    _aio_listen_nodelay(end)
+    server = await asyncio.start_server(connected, sock=end.listener, ssl=end.context(key, version))
+    try:
+        await stop
+    finally:
+        loop.remove_reader(end.control.fileno())
+        server.close()
+    # The client's last connection may still be closing here: let it end, bounded.
+    if serving:
+        _, pending = await asyncio.wait(set(serving), timeout=5)
+        for task in pending:
+            task.cancel()
+        await asyncio.sleep(0)
+    if state["error"]:
+        raise RuntimeError(f"a connection failed on the server:\n{state['error']}")
+    return {"count": state["count"], "cpu": sum(state["last"]) - sum(cpu0), "record_layer": state["layer"]}
+
+
+async def _aio_handshake_client(end: Endpoint) -> dict:
+    key, version = _handshake_variant(end)
+    end.context(key, version)
+    duration, minimum = end.params["hs_seconds"], end.params["hs_minimum"]
+    count, layer = 0, None
+    cpu0, start = _cpu(), time.perf_counter()
+    while True:
+        reader, writer = await _aio_connect(end, key, version)
+        if layer is None:
+            layer = _aio_record_layer(writer.transport)
+        if await reader.readexactly(1) != b"k":
+            raise RuntimeError("no byte from the server after the handshake")
+        writer.write(b"c")
+        await _aio_close(writer)
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= duration and count >= minimum:
+            break
+    user, system = _cpu()
+    return {"count": count, "seconds": elapsed, "cpu": user + system - sum(cpu0), "record_layer": layer}
+
+
+def _aio_role(main):
+    def role(end: Endpoint) -> dict:
+        return _aio_run(end, main)
+    role.__name__ = main.__name__.lstrip("_")
+    return role
+
+
 ROLES = {
     "bulk": (bulk_server, bulk_client),
     "file": (file_server, file_client),
     "latency": (latency_server, latency_client),
     "handshake": (handshake_server, handshake_client),
     "memory": (memory_server, memory_client),
+    "aio-file": (_aio_role(_aio_file_server), _aio_role(_aio_file_client)),
+    "aio-echo": (_aio_role(_aio_echo_server), _aio_role(_aio_echo_client)),
+    "aio-handshake": (_aio_role(_aio_handshake_server), _aio_role(_aio_handshake_client)),
 }
 
 
@@ -790,7 +1178,7 @@ def _collect(workload, pipes, processes, timeout) -> dict:
                 continue
             results[role] = payload
             del waiting[conn]
-            if workload == "handshake" and role == "client":
+            if workload in ("handshake", "aio-handshake") and role == "client":
                 pipes["server"][0].send("stop")
     return results
 
@@ -807,6 +1195,13 @@ def _percentile(sorted_values, fraction: float) -> float:
 
 def run_metrics(workload: str, results: dict) -> dict:
     server, client = results["server"], results["client"]
+    if workload == "aio-file":
+        gib = server["bytes"] / GIB
+        return {"throughput_mib_s": server["bytes"] / MIB / server["seconds"],
+                "server_cpu_s_per_gib": (server["user"] + server["sys"]) / gib,
+                "server_user_s_per_gib": server["user"] / gib, "server_sys_s_per_gib": server["sys"] / gib,
+                "client_cpu_s_per_gib": (client["user"] + client["sys"]) / gib}
+    workload = {"aio-echo": "latency", "aio-handshake": "handshake"}.get(workload, workload)
     if workload in ("bulk", "file"):
         gib = server["bytes"] / GIB
         return {"throughput_mib_s": server["bytes"] / MIB / server["seconds"],
@@ -895,6 +1290,8 @@ class Progress:
 def _cases(workload: str, settings: Settings, contenders) -> list[tuple[Contender, dict]]:
     """(contender, variant) pairs of a workload, grouped by variant so that rows compare down a table."""
     contenders = [c for c in contenders if workload in c.workloads]
+    if workload == "aio-handshake":  # what differs here is the loop and transport, not the key type
+        return [(c, {"hs_version": v, "hs_key": "ecdsa"}) for v in settings.handshake_versions for c in contenders]
     if workload == "handshake":
         variants = [{"hs_version": v, "hs_key": k} for v in settings.handshake_versions
                     for k in settings.handshake_keys]
@@ -981,6 +1378,136 @@ def pyopenssl_probe() -> tuple[str | None, str | None]:
             process.join(5)
 
 
+def _aiofastnet_trial(pki: dict, version: str) -> dict:
+    """One aiofastnet connection on 127.0.0.1 with SSL_OP_ENABLE_KTLS (as the aio-aiofastnet rows
+    make it), one byte each way; where each end's record layer ran (getsockopt, and aiofastnet's
+    own flags), and what aiofastnet logged about kTLS."""
+    import asyncio
+    import logging
+
+    import aiofastnet
+
+    contender = BY_NAME["aio-aiofastnet"]
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("aiofastnet").addHandler(handler)
+
+    async def trial():
+        layers = {}
+        done = asyncio.get_running_loop().create_future()
+
+        async def connected(reader, writer):
+            try:
+                layers["server"] = _aio_record_layer(writer.transport)
+                writer.write(await reader.readexactly(1))
+                await _aio_close(writer)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        server = await asyncio.start_server(connected, HOST, 0,
+                                            ssl=make_context(contender, True, pki, "ecdsa", version))
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(HOST, port, server_hostname=SERVER_NAME,
+                                                       ssl=make_context(contender, False, pki, "ecdsa", version))
+        layers["client"] = _aio_record_layer(writer.transport)
+        writer.write(b"p")
+        await reader.readexactly(1)
+        await _aio_close(writer)
+        await asyncio.wait_for(done, 10)
+        server.close()
+        return layers
+
+    loop = aiofastnet.loop_factory()()
+    try:
+        layers = loop.run_until_complete(asyncio.wait_for(trial(), 30))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+        logging.getLogger("aiofastnet").removeHandler(handler)
+    return {"server": layers.get("server"), "client": layers.get("client"), "log": messages}
+
+
+def _asyncio_versions(sender, pki: dict, versions) -> None:
+    """asyncio_probe's child: uvloop's and aiofastnet's versions, and aiofastnet's kTLS on trial."""
+    out = {"uvloop": None, "uvloop_unavailable_reason": None, "aiofastnet": None,
+           "aiofastnet_unavailable_reason": None, "aiofastnet_trials": {}, "aiofastnet_note": None}
+    try:
+        try:
+            import uvloop
+        except ImportError as exc:
+            out["uvloop_unavailable_reason"] = f"uvloop cannot be imported ({exc})"
+        else:
+            out["uvloop"] = f"uvloop {uvloop.__version__}"
+        try:
+            import aiofastnet
+        except ImportError as exc:
+            out["aiofastnet_unavailable_reason"] = f"aiofastnet cannot be imported ({exc})"
+        else:
+            out["aiofastnet"] = f"aiofastnet {aiofastnet.__version__}"
+            if _ensure_ktls_option_name():
+                out["aiofastnet_note"] = (f"Python {platform.python_version()}'s ssl has no OP_ENABLE_KTLS, which "
+                                          "aiofastnet reads to decide on kTLS: the bench defines it (OpenSSL's "
+                                          "SSL_OP_ENABLE_KTLS) in the aiofastnet processes")
+            if aiofastnet.OPENSSL_DYN_LIBS is None:
+                out["aiofastnet_unavailable_reason"] = (
+                    "aiofastnet runs its fallback engine here (CPython's _ssl is linked statically), which has "
+                    "no kTLS")
+            else:
+                for version in versions:
+                    try:
+                        out["aiofastnet_trials"][version] = _aiofastnet_trial(pki, version)
+                    except Exception as exc:
+                        out["aiofastnet_trials"][version] = {"error": f"{type(exc).__name__}: {exc}"}
+                kernel_somewhere = [v for v, t in out["aiofastnet_trials"].items()
+                                    if any((t.get(end) or {}).get("tx_kernel") or (t.get(end) or {}).get("rx_kernel")
+                                           for end in ("server", "client"))]
+                if not kernel_somewhere:
+                    said = sorted({m for t in out["aiofastnet_trials"].values() for m in t.get("log", ())}
+                                  | {t["error"] for t in out["aiofastnet_trials"].values() if "error" in t})
+                    out["aiofastnet_unavailable_reason"] = (
+                        "aiofastnet could not turn its kTLS on here: a trial connection per TLS version had "
+                        "neither direction in the kernel (getsockopt SOL_TLS)"
+                        + (f"; aiofastnet said: {' / '.join(said)}" if said else ""))
+    finally:
+        sender.send(out)
+        sender.close()
+
+
+def asyncio_probe(pki: dict, versions) -> dict:
+    """What the asyncio contenders need (uvloop, aiofastnet and whether aiofastnet's kTLS turns
+    on), asked in a child process so that this one, which every measured one is forked from,
+    never imports them (see pyopenssl_probe)."""
+    mp = multiprocessing.get_context("fork")
+    receiver, sender = mp.Pipe(duplex=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    process = mp.Process(target=_asyncio_versions, args=(sender, pki, tuple(versions)), name="bench-asyncio-probe",
+                         daemon=True)
+    process.start()
+    sender.close()
+    failed = {"uvloop": None, "aiofastnet": None, "aiofastnet_trials": {}, "aiofastnet_note": None}
+    try:
+        if receiver.poll(120):
+            return receiver.recv()
+        why = "the asyncio probe took more than 120 s"
+    except EOFError:
+        process.join(5)
+        why = f"the asyncio probe process died (exit code {process.exitcode})"
+    finally:
+        receiver.close()
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+    return dict(failed, uvloop_unavailable_reason=why, aiofastnet_unavailable_reason=why)
+
+
 def machine_info() -> dict:
     cpu = "unknown"
     host_line = None
@@ -1031,6 +1558,19 @@ def run(settings: Settings, progress: bool = True) -> dict:
     if info["pyopenssl"] is None:  # an optional dependency
         skipped.update({c.name: info["pyopenssl_unavailable_reason"] for c in contenders
                         if c.library == "pyopenssl"})
+    scratch = tempfile.mkdtemp(prefix="ktls-bench-")
+    try:
+        pki = make_pki(scratch)
+        if any(c.loop for c in contenders if c.name not in skipped) and set(settings.workloads) & set(ASYNCIO_WORKLOADS):
+            info["asyncio"] = asyncio_probe(pki, sorted({*settings.data_tls, *settings.handshake_versions}))
+            for c in contenders:
+                if c.loop in ("uvloop", "aiofastnet") and not info["asyncio"][c.loop]:
+                    skipped[c.name] = info["asyncio"][f"{c.loop}_unavailable_reason"]
+                elif c.loop == "aiofastnet" and info["asyncio"]["aiofastnet_unavailable_reason"]:
+                    skipped[c.name] = info["asyncio"]["aiofastnet_unavailable_reason"]
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     contenders = [c for c in contenders if c.name not in skipped]
     plan = [case for w in settings.workloads for case in _cases(w, settings, contenders)]
     bar = Progress(len(plan) * settings.runs + len(settings.workloads) * settings.warmup,
@@ -1038,13 +1578,12 @@ def run(settings: Settings, progress: bool = True) -> dict:
     document = {"schema": SCHEMA, "started": started_at.isoformat(timespec="seconds"), "machine": info,
                 "settings": dataclasses.asdict(settings), "contenders": [
                     {"name": c.name, "label": c.label} for c in contenders], "skipped_contenders": skipped,
-                "references": {"cpython": CPYTHON_REFERENCE, "openssl_ktls": OPENSSL_KTLS_REFERENCE},
+                "references": {"cpython": CPYTHON_REFERENCE, "openssl_ktls": OPENSSL_KTLS_REFERENCE,
+                               "cpython_for": CPYTHON_REFERENCE_FOR},
                 "workloads": {}}
-    scratch = tempfile.mkdtemp(prefix="ktls-bench-")
     file_dir = None
     agents: list = []
     try:
-        pki = make_pki(scratch)
         params = {"data_tls": settings.data_tls[0], "chunk": settings.chunk_kib * 1024, "message": 100,
                   "bulk_bytes": settings.bulk_mib * MIB, "file_bytes": settings.file_mib * MIB,
                   "latency_total": settings.latency_count + max(10, settings.latency_count // 10),
@@ -1053,7 +1592,7 @@ def run(settings: Settings, progress: bool = True) -> dict:
                   "connections": settings.connections, "io_timeout": min(60.0, settings.trial_timeout)}
         if "handshake" in settings.workloads and any(c.library == "agent" for c in contenders):
             agents = _start_agents(scratch, pki, settings.handshake_keys)
-        if "file" in settings.workloads:
+        if {"file", "aio-file"} & set(settings.workloads):
             file_dir = tempfile.mkdtemp(prefix="ktls-bench-", dir=_file_directory(settings))
             params["file_path"] = _make_file(file_dir, params["file_bytes"])
         for workload in settings.workloads:
@@ -1101,8 +1640,9 @@ def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[
     cases = _cases(workload, settings, contenders)
     runs = [[] for _ in cases]
     layers = [None] * len(cases)
+    extras = [{} for _ in cases]
     failures = [None] * len(cases)
-    for index in range(settings.warmup):
+    for index in range(settings.warmup if cases else 0):
         contender, variant = cases[0]
         bar.step(f"{workload} warm-up {index + 1}/{settings.warmup}: {contender.name}")
         try:
@@ -1122,6 +1662,7 @@ def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[
                 continue
             runs[case].append(run_metrics(workload, results))
             layers[case] = _layer_summary(results)
+            _collect_extras(extras[case], results)
     rows = []
     for case, (contender, variant) in enumerate(cases):
         label = _variant_label(variant)
@@ -1130,10 +1671,24 @@ def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[
                "variant_label": label or None, "record_layer": layers[case],
                "record_layer_text": describe_layer(layers[case]) if layers[case] else None,
                "metrics": {key: summarize([r.get(key) for r in runs[case]]) for key in keys}}
+        row.update(extras[case])
         if failures[case]:
             row["error"] = failures[case]
         rows.append(row)
     return rows
+
+
+def _collect_extras(extras: dict, results: dict) -> None:
+    """What a run reports besides its figures (asyncio's file workload): how the server sent the
+    file (every run's way, deduplicated) and the fewest bytes a client compared with the file."""
+    how = results["server"].get("file_sent_by")
+    if how is not None:
+        ways = extras.setdefault("file_sent_by", [])
+        if how not in ways:
+            ways.append(how)
+    verified = results["client"].get("verified_bytes")
+    if verified is not None:
+        extras["verified_bytes"] = min(verified, extras.get("verified_bytes", verified))
 
 
 def _workload_detail(workload: str, settings: Settings) -> str:
@@ -1160,6 +1715,25 @@ def _workload_detail(workload: str, settings: Settings) -> str:
     if workload == "latency":
         return (f"{settings.latency_count} round trips of 100 bytes each way (after "
                 f"{max(10, settings.latency_count // 10)} unmeasured ones), one connection; {tls}")
+    aio = ("both ends asyncio streams (asyncio.start_server on the bench's listener, "
+           "asyncio.open_connection), each in its own process with the contender's loop")
+    if workload == "aio-file":
+        return (f"{settings.file_mib} MiB file (page cache) per connection with "
+                "loop.sendfile(transport, file) -> StreamReader.read, the client comparing every byte with "
+                f"the file; {aio}; {tls}. ktls_ossl.asyncio: os.sendfile with TX in the kernel; stock asyncio: "
+                "its read + write fallback; uvloop (no loop.sendfile): read + write + drain of "
+                f"{settings.chunk_kib} KiB blocks, as aiohttp falls back; aiofastnet: SSL_sendfile with kTLS TX. "
+                "Server CPU: its process's user+sys from the first byte to the client's acknowledgement")
+    if workload == "aio-echo":
+        return (f"{settings.latency_count} round trips of 100 bytes each way (after "
+                f"{max(10, settings.latency_count // 10)} unmeasured ones), one connection, "
+                f"write -> readexactly on both ends; {aio}; {tls}")
+    if workload == "aio-handshake":
+        return (f"sequential full handshakes for {settings.handshake_seconds:g} s per run: "
+                "asyncio.open_connection (TCP connect, handshake with certificate verification, the key "
+                "handoff for ktls_ossl), one byte each way, writer.close() + wait_closed() (close_notify "
+                f"both ways); the server's streams answer each connection; {aio}; ECDSA P-256, default "
+                "cipher per version")
     return (f"{settings.connections} idle established connections at once; RSS growth of each end's "
             f"process divided by the count; {tls}")
 
@@ -1182,7 +1756,7 @@ def _median(row, key):
 
 def add_ratios(document: dict, workload: str) -> None:
     """ratio = this row's median / the reference row's median (same run, same variant)."""
-    references = {"cpython": CPYTHON_REFERENCE, "openssl_ktls": OPENSSL_KTLS_REFERENCE[workload]}
+    references = {"cpython": CPYTHON_REFERENCE_FOR[workload], "openssl_ktls": OPENSSL_KTLS_REFERENCE[workload]}
     for row in document["workloads"][workload]["rows"]:
         row["ratios"] = {}
         for name, reference in references.items():
@@ -1212,7 +1786,9 @@ def evaluate_targets(document: dict) -> list[dict]:
             value = row.get("ratios", {}).get(name_ref, {}).get("values", {}).get(key)
         notes = [n for n in notes if n]
         met = None if value is None else ok(value)
-        if row is not None and not _fully_kernel(row):
+        if row is not None and row.get("error"):
+            notes = ["the run failed"]
+        elif row is not None and not _fully_kernel(row):
             notes = ["n/a: AFTER_FINISHED fell back to user space here"]
             met = None
         out.append({"target": name, "goal": goal, "value": value, "met": met, "note": "; ".join(notes)})
@@ -1248,6 +1824,32 @@ def evaluate_targets(document: dict) -> list[dict]:
     for row in rows("latency"):
         for key in ("p50_us", "p99_us"):
             add(f"latency {row['variant_label']} {key[:3]}: AFTER_FINISHED vs CPython ssl", "<= 1.00x",
+                row, "cpython", key, lambda v: v <= 1.0)
+
+    # The asyncio section (issue 17): ahead of aiofastnet (OpenSSL's kTLS) on serving files and
+    # server CPU per GiB, no worse than asyncio's own SSL on echo latency.
+    def aio_rows(workload):
+        data = document["workloads"].get(workload) or {}
+        return [r for r in data.get("rows", []) if r["contender"] == "aio-ktls"]
+
+    def aiofastnet_note(workload, row):
+        ref = _row(document, workload, OPENSSL_KTLS_REFERENCE[workload], row["variant"])
+        if ref is None:
+            skipped = document.get("skipped_contenders", {}).get(OPENSSL_KTLS_REFERENCE[workload])
+            return f"aiofastnet did not run ({skipped})" if skipped else "aiofastnet did not run"
+        if _fully_kernel(row) and not _fully_kernel(ref):
+            return f"aiofastnet ran {ref.get('record_layer_text')} (server / client)"
+        return ""
+
+    for row in aio_rows("aio-file"):
+        add(f"aio-file {row['variant_label']}: ktls_ossl.asyncio throughput vs aiofastnet", "> 1.00x", row,
+            "openssl_ktls", "throughput_mib_s", lambda v: v > 1.0, [aiofastnet_note("aio-file", row)])
+        add(f"aio-file {row['variant_label']}: ktls_ossl.asyncio server CPU/GiB (user+sys) vs aiofastnet",
+            "< 1.00x", row, "openssl_ktls", "server_cpu_s_per_gib", lambda v: v < 1.0,
+            [aiofastnet_note("aio-file", row)])
+    for row in aio_rows("aio-echo"):
+        for key in ("p50_us", "p99_us"):
+            add(f"aio-echo {row['variant_label']} {key[:3]}: ktls_ossl.asyncio vs asyncio ssl", "<= 1.00x",
                 row, "cpython", key, lambda v: v <= 1.0)
     return out
 
@@ -1298,9 +1900,9 @@ def render_markdown(document: dict, heading: str = "##") -> str:
                      "'record layer' column says so (checked with getsockopt on each socket).")
     else:
         lines.append(f"**No kTLS on this kernel** ({machine['ktls_unavailable_reason']}): the "
-                     "AFTER_FINISHED, AFTER_CCS, CPython+kTLS and ktls_ossl.pyopenssl rows fell back to "
-                     "user-space OpenSSL (pyOpenSSL's for ktls_ossl.pyopenssl) and are labelled so; they "
-                     "measure the fallback, not kernel TLS.")
+                     "AFTER_FINISHED, AFTER_CCS, CPython+kTLS, ktls_ossl.pyopenssl and ktls_ossl.asyncio rows "
+                     "fell back to user-space OpenSSL (pyOpenSSL's for ktls_ossl.pyopenssl) and are labelled "
+                     "so; they measure the fallback, not kernel TLS.")
     cpu = machine["cpu"] + (f" (UML guest; host: {machine['uml_host']})" if machine["uml"] else "")
     lines += ["", f"- machine: {cpu}, {machine['cpus']} CPU(s), {machine['memory_mib']} MiB; "
                   f"{machine['machine']}, Python {machine['python']}",
@@ -1310,7 +1912,15 @@ def render_markdown(document: dict, heading: str = "##") -> str:
               f"figure (after {settings['warmup']} unmeasured warm-up run(s) per workload), "
               f"{document.get('seconds', 0):.0f} s; figures are median (min–max)",
               "- every run: a fresh server process and client process (each measures its own CPU with "
-              "getrusage), one connection on 127.0.0.1, blocking sockets, TCP_NODELAY on both ends"]
+              "getrusage), one connection on 127.0.0.1, blocking sockets (the asyncio section: non-blocking, "
+              "on each end's event loop), TCP_NODELAY on both ends"]
+    aio = machine.get("asyncio")
+    if aio:
+        libraries = ", ".join(v for v in (aio.get("uvloop"), aio.get("aiofastnet")) if v)
+        lines.append(f"- asyncio section: {libraries or 'neither uvloop nor aiofastnet'}"
+                     + _aiofastnet_trial_text(aio))
+        if aio.get("aiofastnet_note"):
+            lines.append(f"- {aio['aiofastnet_note']}")
     lines += [f"- skipped: {name} ({reason})" for name, reason in document.get("skipped_contenders", {}).items()]
     lines.append("")
     if machine["uml"]:
@@ -1319,18 +1929,24 @@ def render_markdown(document: dict, heading: str = "##") -> str:
                   "figures. UML accounts all of a guest process's CPU time as user time (system time "
                   "stays 0), so CPU is shown as user+sys per end, and that total includes the kernel's "
                   "encryption on the kTLS rows.", ""]
+    asyncio_heading = False
     for index, workload in enumerate(WORKLOADS, 1):
         data = document["workloads"].get(workload)
         if not data:
             continue
+        if workload in ASYNCIO_WORKLOADS and not asyncio_heading:
+            asyncio_heading = True
+            lines += [f"{heading}# asyncio section", "", ASYNCIO_SECTION_NOTE, ""]
         lines += [f"{heading}# {index}. {data['title']}", "", data["detail"] + ".", ""]
         metrics = table_metrics(workload, machine["uml"])
-        columns = ["contender", "TLS" if workload != "handshake" else "variant"]
+        columns = ["contender", "variant" if workload in ("handshake", "aio-handshake") else "TLS"]
         columns.append("record layer (server / client)")
         for key, title, _, with_ratio in metrics:
             columns.append(title)
             if with_ratio:
-                columns.append("× CPython ssl / × OpenSSL kTLS")
+                columns.append(RATIO_TITLES[workload])
+        if workload == "aio-file":
+            columns.append("file sent by (server)")
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "---|" * len(columns))
         for row in data["rows"]:
@@ -1345,6 +1961,8 @@ def render_markdown(document: dict, heading: str = "##") -> str:
                 cells.append(_cell(row["metrics"].get(key)))
                 if with_ratio:
                     cells.append(f"{_ratio_cell(row, 'cpython', key)} / {_ratio_cell(row, 'openssl_ktls', key)}")
+            if workload == "aio-file":
+                cells.append("; ".join(row.get("file_sent_by") or ["-"]))
             lines.append("| " + " | ".join(cells) + " |")
         errors = [row for row in data["rows"] if row.get("error")]
         for row in errors:
@@ -1361,6 +1979,11 @@ def render_markdown(document: dict, heading: str = "##") -> str:
             "handshake": "One connection at a time; CPU ms per handshake is each end's process CPU "
                          "divided by the handshakes it completed.",
             "latency": "Lower is better.",
+            "aio-file": "Ratios: against asyncio's own SSL (aio-stock) and aiofastnet with OpenSSL's kTLS "
+                        "(aio-aiofastnet), in the same TLS version; MiB/s higher is better, CPU lower. Every "
+                        "run's client compared all the bytes it received with the file.",
+            "aio-echo": "Lower is better; ratios against aio-stock / aio-aiofastnet in the same TLS version.",
+            "aio-handshake": "One connection at a time; ratios against aio-stock / aio-aiofastnet.",
             "memory": "RSS is user-space memory only: keys and record state that kTLS keeps in the "
                       "kernel show in the slab column (system-wide /proc/meminfo Slab growth, both "
                       "ends together; noisy on a shared host, and it stayed at 0 under the 7.2 UML kernel, whose "
@@ -1380,6 +2003,28 @@ def render_markdown(document: dict, heading: str = "##") -> str:
             lines.append(f"| {target['target']} | {target['goal']} | {value} | {met} |")
         lines.append("")
     return "\n".join(lines)
+
+
+ASYNCIO_SECTION_NOTE = (
+    "Both ends run asyncio's streams on an event loop, server and client in separate processes: "
+    "ktls_ossl.asyncio (ktls_ossl.asyncio.new_event_loop(), a ktls_ossl.SSLContext, AFTER_FINISHED), "
+    "stock asyncio with ssl.SSLContext, uvloop with ssl.SSLContext, and aiofastnet (aio-libs' C "
+    "transports on asyncio's loop, with SSL_OP_ENABLE_KTLS so that OpenSSL puts the keys in the "
+    "kernel where it can). The record layer column is read from each end's socket (getsockopt SOL_TLS "
+    "TLS_TX / TLS_RX), not taken from the library. Ratios: × asyncio ssl = this row / aio-stock, "
+    "× aiofastnet = this row / aio-aiofastnet (medians of this run).")
+
+
+def _aiofastnet_trial_text(aio: dict) -> str:
+    """'; aiofastnet's kTLS on trial: TLS 1.2 kernel / kernel, ...' from asyncio_probe's trials."""
+    trials = aio.get("aiofastnet_trials") or {}
+    parts = []
+    for version, trial in sorted(trials.items()):
+        if "error" in trial:
+            parts.append(f"TLS {version} failed ({trial['error']})")
+        else:
+            parts.append(f"TLS {version} {describe_layer(trial)}")
+    return f"; aiofastnet's kTLS on a trial connection (server / client): {', '.join(parts)}" if parts else ""
 
 
 def _pyopenssl_handshake_note(rows: list[dict], machine: dict) -> str:
@@ -1476,6 +2121,13 @@ def _csv(choices):
     return parse
 
 
+def _workloads_arg(text):
+    """--workloads: names from WORKLOADS, 'asyncio' standing for ASYNCIO_WORKLOADS; in WORKLOADS' order."""
+    chosen = _csv(WORKLOADS + ("asyncio",))(text)
+    expanded = {w for name in chosen for w in (ASYNCIO_WORKLOADS if name == "asyncio" else (name,))}
+    return tuple(w for w in WORKLOADS if w in expanded)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick",
@@ -1492,8 +2144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-count", type=int, help="measured round trips per latency run")
     parser.add_argument("--connections", type=int, help="idle connections for the memory workload")
     parser.add_argument("--data-tls", type=_csv(tuple(TLS_VERSIONS)),
-                        help="TLS versions of bulk, file, latency and memory (default 1.2,1.3)")
-    parser.add_argument("--workloads", type=_csv(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+                        help="TLS versions of bulk, file, latency, memory, aio-file and aio-echo (default 1.2,1.3)")
+    parser.add_argument("--workloads", type=_workloads_arg,
+                        help=f"subset of {','.join(WORKLOADS)}; 'asyncio' stands for the three aio-* workloads")
     parser.add_argument("--contenders", type=_csv(CONTENDER_NAMES),
                         help=f"subset of {','.join(CONTENDER_NAMES)}")
     parser.add_argument("--file-dir", help="where the sendfile payload is written (default /dev/shm)")
@@ -1541,5 +2194,5 @@ def _write(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-__all__ = ["CONTENDERS", "WORKLOADS", "Settings", "make_settings", "run", "render_markdown",
+__all__ = ["ASYNCIO_WORKLOADS", "CONTENDERS", "WORKLOADS", "Settings", "make_settings", "run", "render_markdown",
            "render_chart", "add_arguments", "main"]

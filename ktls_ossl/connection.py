@@ -436,6 +436,21 @@ class RecordConnection:
         return _send_file(_Waiter(self, "write"), file, fileno, offset, count, send_chunk)
 
     @_guarded
+    def sendfile_chunk(self, fileno: int, offset: int, size: int) -> int | None:
+        """One step of a sendfile that an event loop drives (it waits for writability itself):
+        bytes the kernel took from the file (0 at its end), SSLWantWriteError when the socket is
+        full, None where this connection cannot sendfile (its caller writes the bytes instead)."""
+        self._ensure_handshake()
+        self._raise_if_failed()
+        send_chunk = self._tx.prepare_sendfile()
+        if send_chunk is None:
+            return None
+        sent = send_chunk(fileno, offset, size)
+        if sent < 0:
+            raise errors.want_write_error()
+        return sent
+
+    @_guarded
     def pending(self) -> int:
         return self._rx.pending
 

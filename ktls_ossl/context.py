@@ -116,6 +116,10 @@ class SSLContext(CertificateSettings, CallbackSettings, ssl.SSLContext):
         # caller, as CPython's do. The C context it builds is never configured or used.
         self = _ssl._SSLContext.__new__(cls, protocol)
         self._init_ssl_ctx(int(protocol))
+        # asyncio's own loops would take this context and then fail each connection (memory BIOs):
+        # from now on they refuse it at the call (ktls_ossl/asyncio/loop.py).
+        from .asyncio.loop import guard_stock_loops
+        guard_stock_loops()
         return self
 
     def _init_ssl_ctx(self, protocol: int) -> None:
@@ -434,7 +438,8 @@ class SSLContext(CertificateSettings, CallbackSettings, ssl.SSLContext):
     ) -> NoReturn:
         raise NotImplementedError(
             "ktls_ossl.SSLContext cannot wrap memory BIOs: kernel TLS needs a connected socket. "
-            "Use ssl.SSLContext for SSLObject/MemoryBIO (e.g. asyncio's SSL transport).")
+            "For asyncio use ktls_ossl.asyncio (open_connection, start_server, or a loop from "
+            "ktls_ossl.asyncio.new_event_loop()); use ssl.SSLContext for SSLObject/MemoryBIO.")
 
     # Members newer CPythons add that would configure CPython's hidden, unused SSL_CTX: refused.
     def set_psk_client_callback(

@@ -697,6 +697,11 @@ def _run_probe() -> ProbeReport:
     )
 
 
+def probe_done() -> bool:
+    """Whether probe() has its report already (a call then returns at once, without I/O)."""
+    return _probe_report is not None
+
+
 def probe(refresh: bool = False) -> ProbeReport:
     """What this kernel's TLS can do, found by trying it on loopback (cached per process)."""
     global _probe_report

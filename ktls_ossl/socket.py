@@ -342,6 +342,16 @@ class KTLSSocket(ssl.SSLSocket):
         self._refuse_plaintext_under_kernel_keys()
         return super().sendfile(file, offset, count)
 
+    def sendfile_chunk(self, fileno: int, offset: int, size: int) -> int | None:
+        """A non-blocking step of sendfile for callers that wait for readiness themselves (event
+        loops): up to ``size`` bytes of the file ``fileno`` from ``offset``, encrypted by the
+        kernel. Returns the bytes sent (0: the file ended), raises SSLWantWriteError when the
+        socket is full, and returns None where the kernel does not send for this connection."""
+        self._checkClosed()
+        if self._sslobj is None:
+            raise ValueError("No SSL wrapper around " + str(self))
+        return self._sslobj.sendfile_chunk(fileno, offset, size)
+
     # Both give None while no TLS connection is attached (not yet connected, or unwrapped): a case
     # that typeshed's list[bytes] leaves out.
     def get_verified_chain(self) -> list[bytes] | None:

@@ -4,6 +4,12 @@ One quick run per session (tiny sizes, one run per figure: seconds on the host, 
 under UML) feeds both tests: the structure of its JSON everywhere, and under a kernel with TLS that
 the AFTER_FINISHED rows really had the kernel carrying both directions of both ends. A second,
 smaller run hides pyOpenSSL (an optional dependency) to see its contenders skipped.
+
+The asyncio section (aio-* workloads and contenders) runs in the same quick run: its rows, the
+bytes the file clients compared, where each end's record layer ran (on a kernel without TLS
+ktls_ossl.asyncio is the user-space fallback, labelled so, and aiofastnet is skipped with the
+reason), and its ratios against aio-stock / aio-aiofastnet. Two trials run in this process check
+that the file client's comparison catches a corrupted byte.
 """
 from __future__ import annotations
 
@@ -22,9 +28,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TLS_CONTENDERS = [c.name for c in bench.CONTENDERS if c.tls]
 PYOPENSSL_CONTENDERS = {"pyopenssl", "pyopenssl-ktls"}
 HAVE_PYOPENSSL = importlib.util.find_spec("OpenSSL") is not None
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+HAVE_AIOFASTNET = importlib.util.find_spec("aiofastnet") is not None
+ASYNCIO_CONTENDERS = [c.name for c in bench.CONTENDERS if c.loop]
 # The figure each workload exists for: it must be a positive number.
 PRIMARY = {"bulk": "throughput_mib_s", "file": "throughput_mib_s", "handshake": "handshakes_per_s",
-           "latency": "p50_us", "memory": "server_rss_kib"}
+           "latency": "p50_us", "memory": "server_rss_kib", "aio-file": "throughput_mib_s",
+           "aio-echo": "p50_us", "aio-handshake": "handshakes_per_s"}
+
+
+def expected_to_run(name, document) -> bool:
+    """Whether a contender should have run here, from what the test process sees (not from the bench's
+    own skip list): the agent needs kernel TLS, pyOpenSSL and uvloop must be installed, and aiofastnet
+    turns its kTLS on only where the kernel has TLS."""
+    kernel_tls = document["machine"]["ktls_available"]
+    contender = bench.BY_NAME[name]
+    if contender.library == "agent":
+        return kernel_tls
+    if contender.library == "pyopenssl":
+        return HAVE_PYOPENSSL
+    if contender.loop == "uvloop":
+        return HAVE_UVLOOP
+    if contender.loop == "aiofastnet":
+        return HAVE_AIOFASTNET and kernel_tls
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +77,8 @@ def test_every_workload_and_contender_is_present(quick_run):
     assert document["settings"]["preset"] == "quick" and document["settings"]["runs"] == 1
     assert list(document["workloads"]) == list(bench.WORKLOADS)
     # The agent's contenders run only where the kernel has TLS (the agent cannot work without it),
-    # pyOpenSSL's only where it is installed.
-    agents = {c.name for c in bench.CONTENDERS if c.library == "agent"}
-    ran = [name for name in bench.CONTENDER_NAMES if (document["machine"]["ktls_available"] or name not in agents)
-           and (HAVE_PYOPENSSL or name not in PYOPENSSL_CONTENDERS)]
+    # pyOpenSSL's only where it is installed, aiofastnet only where its kTLS turns on.
+    ran = [name for name in bench.CONTENDER_NAMES if expected_to_run(name, document)]
     assert [c["name"] for c in document["contenders"]] == ran
     assert set(document["skipped_contenders"]) == set(bench.CONTENDER_NAMES) - set(ran)
     for workload in bench.WORKLOADS:
@@ -62,7 +87,7 @@ def test_every_workload_and_contender_is_present(quick_run):
                                                       if c.name in ran and workload in c.workloads}, workload
         assert not [row for row in rows if row.get("error")], [row.get("error") for row in rows]
         assert bench.WORKLOAD_TITLES[workload] in markdown
-    for workload in ("bulk", "file", "latency", "memory"):
+    for workload in ("bulk", "file", "latency", "memory", "aio-file", "aio-echo"):
         data_contenders = [c.name for c in bench.CONTENDERS if c.name in ran and workload in c.workloads]
         versions = {(row["contender"], row["variant"]["data_tls"]) for row in rows_of(document, workload)}
         assert versions == {(c, v) for c in data_contenders for v in ("1.2", "1.3")}, workload
@@ -71,8 +96,8 @@ def test_every_workload_and_contender_is_present(quick_run):
             assert PYOPENSSL_CONTENDERS <= {row["contender"] for row in rows_of(document, workload)}, workload
         assert not PYOPENSSL_CONTENDERS & {row["contender"] for row in rows_of(document, "memory")}
     variants = {(row["contender"], row["variant_label"]) for row in rows_of(document, "handshake")}
-    expected = {(c, f"TLS {v} {k}") for c in TLS_CONTENDERS if c in ran for v in ("1.2", "1.3")
-                for k in ("ECDSA P-256", "RSA-2048")}
+    expected = {(c, f"TLS {v} {k}") for c in TLS_CONTENDERS if c in ran and "handshake" in bench.BY_NAME[c].workloads
+                for v in ("1.2", "1.3") for k in ("ECDSA P-256", "RSA-2048")}
     assert variants == expected | {("tcp", "TCP connect only")}
     machine = document["machine"]
     assert machine["kernel_release"] == os.uname().release
@@ -112,13 +137,16 @@ def test_ratios_come_from_the_same_run(quick_run):
     for workload in bench.WORKLOADS:
         rows = rows_of(document, workload)
         for row in rows:
-            for name, reference in (("cpython", "cpython-ssl"),
+            for name, reference in (("cpython", "aio-stock" if workload.startswith("aio-") else "cpython-ssl"),
                                     ("openssl_ktls", bench.OPENSSL_KTLS_REFERENCE[workload])):
                 ratios = row["ratios"][name]
                 assert ratios["reference"] == reference
                 ref = [r for r in rows if r["contender"] == reference and r["variant"] == row["variant"]]
                 if row["contender"] == "tcp" and workload == "handshake":
                     assert not ref and not ratios["values"]  # TCP connect has no TLS counterpart
+                    continue
+                if reference in document["skipped_contenders"]:
+                    assert not ref and not ratios["values"], (workload, row["contender"], name)
                     continue
                 assert len(ref) == 1, (workload, row["contender"], row["variant"])
                 for key, value in ratios["values"].items():
@@ -131,6 +159,7 @@ def test_ratios_come_from_the_same_run(quick_run):
     targets = document["targets"]
     assert any(t["target"].startswith("handshake") for t in targets)
     assert any(t["target"].startswith("latency") for t in targets)
+    assert {t["target"].split()[0] for t in targets if t["target"].startswith("aio-")} == {"aio-file", "aio-echo"}
 
 
 def test_record_layer_is_reported_per_end(quick_run):
@@ -222,3 +251,128 @@ def test_after_finished_rows_ran_in_the_kernel(quick_run):
                 assert layer["ktls"]["tx"] and layer["ktls"]["rx"], (where, end, layer["ktls"]["text"])
                 assert layer["tx_kernel"] and layer["rx_kernel"], (where, end)
             assert row["record_layer_text"] == "kernel / kernel", where
+
+
+# --- the asyncio section ---------------------------------------------------------------------------
+
+
+def test_workloads_option_expands_asyncio():
+    parse = bench._workloads_arg
+    assert parse("asyncio") == bench.ASYNCIO_WORKLOADS == ("aio-file", "aio-echo", "aio-handshake")
+    assert parse("aio-echo,bulk") == ("bulk", "aio-echo")  # in the report's order
+    assert parse("file,asyncio,aio-file") == ("file",) + bench.ASYNCIO_WORKLOADS
+    with pytest.raises(Exception):
+        parse("aio-nothing")
+
+
+def test_asyncio_rows_ran_and_files_arrived_intact(quick_run):
+    """Every asyncio contender that should run here ran every variant without failing; each file
+    client compared every byte of the file it received; the server said how it sent the file."""
+    document, markdown = quick_run
+    kernel_tls = document["machine"]["ktls_available"]
+    expected = [name for name in ASYNCIO_CONTENDERS if expected_to_run(name, document)]
+    assert {"aio-ktls", "aio-stock"} <= set(expected)
+    for name in ASYNCIO_CONTENDERS:
+        assert (name in expected) == (name not in document["skipped_contenders"]), name
+    variants = {"aio-file": ("TLS 1.2", "TLS 1.3"), "aio-echo": ("TLS 1.2", "TLS 1.3"),
+                "aio-handshake": ("TLS 1.2 ECDSA P-256", "TLS 1.3 ECDSA P-256")}
+    file_bytes = document["settings"]["file_mib"] * bench.MIB
+    for workload in bench.ASYNCIO_WORKLOADS:
+        rows = rows_of(document, workload)
+        assert sorted((row["contender"], row["variant_label"]) for row in rows) == \
+            sorted((name, label) for name in expected for label in variants[workload]), workload
+        for row in rows:
+            where = f"{workload} {row['contender']} {row['variant_label']}"
+            assert not row.get("error"), (where, row.get("error"))
+            for end in ("server", "client"):
+                layer = row["record_layer"][end]
+                version = row["variant_label"].split()[1]
+                assert layer["version"] == f"TLSv{version}", (where, end)
+                assert "AES256-GCM" in layer["cipher"].replace("_", "-").replace("AES-256", "AES256"), (where, end)
+            if workload == "aio-file":
+                assert row["verified_bytes"] == file_bytes, where
+                assert row["file_sent_by"], where
+    by = {(row["contender"], row["variant_label"]): row for row in rows_of(document, "aio-file")}
+    for version in ("TLS 1.2", "TLS 1.3"):
+        sent_by = by["aio-ktls", version]["file_sent_by"]
+        assert sent_by == (["os.sendfile into kTLS"] if kernel_tls else
+                           ["read + write (ktls_ossl.asyncio fallback: TX not in the kernel)"]), (version, sent_by)
+        assert by["aio-stock", version]["file_sent_by"] == ["read + write (asyncio's sendfile fallback)"]
+        if ("aio-aiofastnet", version) in by:
+            assert by["aio-aiofastnet", version]["file_sent_by"] == ["SSL_sendfile (OpenSSL kTLS)"]
+    assert "### asyncio section" in markdown
+    for workload in bench.ASYNCIO_WORKLOADS:
+        assert bench.WORKLOAD_TITLES[workload] in markdown
+
+
+def test_asyncio_record_layer_is_checked_on_the_socket(quick_run):
+    """aio-ktls: its KTLSStatus agrees with getsockopt on each end, kernel both ways where the kernel
+    has TLS, else the user-space fallback with the reason, labelled so in the report. Stock asyncio
+    and uvloop: user space. aiofastnet: its own flags agree with getsockopt, and TX at least is in
+    the kernel (it runs only where its kTLS turned on)."""
+    document, markdown = quick_run
+    kernel_tls = document["machine"]["ktls_available"]
+    for workload in bench.ASYNCIO_WORKLOADS:
+        for row in rows_of(document, workload):
+            where = f"{workload} {row['contender']} {row['variant_label']}"
+            layers = row["record_layer"]
+            if row["contender"] == "aio-ktls":
+                for end in ("server", "client"):
+                    status = layers[end]["ktls"]
+                    assert (status["tx"], status["rx"]) == (layers[end]["tx_kernel"], layers[end]["rx_kernel"]), \
+                        (where, end)
+                    assert status["tx"] == kernel_tls and status["rx"] == kernel_tls, (where, end, status["text"])
+                    if not kernel_tls:
+                        assert status["tx_reason"] and status["rx_reason"], (where, end)
+                expected = "kernel / kernel" if kernel_tls else "user space / user space"
+                assert row["record_layer_text"] == expected, where
+                assert f"| {row['label']} | {row['variant_label']} | {expected} |" in markdown, where
+            elif row["contender"] in ("aio-stock", "aio-uvloop"):
+                assert row["record_layer_text"] == "user space / user space", where
+                assert "ktls" not in layers["server"] and "aiofastnet_ktls" not in layers["server"], where
+            else:
+                assert row["contender"] == "aio-aiofastnet" and kernel_tls, where
+                for end in ("server", "client"):
+                    own = layers[end]["aiofastnet_ktls"]
+                    assert (own["tx"], own["rx"]) == (layers[end]["tx_kernel"], layers[end]["rx_kernel"]), (where, end)
+                    assert layers[end]["tx_kernel"], (where, end)
+    if not kernel_tls and HAVE_AIOFASTNET:
+        reason = document["skipped_contenders"]["aio-aiofastnet"]
+        assert "kTLS" in reason and "neither direction in the kernel" in reason, reason
+        assert f"- skipped: aio-aiofastnet ({reason})" in markdown
+    if kernel_tls:
+        assert document["machine"]["asyncio"]["aiofastnet_trials"]
+    assert bench.kernel_title(document["machine"]) in markdown
+
+
+def _aio_file_params(tmp_path, size):
+    path = bench._make_file(str(tmp_path), size)
+    return {"data_tls": "1.3", "chunk": 64 * 1024, "message": 100, "file_path": path, "file_bytes": size,
+            "io_timeout": 30.0}
+
+
+def test_aio_file_trial_delivers_the_file(tmp_path):
+    """One aio-file run of stock asyncio, in this process's children: every byte compared."""
+    pki = bench.make_pki(str(tmp_path))
+    size = 3 * bench.MIB + 12345
+    results = bench.run_trial("aio-file", bench.BY_NAME["aio-stock"], _aio_file_params(tmp_path, size), pki, 60)
+    assert results["client"]["verified_bytes"] == size
+    assert results["server"]["bytes"] == size
+    assert bench.run_metrics("aio-file", results)["throughput_mib_s"] > 0
+
+
+def test_aio_file_client_detects_a_corrupted_byte(tmp_path, monkeypatch):
+    """The same run with a server that flips one bit of the file: the client's comparison fails it."""
+    pki = bench.make_pki(str(tmp_path))
+    size = 3 * bench.MIB + 12345
+
+    async def corrupting_send(end, writer, source, size):
+        data = bytearray(source.read())
+        data[size // 2] ^= 0x10
+        writer.write(bytes(data))
+        await writer.drain()
+        return len(data), "corrupted on purpose"
+
+    monkeypatch.setattr(bench, "_aio_send_file", corrupting_send)  # the children are forked after this
+    with pytest.raises(bench.BenchError, match="differ from the file"):
+        bench.run_trial("aio-file", bench.BY_NAME["aio-stock"], _aio_file_params(tmp_path, size), pki, 60)
