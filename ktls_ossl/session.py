@@ -582,17 +582,19 @@ class KernelSession:
     # --- closing ---------------------------------------------------------------------------------
 
     def send_close_notify(self) -> None:
-        """Send our close_notify, once (SSL_shutdown's first step)."""
-        if self.sent_close:
-            return
+        """Send our close_notify, once (SSL_shutdown's first step). A caller that waits for
+        readiness itself may be told SSLWantWriteError: the close_notify stays queued, once, and
+        goes out when it calls again."""
+        if not self.sent_close:
+            if self.tx_in_kernel:
+                self.sender.queue_close_notify()
+            else:
+                self.relay.shutdown_step()  # the engine sends on the socket itself
+            self.sent_close = True
+            self.relay.note_close_notify(sent=True)
+            self._event("close_notify sent")
         if self.tx_in_kernel:
-            self.sender.queue_close_notify()
             self.sender.flush("write")
-        else:
-            self.relay.shutdown_step()  # the engine sends on the socket itself
-        self.sent_close = True
-        self.relay.note_close_notify(sent=True)
-        self._event("close_notify sent")
 
     def shutdown(self, waiter: Waiter) -> None:
         """Send close_notify (once) and read until the peer's; data still arriving is discarded,

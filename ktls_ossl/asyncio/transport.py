@@ -185,6 +185,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._edge: select.epoll | None = None
         self._shutdown_timer: asyncio.TimerHandle | None = None
         self._empty_waiters: list[asyncio.Future] = []
+        self._writable_waiters: list[asyncio.Future] = []  # sendfile's waits for room
         self._sendfile_running = False
         self._conn_lost = 0
         self._extra.update(self._tls_extra())
@@ -332,7 +333,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
                 try:
                     sent = self._tls.sendfile_chunk(fileno, offset + total, min(size - total, 1 << 30))
                 except ssl.SSLWantWriteError:
-                    await _fd_ready(self._loop, self._fd, writable=True)
+                    await self._wait_writable()
                     continue
                 if sent is None:
                     break  # the kernel does not send for this connection
@@ -367,6 +368,14 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             await self._wait_write_buffer_empty()
         return total
 
+    async def _wait_writable(self) -> None:
+        """Until the socket takes more, through the transport's own writer registration (one
+        callback per fd: a second add_writer would replace it)."""
+        waiter = self._loop.create_future()
+        self._writable_waiters.append(waiter)
+        self._update_writer()
+        await waiter
+
     async def _wait_write_buffer_empty(self) -> None:
         if not self._write_buffer:
             return
@@ -396,11 +405,11 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             callback = self._edge_woke if self._edge is not None and fd == self._edge.fileno() else self._readable
             self._loop.add_reader(fd, callback)
 
-    def _readable(self) -> None:
+    def _readable(self, woken: bool = True) -> None:
         if self._state is TransportState.SHUTTING_DOWN:
-            self._shutdown_step()
+            self._shutdown_step(woken)
         else:
-            self._read_ready(woken=True)
+            self._read_ready(woken)
 
     def _wait_for_more_than_a_partial_record(self) -> None:
         """Woken, yet the kernel had no whole record: wait on an edge-triggered epoll that wakes
@@ -411,13 +420,13 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             self._edge.register(self._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
         self._edge.poll(0)
         self._watch_reader(self._edge.fileno())
-        self._read_ready(woken=False)
+        self._readable(woken=False)
 
     def _edge_woke(self) -> None:
         self._edge.poll(0)
         self._watch_reader(None)
         self._update_reader()  # back to the socket itself
-        self._read_ready(woken=True)
+        self._readable(woken=True)
 
     def _read_ready(self, woken: bool = False) -> None:
         """Read until the engine says want-read (see the module doc), delivering as we go."""
@@ -485,7 +494,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             if self._write_waits_for_read and self._write_buffer:
                 self._write_waits_for_read = False
                 self._flush()
-            if count < asked and not self._tls.pending():
+            if count < asked:  # (bytes the engine holds only ever follow a full read)
                 # A short read took every whole record the kernel had (the engine took a KeyUpdate
                 # parked behind them too): another recvmsg would only say EAGAIN. What arrives
                 # later, readiness reports.
@@ -516,10 +525,15 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
 
     def _update_writer(self) -> None:
         """Watch the socket for writing exactly while something waits for room."""
-        wanted = (bool(self._write_buffer) and not self._write_waits_for_read) or self._read_waits_for_write
+        wanted = ((bool(self._write_buffer) and not self._write_waits_for_read) or self._read_waits_for_write
+                  or bool(self._writable_waiters))
         self._writer_on_off(wanted and self._state is not TransportState.CLOSED)
 
     def _writable(self) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         if self._state is TransportState.SHUTTING_DOWN:
             self._writer_on_off(False)
             self._shutdown_step()
@@ -575,7 +589,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._shutdown_timer = self._loop.call_later(self._shutdown_timeout, self._shutdown_timed_out)
         self._shutdown_step()
 
-    def _shutdown_step(self) -> None:
+    def _shutdown_step(self, woken: bool = False) -> None:
         """Our close_notify (once), then the peer's; data still arriving is discarded (unwrap)."""
         if self._state is not TransportState.SHUTTING_DOWN:
             return
@@ -584,7 +598,10 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             self._tls.unwrap()
         except ssl.SSLWantReadError:
             self._writer_on_off(False)
-            self._update_reader()
+            if woken and self._reader_fd == self._fd:
+                self._wait_for_more_than_a_partial_record()  # (unwrap may have read records: harmless)
+            else:
+                self._update_reader()
             return
         except ssl.SSLWantWriteError:
             self._watch_reader(None)
@@ -623,10 +640,11 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             self._edge.close()
             self._edge = None
         self._write_buffer.clear()
-        for waiter in self._empty_waiters:
+        for waiter in self._empty_waiters + self._writable_waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed"))
         self._empty_waiters.clear()
+        self._writable_waiters.clear()
         self._remember_status()
         self._tls.close()
         self._loop.call_soon(self._connection_lost, exc)
