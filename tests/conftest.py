@@ -182,6 +182,21 @@ def loopback_pair(timeout: float | None = None) -> tuple[socket.socket, socket.s
 
 
 @pytest.fixture
+def sendfile_calls(monkeypatch):
+    """Every os.sendfile call in this process: (out fd, bytes sent)."""
+    calls = []
+    real = os.sendfile
+
+    def spy(out_fd, in_fd, offset, count, *args, **kwargs):
+        sent = real(out_fd, in_fd, offset, count, *args, **kwargs)
+        calls.append((out_fd, sent))
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    return calls
+
+
+@pytest.fixture
 def tcp_pair():
     client, server = loopback_pair()
     yield client, server

@@ -90,17 +90,19 @@ async def pump_both_ways(reader, writer, payload: bytes, expected_size: int) -> 
             writer.write(view[start:start + MIB])
             await writer.drain()
 
-    async def receive():
-        digest, count = hashlib.sha256(), 0
-        while count < expected_size:
-            data = await reader.read(min(256 * 1024, expected_size - count))
-            assert data, f"EOF after {count} of {expected_size} bytes"
-            digest.update(data)
-            count += len(data)
-        return digest.hexdigest()
-
-    _, received = await asyncio.gather(send(), receive())
+    _, received = await asyncio.gather(send(), receive_digest(reader, expected_size))
     return received
+
+
+async def receive_digest(reader, size: int) -> str:
+    """Exactly ``size`` bytes (what follows stays in the reader): their SHA-256."""
+    digest, count = hashlib.sha256(), 0
+    while count < size:
+        data = await reader.read(min(256 * 1024, size - count))
+        assert data, f"EOF after {count} of {size} bytes"
+        digest.update(data)
+        count += len(data)
+    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -259,21 +261,6 @@ def test_explicit_functions_refuse_other_contexts(server_cert):
 
 # --- loop.sendfile ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def sendfile_calls(monkeypatch):
-    """Every os.sendfile call in this process: (out fd, bytes sent)."""
-    calls = []
-    real = os.sendfile
-
-    def spy(out_fd, in_fd, offset, count, *args, **kwargs):
-        sent = real(out_fd, in_fd, offset, count, *args, **kwargs)
-        calls.append((out_fd, sent))
-        return sent
-
-    monkeypatch.setattr(os, "sendfile", spy)
-    return calls
-
-
 async def _serve_file(path: str, send, server_ctx, client_ctx):
     """The server sends the file at ``path`` with ``send(transport, file)``; the client reads to
     EOF. Returns (bytes the client received, what send returned, the server's kTLS status)."""
@@ -391,16 +378,7 @@ def test_key_updates_both_ways_mid_stream(server_cert, pki):
             writer.write(payload[half:])
             await writer.drain()
 
-        async def receive():
-            digest, count = hashlib.sha256(), 0
-            while count < size:
-                data = await reader.read(min(256 * 1024, size - count))
-                assert data, f"{name}: EOF after {count} bytes"
-                digest.update(data)
-                count += len(data)
-            return digest.hexdigest()
-
-        _, results[name] = await asyncio.gather(send(), receive())
+        _, results[name] = await asyncio.gather(send(), receive_digest(reader, size))
         results[f"{name}_status"] = writer.get_extra_info("ktls")
 
     async def handle(reader, writer):
@@ -1014,3 +992,17 @@ def test_tickets_arrive_and_the_session_resumes(server_cert, pki, version):
     assert server_ctx.session_stats()["hits"] == 1
     expect_kernel(first[2])
     expect_kernel(second[2])
+
+
+def test_stock_loop_refuses_a_ktls_context_for_unix_and_accepted_sockets(contexts, tmp_path):
+    """The guard covers every stock server entry that would fail per connection."""
+    server_ctx, _ = contexts
+
+    async def main():
+        with pytest.raises(NotImplementedError, match="TCP sockets only"):
+            await asyncio.start_unix_server(lambda r, w: None, str(tmp_path / "sock"), ssl=server_ctx)
+        a, b = socket.socketpair()
+        with a, b, pytest.raises(NotImplementedError, match=r"ktls_ossl\.asyncio"):
+            await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, a, ssl=server_ctx)
+
+    run(main(), "asyncio")

@@ -10,7 +10,8 @@ methods. ``new_uvloop_event_loop()`` does the same over uvloop.Loop.
 A stock loop handed a ktls_ossl.SSLContext would build asyncio's SSL transport (memory BIOs), which
 refuses it per connection, after the server started listening. ``guard_stock_loops()`` (installed
 once, when the first ktls_ossl.SSLContext is made) makes asyncio's BaseEventLoop.create_server and
-connect_accepted_socket refuse such a context at the call instead, naming the way that works.
+connect_accepted_socket refuse such a context at the call instead, naming the way that works (and
+create_unix_server: kernel TLS runs on TCP only).
 """
 from __future__ import annotations
 
@@ -103,6 +104,8 @@ def guard_stock_loops() -> None:
         base = asyncio.base_events.BaseEventLoop
         for name in ("create_server", "connect_accepted_socket"):
             setattr(base, name, _refusing(getattr(base, name), name))
+        unix = asyncio.unix_events.SelectorEventLoop
+        unix.create_unix_server = _refusing(unix.create_unix_server, "create_unix_server")
         _guarded = True
 
 
@@ -110,6 +113,9 @@ def _refusing(method, name: str):
     @functools.wraps(method)
     async def refusing(self, *args, ssl=None, **kwargs):
         if connect.is_ktls_context(ssl):
+            if name == "create_unix_server":
+                raise NotImplementedError("kernel TLS runs on TCP sockets only: a ktls_ossl.SSLContext cannot "
+                                          "serve a Unix socket (use ssl.SSLContext there)")
             raise stock_loop_error("start_server()/create_server()" if name == "create_server" else f"{name}()")
         return await method(self, *args, ssl=ssl, **kwargs)
     refusing.__ktls_ossl_guard__ = True

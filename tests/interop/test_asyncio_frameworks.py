@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import http.client
 import io
-import os
 import random
 import shutil
 import socket
@@ -74,21 +73,6 @@ def big_file(tmp_path_factory):
 @pytest.fixture
 def contexts(server_cert, pki):
     return server_context(server_cert), client_context(pki.ca_path)
-
-
-@pytest.fixture
-def sendfile_calls(monkeypatch):
-    """Every os.sendfile call in this process: (out fd, bytes sent)."""
-    calls = []
-    real = os.sendfile
-
-    def spy(out_fd, in_fd, offset, count, *args, **kwargs):
-        sent = real(out_fd, in_fd, offset, count, *args, **kwargs)
-        calls.append((out_fd, sent))
-        return sent
-
-    monkeypatch.setattr(os, "sendfile", spy)
-    return calls
 
 
 def stdlib_client_context(ca_path: str) -> ssl.SSLContext:
