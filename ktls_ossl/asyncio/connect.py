@@ -43,7 +43,7 @@ class _SocketTaker(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = transport.get_extra_info("socket")
         try:
-            sock = socket.socket(fileno=os.dup(raw.fileno()))
+            sock = socket.socket(raw.family, raw.type, raw.proto, os.dup(raw.fileno()))
         finally:
             transport.close()  # not a byte read: reading starts after connection_made()
         sock.setblocking(False)

@@ -62,28 +62,6 @@ _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 _EOF_RECEIVED_ON_CLOSE_NOTIFY = sys.version_info >= (3, 11)
 
 
-def _mark_ready(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _fd_ready(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
-    """Wait once for ``fd`` to be readable (or writable), with the loop's own readiness."""
-    future = loop.create_future()
-    if writable:
-        loop.add_writer(fd, _mark_ready, future)
-        try:
-            await future
-        finally:
-            loop.remove_writer(fd)
-    else:
-        loop.add_reader(fd, _mark_ready, future)
-        try:
-            await future
-        finally:
-            loop.remove_reader(fd)
-
-
 async def _probe_off_loop(loop: asyncio.AbstractEventLoop) -> None:
     """The kernel probe opens loopback connections and tries keys: the first one runs in the
     loop's executor, never on a running loop's thread."""
@@ -122,15 +100,40 @@ async def handshake(sock: socket.socket, context, *, server_side: bool, server_h
 
 
 async def _run_handshake(loop, tls) -> None:
+    """Step the handshake at each readiness the engine asked for. The reader stays registered
+    for the whole handshake (one epoll_ctl, not two per flight); the writer only while OpenSSL
+    waits for room, and the reader is off then, since a readable socket would wake us in vain."""
     fd = tls.fileno()
-    while True:
-        try:
-            tls.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            await _fd_ready(loop, fd, writable=False)
-        except ssl.SSLWantWriteError:
-            await _fd_ready(loop, fd, writable=True)
+    wake: asyncio.Future | None = None
+    watching = None  # "read" or "write": what the loop watches for us
+
+    def ready() -> None:
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                wanted = "read"
+            except ssl.SSLWantWriteError:
+                wanted = "write"
+            if wanted != watching:
+                if watching == "write":
+                    loop.remove_writer(fd)
+                elif watching == "read":
+                    loop.remove_reader(fd)
+                (loop.add_reader if wanted == "read" else loop.add_writer)(fd, ready)
+                watching = wanted
+            wake = loop.create_future()
+            await wake
+    finally:
+        if watching == "read":
+            loop.remove_reader(fd)
+        elif watching == "write":
+            loop.remove_writer(fd)
 
 
 _TCP_CLOSE = 7  # <netinet/tcp.h> TCP_CLOSE: where a reset leaves a socket (a FIN leaves CLOSE_WAIT)
@@ -189,6 +192,9 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._sendfile_running = False
         self._conn_lost = 0
         self._extra.update(self._tls_extra())
+        # Only the kernel's reception can say readable with half a record (OpenSSL in user space
+        # takes the bytes that are there): only then is a wake-up that read nothing suspicious.
+        self._kernel_rx = bool(self._extra["ktls"] is not None and self._extra["ktls"].rx)
         self._set_protocol_kind(protocol)
 
     def _tls_extra(self) -> dict[str, Any]:
@@ -447,7 +453,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
                     data = self._tls.recv(asked)
                     count = len(data)
             except ssl.SSLWantReadError:
-                if woken and not delivered and self._reader_fd == self._fd:
+                if woken and not delivered and self._reader_fd == self._fd and self._kernel_rx:
                     self._wait_for_more_than_a_partial_record()
                 return
             except ssl.SSLWantWriteError:
@@ -598,7 +604,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             self._tls.unwrap()
         except ssl.SSLWantReadError:
             self._writer_on_off(False)
-            if woken and self._reader_fd == self._fd:
+            if woken and self._reader_fd == self._fd and self._kernel_rx:
                 self._wait_for_more_than_a_partial_record()  # (unwrap may have read records: harmless)
             else:
                 self._update_reader()
