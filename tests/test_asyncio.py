@@ -237,7 +237,8 @@ def test_stock_loop_open_connection_names_ktls_ossl_asyncio(contexts):
     _, client_ctx = contexts
 
     async def main():
-        listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        # (3.12's wait_closed() waits for the server's connections: each is closed when it starts)
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         with pytest.raises(NotImplementedError, match=r"ktls_ossl\.asyncio"):
             await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
