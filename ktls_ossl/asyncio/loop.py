@@ -98,6 +98,8 @@ def guard_stock_loops() -> None:
     fail each connection (see the module doc). Idempotent; KTLSEventLoopMixin never reaches the
     guarded methods with such a context."""
     global _guarded
+    if _guarded:
+        return  # every ktls_ossl.SSLContext asks: no lock once installed
     with _guard_lock:
         if _guarded:
             return

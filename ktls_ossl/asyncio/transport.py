@@ -45,6 +45,7 @@ from typing import Any
 
 from .. import kernel
 from ..connection import ConnectionState
+from ..handshake import WANT_READ, WANT_WRITE
 
 __all__ = ["KTLSTransport", "TransportState", "handshake"]
 
@@ -105,7 +106,7 @@ async def _run_handshake(loop, tls) -> None:
     waits for room, and the reader is off then, since a readable socket would wake us in vain."""
     fd = tls.fileno()
     wake: asyncio.Future | None = None
-    watching = None  # "read" or "write": what the loop watches for us
+    watching = 0  # WANT_READ or WANT_WRITE: what the loop watches for us
 
     def ready() -> None:
         if wake is not None and not wake.done():
@@ -117,23 +118,24 @@ async def _run_handshake(loop, tls) -> None:
                 tls.do_handshake()
                 return
             except ssl.SSLWantReadError:
-                wanted = "read"
+                wanted = WANT_READ
             except ssl.SSLWantWriteError:
-                wanted = "write"
+                wanted = WANT_WRITE
             if wanted != watching:
-                if watching == "write":
-                    loop.remove_writer(fd)
-                elif watching == "read":
-                    loop.remove_reader(fd)
-                (loop.add_reader if wanted == "read" else loop.add_writer)(fd, ready)
+                _unwatch(loop, fd, watching)
+                (loop.add_reader if wanted == WANT_READ else loop.add_writer)(fd, ready)
                 watching = wanted
             wake = loop.create_future()
             await wake
     finally:
-        if watching == "read":
-            loop.remove_reader(fd)
-        elif watching == "write":
-            loop.remove_writer(fd)
+        _unwatch(loop, fd, watching)
+
+
+def _unwatch(loop, fd: int, watching: int) -> None:
+    if watching == WANT_READ:
+        loop.remove_reader(fd)
+    elif watching == WANT_WRITE:
+        loop.remove_writer(fd)
 
 
 _TCP_CLOSE = 7  # <netinet/tcp.h> TCP_CLOSE: where a reset leaves a socket (a FIN leaves CLOSE_WAIT)
@@ -146,6 +148,17 @@ def _reset_by_peer(sock: socket.socket) -> bool:
     except OSError:
         return False
     return state[0] == _TCP_CLOSE
+
+
+def _settle(waiters: list[asyncio.Future], error: BaseException | None = None) -> None:
+    """Wake every waiter in ``waiters`` (with ``error``, if given) and empty the list."""
+    pending, waiters[:] = list(waiters), []
+    for waiter in pending:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
 
 class TransportState(enum.Enum):
@@ -180,6 +193,8 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._shutdown_timeout = SSL_SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout
         self._state = TransportState.OPEN
         self._write_buffer = bytearray()
+        # What a data_received() protocol's reads land in (reused: not 256 KiB made per read).
+        self._read_buffer = bytearray(_READ_SIZE)
         self._reading_paused = False
         self._read_waits_for_write = False  # a read queued records of our own that did not fit
         self._write_waits_for_read = False  # OpenSSL in user space wants to read before it writes
@@ -435,7 +450,8 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._readable(woken=True)
 
     def _read_ready(self, woken: bool = False) -> None:
-        """Read until the engine says want-read (see the module doc), delivering as we go."""
+        """Read until nothing is left (want-read, or a short read: see the module doc), delivering
+        as we go."""
         delivered = 0
         for _ in range(_READS_PER_WAKE):
             if self._state is not TransportState.OPEN or self._reading_paused or self._read_waits_for_write:
@@ -450,8 +466,8 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
                     data = None
                 else:
                     asked = _READ_SIZE
-                    data = self._tls.recv(asked)
-                    count = len(data)
+                    count = self._tls.recv_into(self._read_buffer)
+                    data = bytes(memoryview(self._read_buffer)[:count])
             except ssl.SSLWantReadError:
                 if woken and not delivered and self._reader_fd == self._fd and self._kernel_rx:
                     self._wait_for_more_than_a_partial_record()
@@ -536,10 +552,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._writer_on_off(wanted and self._state is not TransportState.CLOSED)
 
     def _writable(self) -> None:
-        waiters, self._writable_waiters = self._writable_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        _settle(self._writable_waiters)
         if self._state is TransportState.SHUTTING_DOWN:
             self._writer_on_off(False)
             self._shutdown_step()
@@ -581,10 +594,7 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
         self._update_writer()
         self._maybe_resume_protocol()
         if not self._write_buffer:
-            for waiter in self._empty_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._empty_waiters.clear()
+            _settle(self._empty_waiters)
             if self._state is TransportState.FLUSHING:
                 self._start_shutdown()
 
@@ -646,11 +656,8 @@ class KTLSTransport(asyncio.transports._FlowControlMixin):
             self._edge.close()
             self._edge = None
         self._write_buffer.clear()
-        for waiter in self._empty_waiters + self._writable_waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("Connection is closed"))
-        self._empty_waiters.clear()
-        self._writable_waiters.clear()
+        _settle(self._empty_waiters, ConnectionError("Connection is closed"))
+        _settle(self._writable_waiters, ConnectionError("Connection is closed"))
         self._remember_status()
         self._tls.close()
         self._loop.call_soon(self._connection_lost, exc)
