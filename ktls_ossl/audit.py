@@ -24,6 +24,7 @@ system call under User-Mode Linux, on every handshake.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import deque
 from collections.abc import Iterator
 
@@ -39,6 +40,9 @@ def omitted_marker(count: int) -> Event:
     return (MARKER_SOURCE, f"{count} events omitted")
 
 
+_TAIL_CREATION = threading.Lock()
+
+
 class AuditTrail:
     """The first ``head`` and the last ``tail`` events appended, and how many there were in all.
 
@@ -47,7 +51,7 @@ class AuditTrail:
     the number of items iteration yields.
     """
 
-    __slots__ = ("_appended", "_head", "_head_limit", "_tail")
+    __slots__ = ("_appended", "_head", "_head_limit", "_tail", "_tail_limit")
 
     def __init__(self, head: int = HEAD, tail: int = TAIL) -> None:
         if head < 0 or tail < 1:
@@ -55,7 +59,10 @@ class AuditTrail:
         self._head: list[Event] = []
         self._head_limit = head
         # The tail must be at least 1: the last event appended is always kept.
-        self._tail: deque[Event] = deque(maxlen=tail)
+        # Made when the head is full: most connections never need it, and an empty deque takes
+        # most of a kilobyte.
+        self._tail: deque[Event] | None = None
+        self._tail_limit = tail
         self._appended = itertools.count()  # next(): the number of the event being appended
 
     @property
@@ -64,16 +71,20 @@ class AuditTrail:
 
     @property
     def tail_limit(self) -> int:
-        maxlen = self._tail.maxlen
-        assert maxlen is not None
-        return maxlen
+        return self._tail_limit
 
     def append(self, event: Event) -> None:
         """Keep ``event`` (it may push the oldest event of the tail out)."""
         if next(self._appended) < self._head_limit:
             self._head.append(event)
-        else:
-            self._tail.append(event)
+            return
+        tail = self._tail
+        if tail is None:
+            with _TAIL_CREATION:  # threads that overflow the head at once make one tail
+                if self._tail is None:
+                    self._tail = deque(maxlen=self._tail_limit)
+                tail = self._tail
+        tail.append(event)
 
     @property
     def total(self) -> int:
@@ -85,7 +96,7 @@ class AuditTrail:
     @property
     def omitted(self) -> int:
         """Events appended but no longer kept (0 until more than head + tail were appended)."""
-        return self._omitted(self.total, len(self._head), len(self._tail))
+        return self._omitted(self.total, len(self._head), len(self._tail or ()))
 
     @staticmethod
     def _omitted(total: int, head: int, tail: int) -> int:
@@ -97,7 +108,7 @@ class AuditTrail:
         """What iteration yields, as one list."""
         total = self.total
         events = list(self._head)
-        tail = list(self._tail)
+        tail = list(self._tail or ())
         omitted = self._omitted(total, len(events), len(tail))
         if omitted:
             events.append(omitted_marker(omitted))
@@ -108,9 +119,9 @@ class AuditTrail:
         return iter(self.snapshot())
 
     def __len__(self) -> int:
-        head, tail = len(self._head), len(self._tail)
+        head, tail = len(self._head), len(self._tail or ())
         return head + tail + (1 if self._omitted(self.total, head, tail) else 0)
 
     def __repr__(self) -> str:
-        return (f"<AuditTrail total={self.total} kept={len(self._head) + len(self._tail)} "
+        return (f"<AuditTrail total={self.total} kept={len(self._head) + len(self._tail or ())} "
                 f"head<={self._head_limit} tail<={self.tail_limit}>")

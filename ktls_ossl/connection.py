@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors, kernel, keys
 from .handshake import WANT_READ, Policy
-from .lifetime import ConnectionLifetime, LifeState
+from .lifetime import ConnectionLifetime, LifeState, guard
 from .session import SessionState
 
 if TYPE_CHECKING:
@@ -89,21 +89,13 @@ def _timed_out(operation: str) -> TimeoutError:
     return TimeoutError(f"The {operation} operation timed out")
 
 
-def _guarded(method):
-    """Run ``method`` as a user of the connection's fd and OpenSSL object (ktls_ossl/lifetime.py)."""
-    @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
-        life = self._life
-        life.enter()
-        try:
-            return method(self, *args, **kwargs)
-        except (ssl.SSLError, ConnectionError) as exc:
-            if not isinstance(exc, _NOT_FAILURES):
-                life.ended_in_error = True  # close() lingers (ConnectionLifetime.linger)
-            raise
-        finally:
-            life.leave()
-    return guarded
+def _note_failure(connection: "RecordConnection", exc: BaseException) -> None:
+    if isinstance(exc, (ssl.SSLError, ConnectionError)) and not isinstance(exc, _NOT_FAILURES):
+        connection._life.ended_in_error = True  # close() lingers (ConnectionLifetime.linger)
+
+
+# A method run as a user of the connection's fd and OpenSSL object (ktls_ossl/lifetime.py).
+_guarded = functools.partial(guard, on_error=_note_failure)
 
 
 def _reports(info_method: str, name: str | None = None):
@@ -131,6 +123,11 @@ class ConnectionState(enum.Enum):
     FAILED = "a fatal error ended the connection: every later call raises an error"
 
 
+# The stages in which data calls go straight to the record layer: the handshake is done. (Tested
+# by identity: an enum member's hash is a Python call.)
+_KERNEL, _OPENSSL, _CLOSING = ConnectionState.KERNEL, ConnectionState.OPENSSL, ConnectionState.CLOSING
+
+
 class _Waiter:
     """The waits of one call: until the fd is ready as OpenSSL or the kernel asked, within the
     socket's timeout (counted from the call's first wait), without spinning.
@@ -143,18 +140,13 @@ class _Waiter:
     that the socket was not closed meanwhile.
     """
 
-    __slots__ = ("_connection", "_operation", "_deadline", "_poller", "_polled_for", "_epoll", "_woke_for_read")
-
-    _UNSET = object()
+    __slots__ = ("_connection", "_operation", "_state")
 
     def __init__(self, connection: "RecordConnection", operation: str):
+        # Made for every read and write, used by few: the state of the waits comes with the first.
         self._connection = connection
         self._operation = operation
-        self._deadline = _Waiter._UNSET
-        self._poller = None
-        self._polled_for = 0
-        self._epoll = None
-        self._woke_for_read = False
+        self._state: _WaitState | None = None
 
     def __enter__(self) -> "_Waiter":
         return self
@@ -165,47 +157,62 @@ class _Waiter:
         return self._connection.owner.gettimeout() == 0.0
 
     def __exit__(self, *exc_info) -> None:
-        if self._epoll is not None:
-            self._epoll.close()
+        if self._state is not None and self._state.epoll is not None:
+            self._state.epoll.close()
 
     def wait(self, want: int, operation: str | None = None) -> None:
         """Returns when the fd may be ready (the caller retries). ``operation`` overrides the
         call's name in TimeoutError's message for this wait."""
         connection = self._connection
-        if self._deadline is _Waiter._UNSET:
+        state = self._state
+        if state is None:
             timeout = connection.owner.gettimeout()
             if timeout == 0.0:
                 raise errors.want_read_error() if want == WANT_READ else errors.want_write_error()
-            self._deadline = None if timeout is None else time.monotonic() + timeout
-        if want == WANT_READ and self._woke_for_read and self._epoll is None:
+            state = self._state = _WaitState(None if timeout is None else time.monotonic() + timeout)
+        if want == WANT_READ and state.woke_for_read and state.epoll is None:
             # Woken, and yet nothing to read: from now on wait for new arrivals only. Registering
             # absorbs the current readiness, which may include a real arrival: retry once first.
-            self._epoll = select.epoll(1)
-            self._epoll.register(connection._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
-            self._epoll.poll(0)
-            self._woke_for_read = False
+            state.epoll = select.epoll(1)
+            state.epoll.register(connection._fd, select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP)
+            state.epoll.poll(0)
+            state.woke_for_read = False
             connection._check_open()
             return
         events = select.POLLIN if want == WANT_READ else select.POLLOUT
         while True:
-            if self._deadline is None:
+            if state.deadline is None:
                 remaining = None
             else:
-                remaining = self._deadline - time.monotonic()
+                remaining = state.deadline - time.monotonic()
                 if remaining <= 0:
                     raise _timed_out(operation or self._operation)
-            if want == WANT_READ and self._epoll is not None:
-                woke = bool(self._epoll.poll(-1 if remaining is None else max(remaining, 0.001)))
+            if want == WANT_READ and state.epoll is not None:
+                woke = bool(state.epoll.poll(-1 if remaining is None else max(remaining, 0.001)))
             else:
-                if self._polled_for != events:
-                    self._poller = select.poll()
-                    self._poller.register(connection._fd, events)
-                    self._polled_for = events
-                woke = bool(self._poller.poll(None if remaining is None else max(1, int(remaining * 1000))))
+                if state.polled_for != events:
+                    state.poller = select.poll()
+                    state.poller.register(connection._fd, events)
+                    state.polled_for = events
+                woke = bool(state.poller.poll(None if remaining is None else max(1, int(remaining * 1000))))
             if woke:
-                self._woke_for_read = want == WANT_READ
+                state.woke_for_read = want == WANT_READ
                 connection._check_open()
                 return
+
+
+class _WaitState:
+    """The waits of one call so far: its deadline (None: no timeout), the poll object and what it
+    polls for, the edge-triggered epoll once a wake-up found nothing to read."""
+
+    __slots__ = ("deadline", "poller", "polled_for", "epoll", "woke_for_read")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.poller = None
+        self.polled_for = 0
+        self.epoll = None
+        self.woke_for_read = False
 
 
 class BeforeHandshake:
@@ -215,6 +222,7 @@ class BeforeHandshake:
     tickets_received = key_updates = 0
     key_limit_reached = False
     pending = 0
+    failure = None
 
     def raise_if_failed(self) -> None:
         pass
@@ -261,6 +269,9 @@ class RecordConnection:
     def _negotiated_version(self) -> int:
         """The protocol version number (TLS_1_2_VERSION, TLS_1_3_VERSION, ...)."""
         raise NotImplementedError
+
+    # Whether _raise_deferred has anything to do: the data calls call it only then.
+    _defers_errors = False
 
     def _raise_deferred(self) -> None:
         """After a call that succeeded: an error a callback raised during it, where the front
@@ -326,11 +337,12 @@ class RecordConnection:
         """The kernel sends for this connection (its session holds the TX keys)."""
         return self._session is not None and self._session.tx_in_kernel
 
-    def _ensure_handshake(self) -> None:
+    def _check_usable(self) -> None:
+        """Before a call on the record layer: the handshake runs first where it has not, and what
+        failed the connection is raised again. (The data calls test the stage and the layer's
+        ``failure`` first, and call this only where they do not pass.)"""
         if self._stage is ConnectionState.HANDSHAKING or self._stage is ConnectionState.FAILED:
             self.do_handshake()
-
-    def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise self._failure
         self._rx.raise_if_failed()
@@ -367,7 +379,7 @@ class RecordConnection:
                 raise ValueError("size should not be negative")
             target = bytearray(len)
             count = self._read_into(memoryview(target), len)
-            return bytes(target[:count])
+            return bytes(memoryview(target)[:count])
         view = memoryview(buffer).cast("B")
         if len <= 0 or len > view.nbytes:
             len = view.nbytes
@@ -376,14 +388,18 @@ class RecordConnection:
     def _read_into(self, view, nbytes: int) -> int:
         if nbytes == 0:
             return 0
-        self._ensure_handshake()
-        self._raise_if_failed()
+        rx = self._rx
+        stage = self._stage
+        if (stage is not _OPENSSL and stage is not _KERNEL and stage is not _CLOSING) or rx.failure is not None:
+            self._check_usable()
+            rx = self._rx
         with _Waiter(self, "read") as waiter:
-            count = self._rx.read_into(view, nbytes, waiter)
-        if count and not self._delivered_any:
+            count = rx.read_into(view, nbytes, waiter)
+        if not self._delivered_any and count:
             self._delivered_any = True
             self._event(f"first application data delivered ({count} bytes)")
-        self._raise_deferred()
+        if self._defers_errors:
+            self._raise_deferred()
         return count
 
     # --- key updates, records ----------------------------------------------------------------------
@@ -391,8 +407,7 @@ class RecordConnection:
     @_guarded
     def key_update(self, request_peer: bool = False) -> None:
         """Send a TLS 1.3 KeyUpdate and move our sending direction to the next key."""
-        self._ensure_handshake()
-        self._raise_if_failed()
+        self._check_usable()
         with self._lock:
             if self._negotiated_version() != keys.TLS_1_3_VERSION:
                 raise ValueError("KeyUpdate exists in TLS 1.3 only")
@@ -405,8 +420,7 @@ class RecordConnection:
         before it is returned, so the connection stays consistent, and application data behind an
         unfinished post-handshake message is refused as recv() refuses it. A record that fails the
         connection (a fatal alert, a protocol violation) raises instead."""
-        self._ensure_handshake()
-        self._raise_if_failed()
+        self._check_usable()
         with _Waiter(self, "read") as waiter:
             return self._rx.recv_record(bufsize, waiter)
 
@@ -414,18 +428,21 @@ class RecordConnection:
 
     @_guarded
     def write(self, data) -> int:
-        self._ensure_handshake()
-        self._raise_if_failed()
+        tx = self._tx
+        stage = self._stage
+        if (stage is not _OPENSSL and stage is not _KERNEL and stage is not _CLOSING) or self._rx.failure is not None:
+            self._check_usable()
+            tx = self._tx
         with _Waiter(self, "write") as waiter:
-            count = self._tx.write(data, waiter)
-        self._raise_deferred()
+            count = tx.write(data, waiter)
+        if self._defers_errors:
+            self._raise_deferred()
         return count
 
     @_guarded
     def sendfile(self, file, offset: int, count):
         """Bytes sent through the kernel path, or None when this connection cannot sendfile."""
-        self._ensure_handshake()
-        self._raise_if_failed()
+        self._check_usable()
         try:
             fileno = file.fileno()
         except (AttributeError, OSError):  # not a real file (io.UnsupportedOperation is an OSError)
@@ -440,8 +457,7 @@ class RecordConnection:
         """One step of a sendfile that an event loop drives (it waits for writability itself):
         bytes the kernel took from the file (0 at its end), SSLWantWriteError when the socket is
         full, None where this connection cannot sendfile (its caller writes the bytes instead)."""
-        self._ensure_handshake()
-        self._raise_if_failed()
+        self._check_usable()
         send_chunk = self._tx.prepare_sendfile()
         if send_chunk is None:
             return None

@@ -25,6 +25,8 @@ from .audit import AuditTrail
 from ._ossl import ffi, lib
 from .keys import TLS_1_2_VERSION, TLS_1_3_VERSION, Direction, KernelCipher, TrafficKeys
 
+_BYTES = ffi.typeof("char[]")  # the view of a buffer that a data call passes to OpenSSL
+
 if TYPE_CHECKING:
     from .context import SSLContext  # context imports this module: a run-time import would be circular
 
@@ -350,6 +352,7 @@ class Handshake:
         # What the context's _msg_callback (CPython's debug hook) raised last: raised, as CPython
         # does, once the handshake, read or write during which it was called has ended.
         self.application_error: BaseException | None = None
+        self._io = ffi.new("struct ktls_io_result *")  # what each read or write left (one allocation)
         if hooks.message is not None:
             self._state.forward_to_application = 1
 
@@ -554,24 +557,33 @@ class Handshake:
 
     def read_into(self, buffer, nbytes: int) -> int:
         """SSL_read_ex into ``buffer``: the byte count, or -WANT_READ/-WANT_WRITE; raises on error."""
-        lib.ERR_clear_error()
-        count = ffi.new("size_t *")
+        io = self._io
+        target = ffi.from_buffer(_BYTES, buffer, True)  # positional: keywords cost more than the call
+        if lib.ktls_ssl_read(self.ssl, target, min(nbytes, len(target)), io):
+            return io.count
         # Released before anything is raised: a kept exception must not pin the caller's buffer.
-        with ffi.from_buffer(buffer, require_writable=True) as target:
-            ok = lib.SSL_read_ex(self.ssl, target, min(nbytes, len(target)), count)
-        if ok == 1:
-            return count[0]
-        return -self.wants_or_raise(0)
+        ffi.release(target)
+        return -self._wants_or_raise(io)
 
     def write(self, data) -> int:
         """SSL_write_ex of ``data``: bytes written, or -WANT_READ/-WANT_WRITE; raises on error."""
-        lib.ERR_clear_error()
-        count = ffi.new("size_t *")
-        with ffi.from_buffer(data) as source:  # released before anything is raised
-            ok = lib.SSL_write_ex(self.ssl, source, len(source), count)
-        if ok == 1:
-            return count[0]
-        return -self.wants_or_raise(0)
+        io = self._io
+        if type(data) is bytes:  # cffi passes bytes as they are; other buffers need a view
+            ok = lib.ktls_ssl_write(self.ssl, data, len(data), io)
+        else:
+            source = ffi.from_buffer(_BYTES, data)
+            ok = lib.ktls_ssl_write(self.ssl, source, len(source), io)
+            ffi.release(source)  # before anything is raised (see read_into)
+        if ok:
+            return io.count
+        return -self._wants_or_raise(io)
+
+    def _wants_or_raise(self, io) -> int:
+        """After a data call that failed: WANT_READ/WANT_WRITE, or the exception CPython raises."""
+        code = io.code
+        if code == WANT_READ or code == WANT_WRITE:
+            return code
+        raise self.error_for(code, 0, io.saved_errno)
 
     def sendfile(self, fd: int, offset: int, size: int) -> int:
         """SSL_sendfile (OpenSSL's own kTLS TX): bytes sent, or -WANT_*; raises on error."""

@@ -14,7 +14,9 @@ blocked user, and the last user to leave frees the SSL object and closes the fd 
 ``check_open()`` after each wait, so a closed socket ends every call in progress with that OSError.
 
 Entering and leaving take no lock (list.append and list.pop are atomic, and a lock costs a system
-call per call under User-Mode Linux); the rare paths, release and free, take one.
+call per call under User-Mode Linux); the rare paths, release and free, take one. They are also
+cheap enough to run around every send and receive: ``guard(method)`` makes a method a user with
+the two steps written into its wrapper, not called.
 
 A connection that failed closes so that the peer still receives what we sent (``linger``).
 """
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import os
 import select
 import socket as _socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import kernel
 
-__all__ = ["LINGER_AFTER_FAILURE", "ConnectionLifetime", "LifeState", "closed_error"]
+__all__ = ["LINGER_AFTER_FAILURE", "ConnectionLifetime", "LifeState", "closed_error", "guard"]
 
 # The longest close() waits, after a failure, for the peer to acknowledge what we sent (linger).
 LINGER_AFTER_FAILURE = 2.0
@@ -52,6 +56,30 @@ def closed_error() -> OSError:
     return OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: the socket was closed")
 
 
+def guard(method, *, on_error: Callable[[Any, BaseException], None] | None = None):
+    """``method(owner, ...)`` as a user of ``owner._life`` (a ConnectionLifetime): enter() and
+    leave() around it, written out here because every send and receive runs through this wrapper.
+    ``on_error(owner, exc)`` sees what the method raised before it propagates."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        life = self._life
+        inside = life.inside
+        inside.append(None)  # enter()
+        try:
+            if life.state is not _OPEN:
+                raise closed_error()
+            return method(self, *args, **kwargs)
+        except BaseException as exc:
+            if on_error is not None:
+                on_error(self, exc)
+            raise
+        finally:
+            inside.pop()  # leave()
+            if life.state is not _OPEN and not inside:
+                life._free()
+    return guarded
+
+
 class ConnectionLifetime:
     """The users of one connection's fd and OpenSSL object, and their end (see the module doc).
 
@@ -62,7 +90,7 @@ class ConnectionLifetime:
         self._fd = fd
         self._free_engine = free
         self._event = event
-        self._inside: list = []  # one item per call inside
+        self.inside: list = []  # one item per call inside
         self.state = LifeState.OPEN
         self._close_fd: Callable[[], None] | None = None
         self._linger_limit = 0.0
@@ -74,14 +102,14 @@ class ConnectionLifetime:
     def enter(self) -> None:
         # In first, then look: a release() that did not see this call has already moved the
         # state on, and this call leaves again without touching anything.
-        self._inside.append(None)
+        self.inside.append(None)
         if self.state is not _OPEN:
             self.leave()
             raise closed_error()
 
     def leave(self) -> None:
-        self._inside.pop()
-        if self.state is not _OPEN and not self._inside:
+        self.inside.pop()
+        if self.state is not _OPEN and not self.inside:
             self._free()
 
     def check_open(self) -> None:
@@ -100,7 +128,7 @@ class ConnectionLifetime:
             self._close_fd = close_fd  # before the state: whoever sees CLOSING sees it too
         if self.state is LifeState.OPEN:
             self.state = LifeState.CLOSING
-        if not self._inside:
+        if not self.inside:
             self._free()
         elif close_fd is not None:
             kernel.shutdown(self._fd, _socket.SHUT_RDWR)  # ends the waits of the calls inside
@@ -120,7 +148,7 @@ class ConnectionLifetime:
                 close_fd()
             except OSError:
                 pass  # a socket's close() has nothing to report here that anyone could act on
-        if not self._inside:
+        if not self.inside:
             self.state = LifeState.CLOSED
 
     def linger(self) -> None:

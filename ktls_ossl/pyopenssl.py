@@ -302,8 +302,7 @@ class PyOpenSSLRecordConnection(RecordConnection):
     def close_notify(self) -> bool:
         """pyOpenSSL's shutdown(): our close_notify once; True when the peer's came too. A second
         call waits for the peer's."""
-        self._ensure_handshake()
-        self._raise_if_failed()
+        self._check_usable()
         if self._stage in (ConnectionState.KERNEL, ConnectionState.OPENSSL):
             self._stage = ConnectionState.CLOSING
         layer = self._rx

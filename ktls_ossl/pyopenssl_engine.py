@@ -202,6 +202,7 @@ class PyOpenSSLRecordLayer:
     tickets_received = 0
     key_updates = 0
     key_limit_reached = False
+    failure = None  # pyOpenSSL fails its own later calls
 
     def __init__(self, connection: SSL.Connection, view: NoWaitSocket | None, *, rx_reason: str | None,
                  check_open: Callable[[], None], waiter_for: Callable[[str], Any]) -> None:

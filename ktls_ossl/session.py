@@ -183,6 +183,20 @@ def hand_over(fd: int, engine: PostHandshakeEngine, *, event: Callable[[str], No
     return session
 
 
+_per_thread = threading.local()
+
+
+def _scratch_buffer() -> bytearray:
+    """A record-sized buffer for the reads that cannot go straight into the caller's (a short
+    read, a control record, a peek), one per thread. Its bytes are copied out before the call
+    returns or runs a callback, so every session of the thread can use it, and an idle connection
+    holds none (each held 16 KiB before)."""
+    buffer = getattr(_per_thread, "scratch", None)
+    if buffer is None:
+        buffer = _per_thread.scratch = bytearray(MAX_RECORD)
+    return buffer
+
+
 class KernelSession:
     """One connection's record layer in the kernel (see the module doc).
 
@@ -213,7 +227,6 @@ class KernelSession:
         self._connection_error: ConnectionError | None = None  # a reset that a peek took
         self._control = ControlState(handoff.version, server_side, post_handshake_auth=post_handshake_auth)
         self._leftover = b""
-        self._scratch: bytearray | None = None
         self.sent_close = False
         # TLS 1.3 on a kernel that rekeys (KeyUpdates move the kernel's keys); the kernel may then
         # park a decrypted KeyUpdate behind data.
@@ -277,12 +290,10 @@ class KernelSession:
                 return 0
             # Straight into the caller's buffer only where a data record would be delivered:
             # data that is about to be refused must not reach application memory.
-            if nbytes >= MAX_RECORD and control.data_refused(self._control) is None:
-                target = view[:nbytes]
-            else:
-                target = self._scratch_buffer()
+            direct = nbytes >= MAX_RECORD and control.data_refused(self._control) is None
+            target = view[:nbytes] if direct else _scratch_buffer()
             record = self._receive(target, waiter)
-            count = self._take_record(record, target, view, nbytes)
+            count = self._take_record(record, target, direct, view, nbytes)
             if count is None:
                 continue
             if self._records_may_park and waiter.nonblocking:
@@ -357,14 +368,10 @@ class KernelSession:
         failure.tcp_errno = exc.errno  # what TCP said, for a front whose library reports the errno itself
         raise failure from None
 
-    def _scratch_buffer(self) -> bytearray:
-        if self._scratch is None:  # only sessions that do short reads pay for it
-            self._scratch = bytearray(MAX_RECORD)
-        return self._scratch
-
-    def _take_record(self, record, target, view, nbytes: int) -> int | None:
-        """What one received record means for a read: the byte count delivered into ``view``,
-        or None where the read goes on (a control record was handled, an empty record)."""
+    def _take_record(self, record, target, direct: bool, view, nbytes: int) -> int | None:
+        """What one received record means for a read: the byte count delivered into ``view``
+        (``direct``: ``target`` is the caller's view, else the scratch buffer), or None where the
+        read goes on (a control record was handled, an empty record)."""
         content_type = record.content_type
         if content_type == ContentType.APPLICATION_DATA:
             if record.length == 0:
@@ -376,7 +383,7 @@ class KernelSession:
             if refused:
                 self._fail(refused)
             self._control.saw_application_data()
-            if target is not self._scratch:
+            if direct:
                 return record.length
             count = min(nbytes, record.length)
             view[:count] = target[:count]
@@ -399,7 +406,7 @@ class KernelSession:
         reports nothing readable while it holds one. (A blocking read takes them at its next
         call.) A 1-byte peek tells what comes next; data stays in the kernel. A failure is kept
         for the next call: the data just read is the caller's."""
-        scratch = self._scratch_buffer()
+        scratch = _scratch_buffer()
         while self.state is SessionState.OPEN:
             try:
                 peeked = kernel.recv_record_into(self.fd, memoryview(scratch)[:1],
@@ -600,7 +607,7 @@ class KernelSession:
         """Send close_notify (once) and read until the peer's; data still arriving is discarded,
         as OpenSSL does."""
         self.send_close_notify()
-        scratch = self._scratch_buffer()
+        scratch = _scratch_buffer()
         while not self.peer_closed:
             record = self._receive(scratch, waiter)
             if record.content_type == 0 and record.length == 0:

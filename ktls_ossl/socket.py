@@ -50,6 +50,8 @@ class Connection(RecordConnection):
                          events=self._handshake.events, record_event=self._handshake.record_event,
                          free=self._handshake.release)
         self._info = TLSInfo(self._handshake)
+        # CPython's _msg_callback: what it raises is raised once the call it ran in ends.
+        self._defers_errors = self._handshake.hooks.message is not None
         # Policy.AFTER_CCS: what OpenSSL's own kTLS put in the kernel, and whether it can still send.
         self._offload = OpenSSLOffloadWatch(self._handshake, self._event) if policy is Policy.AFTER_CCS else None
         observe = weakref.WeakMethod(self._observe_handshake)
@@ -260,41 +262,41 @@ class KTLSSocket(ssl.SSLSocket):
     def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
-        return super().send(data, flags)
+        return ssl.SSLSocket.send(self, data, flags)
 
     def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
-        return super().sendall(data, flags)
+        return ssl.SSLSocket.sendall(self, data, flags)
 
     def sendto(self, data: ReadableBuffer, flags_or_addr: int | _Address,
                addr: _Address | None = None) -> int:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
         if addr is None:
-            return super().sendto(data, flags_or_addr)
-        return super().sendto(data, flags_or_addr, addr)
+            return ssl.SSLSocket.sendto(self, data, flags_or_addr)
+        return ssl.SSLSocket.sendto(self, data, flags_or_addr, addr)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
-        return super().recv(buflen, flags)
+        return ssl.SSLSocket.recv(self, buflen, flags)
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
-        return super().recv_into(buffer, nbytes, flags)
+        return ssl.SSLSocket.recv_into(self, buffer, nbytes, flags)
 
     def recvfrom(self, buflen: int = 1024, flags: int = 0) -> tuple[bytes, _RetAddress]:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
-        return super().recvfrom(buflen, flags)
+        return ssl.SSLSocket.recvfrom(self, buflen, flags)
 
     def recvfrom_into(self, buffer: WriteableBuffer, nbytes: int | None = None,
                       flags: int = 0) -> tuple[int, _RetAddress]:
         if self._sslobj is None:
             self._refuse_plaintext_under_kernel_keys()
-        return super().recvfrom_into(buffer, nbytes, flags)
+        return ssl.SSLSocket.recvfrom_into(self, buffer, nbytes, flags)
 
     def shutdown(self, how: int) -> None:
         """As CPython's: TLS ends for this object without close_notify, and the TCP connection is

@@ -31,6 +31,7 @@ class OpenSSLRecordLayer:
     does not carry reception."""
 
     tickets_received = 0  # OpenSSL takes tickets itself here: the session counts what it relays
+    failure = None  # OpenSSL fails its own later calls
     key_updates = 0
     key_limit_reached = False
 

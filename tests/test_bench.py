@@ -10,9 +10,15 @@ bytes the file clients compared, where each end's record layer ran (on a kernel 
 ktls_ossl.asyncio is the user-space fallback, labelled so, and aiofastnet is skipped with the
 reason), and its ratios against aio-stock / aio-aiofastnet. Two trials run in this process check
 that the file client's comparison catches a corrupted byte.
+
+The burst workload (ThreadingHTTPServer, listen backlog 5, a burst of http.client clients) runs in
+the quick run too; trials run in this process check that every client of a small burst gets the
+body the test itself knows (SHA-256 computed here), that a server sending another body is counted
+as failed clients, and that a server that dies fails the run instead of being counted.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -33,7 +39,7 @@ HAVE_AIOFASTNET = importlib.util.find_spec("aiofastnet") is not None
 ASYNCIO_CONTENDERS = [c.name for c in bench.CONTENDERS if c.loop]
 # The figure each workload exists for: it must be a positive number.
 PRIMARY = {"bulk": "throughput_mib_s", "file": "throughput_mib_s", "handshake": "handshakes_per_s",
-           "latency": "p50_us", "memory": "server_rss_kib", "aio-file": "throughput_mib_s",
+           "latency": "p50_us", "memory": "server_rss_kib", "burst": "clients_ok", "aio-file": "throughput_mib_s",
            "aio-echo": "p50_us", "aio-handshake": "handshakes_per_s"}
 
 
@@ -87,7 +93,7 @@ def test_every_workload_and_contender_is_present(quick_run):
                                                       if c.name in ran and workload in c.workloads}, workload
         assert not [row for row in rows if row.get("error")], [row.get("error") for row in rows]
         assert bench.WORKLOAD_TITLES[workload] in markdown
-    for workload in ("bulk", "file", "latency", "memory", "aio-file", "aio-echo"):
+    for workload in ("bulk", "file", "latency", "memory", "burst", "aio-file", "aio-echo"):
         data_contenders = [c.name for c in bench.CONTENDERS if c.name in ran and workload in c.workloads]
         versions = {(row["contender"], row["variant"]["data_tls"]) for row in rows_of(document, workload)}
         assert versions == {(c, v) for c in data_contenders for v in ("1.2", "1.3")}, workload
@@ -376,3 +382,156 @@ def test_aio_file_client_detects_a_corrupted_byte(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "_aio_send_file", corrupting_send)  # the children are forked after this
     with pytest.raises(bench.BenchError, match="differ from the file"):
         bench.run_trial("aio-file", bench.BY_NAME["aio-stock"], _aio_file_params(tmp_path, size), pki, 60)
+
+
+# --- the burst workload ----------------------------------------------------------------------------
+
+
+def _burst_params(clients, body, expected=None):
+    """The server sends ``body``; the clients check length and SHA-256 against ``expected`` (the
+    same body unless given), both computed here, independently of the bench."""
+    expected = body if expected is None else expected
+    return {"data_tls": "1.3", "io_timeout": 30.0, "burst_clients": clients, "burst_body": body,
+            "burst_body_length": len(expected), "burst_body_sha256": hashlib.sha256(expected).hexdigest()}
+
+
+@pytest.mark.parametrize("name", ["ktls-after-finished", "cpython-ssl"])
+def test_burst_trial_serves_every_client(tmp_path, name):
+    """20 clients at once against the backlog-5 server: each got the body, which the server sent
+    exactly 20 times; the record layer ran where the kernel allows (AFTER_FINISHED: both ways in
+    the kernel where it has TLS)."""
+    pki = bench.make_pki(str(tmp_path))
+    body = os.urandom(1024)
+    results = bench.run_trial("burst", bench.BY_NAME[name], _burst_params(20, body), pki, 120)
+    client, server = results["client"], results["server"]
+    assert client["counts"] == {"ok": 20, "reset": 0, "refused": 0, "timeout": 0, "bad_body": 0, "other": 0}
+    assert not client["errors"] and len(client["durations"]) == 20
+    assert server["served"] == 20 and server["backlog"] == 5
+    assert not server["handler_errors"]
+    metrics = bench.run_metrics("burst", results)
+    assert metrics["clients_ok"] == 20 and metrics["failed"] == 0
+    assert metrics["wall_s"] > 0 and metrics["server_rss_growth_mib"] >= 0
+    kernel_tls = bench.kernel.probe().ulp_available
+    for end in ("server", "client"):
+        layer = results[end]["record_layer"]
+        assert layer["version"] == "TLSv1.3", end
+        expected = kernel_tls and name == "ktls-after-finished"
+        assert (layer["tx_kernel"], layer["rx_kernel"]) == (expected, expected), (end, layer)
+
+
+def _wrong_after_first(handler, body):
+    """The server's answer, with one byte of the body flipped after the first (warm-up) request."""
+    _wrong_after_first.count += 1
+    if _wrong_after_first.count > 1:
+        body = bytes([body[0] ^ 0x01]) + body[1:]
+    ORIGINAL_RESPOND(handler, body)
+
+
+_wrong_after_first.count = 0
+ORIGINAL_RESPOND = bench._burst_respond
+
+
+def test_burst_clients_count_a_wrong_body(tmp_path, monkeypatch):
+    """A server that sends a corrupted body to every burst client: none is counted as served
+    well, each as a failed client (bad_body), and the failure shows in the metrics."""
+    pki = bench.make_pki(str(tmp_path))
+    monkeypatch.setattr(bench, "_burst_respond", _wrong_after_first)  # the children are forked after this
+    results = bench.run_trial("burst", bench.BY_NAME["cpython-ssl"], _burst_params(4, os.urandom(1024)), pki, 120)
+    assert results["client"]["counts"]["ok"] == 0
+    assert results["client"]["counts"]["bad_body"] == 4
+    assert results["client"]["errors"] == {"BodyMismatch": 4}
+    assert results["server"]["served"] == 4  # sent, but not what the clients expect
+    metrics = bench.run_metrics("burst", results)
+    assert metrics["failed"] == 4 and metrics["bad_bodies"] == 4
+
+
+def test_burst_fails_the_run_when_the_body_is_wrong_from_the_start(tmp_path):
+    """The clients expect another body than the server sends: the warm-up request already fails,
+    and with it the run."""
+    pki = bench.make_pki(str(tmp_path))
+    body = os.urandom(1024)
+    params = _burst_params(4, body, expected=body[:-1] + bytes([body[-1] ^ 0x80]))
+    with pytest.raises(bench.BenchError, match="BodyMismatch"):
+        bench.run_trial("burst", bench.BY_NAME["cpython-ssl"], params, pki, 120)
+
+
+def _die_after_first(handler, body):
+    _die_after_first.count += 1
+    if _die_after_first.count > 1:
+        os._exit(3)
+    ORIGINAL_RESPOND(handler, body)
+
+
+_die_after_first.count = 0
+
+
+def test_burst_fails_the_run_when_the_server_dies(tmp_path, monkeypatch):
+    """A server process that dies in the middle of the burst fails the run (it is no count of
+    failed connections)."""
+    pki = bench.make_pki(str(tmp_path))
+    monkeypatch.setattr(bench, "_burst_respond", _die_after_first)
+    with pytest.raises(bench.BenchError, match="server process died"):
+        bench.run_trial("burst", bench.BY_NAME["ktls-after-finished"], _burst_params(8, os.urandom(1024)), pki, 120)
+
+
+def test_burst_accounts_are_checked():
+    """check_burst refuses a client that counted more good responses than the server sent, and
+    outcomes that do not add up to the clients."""
+    server = {"served": 3}
+    counts = {"ok": 4, "reset": 0, "refused": 0, "timeout": 0, "bad_body": 0, "other": 0}
+    with pytest.raises(bench.BenchError, match="the server sent 3"):
+        bench.check_burst({"server": server, "client": {"clients": 4, "counts": counts}})
+    with pytest.raises(bench.BenchError, match="outcomes for 5 clients"):
+        bench.check_burst({"server": {"served": 4}, "client": {"clients": 5, "counts": counts}})
+    bench.check_burst({"server": {"served": 4}, "client": {"clients": 4, "counts": counts}})
+
+
+def _burst_document(failed, growth, kernel=True):
+    layer = {"tx_kernel": kernel, "rx_kernel": kernel}
+    rows = [{"contender": name, "variant": {"data_tls": "1.3"}, "variant_label": "TLS 1.3",
+             "record_layer": {"server": layer, "client": layer},
+             "metrics": {"failed": {"median": failed[index]}, "server_rss_growth_mib": {"median": growth[index]},
+                         "clients_ok": {"median": 10 - failed[index]}}}
+            for index, name in enumerate(("ktls-after-finished", "cpython-ssl", "ktls-after-ccs"))]
+    document = {"machine": {"uml": True}, "workloads": {"burst": {"rows": rows}}}
+    bench.add_ratios(document, "burst")
+    return document
+
+
+def test_burst_targets_compare_failure_counts():
+    """The failed-connection target compares counts (CPython's is often 0, where no ratio exists);
+    the memory target is the ratio; both n/a where AFTER_FINISHED ran in user space."""
+    def burst_targets(document):
+        return {t["target"]: t for t in bench.evaluate_targets(document) if t["target"].startswith("burst")}
+
+    targets = burst_targets(_burst_document([2, 0, 0], [1.5, 1.0, 1.0]))
+    failed = targets["burst TLS 1.3: failed connections with backlog 5 vs CPython ssl"]
+    assert failed["met"] is False and failed["value_text"] == "2 vs 0"
+    growth = targets["burst TLS 1.3: server RSS growth vs CPython ssl"]
+    assert growth["met"] is False and growth["value"] == pytest.approx(1.5)
+    targets = burst_targets(_burst_document([0, 0, 0], [0.5, 1.0, 1.0]))
+    assert all(t["met"] is True for t in targets.values())
+    assert bench.target_value_text(targets["burst TLS 1.3: failed connections with backlog 5 vs CPython ssl"]) \
+        == "0 vs 0"
+    targets = burst_targets(_burst_document([3, 0, 0], [2.0, 1.0, 1.0], kernel=False))
+    assert all(t["met"] is None and t["note"].startswith("n/a") for t in targets.values())
+
+
+def test_burst_rows_in_the_quick_run(quick_run):
+    """Every burst row's clients add up, the server sent at least what the clients got, and the
+    report has the table and the targets."""
+    document, markdown = quick_run
+    clients = document["settings"]["burst_clients"]
+    for row in rows_of(document, "burst"):
+        metrics = row["metrics"]
+        where = f"{row['contender']} {row['variant_label']}"
+        assert metrics["clients_ok"]["median"] + metrics["failed"]["median"] == clients, where
+        assert metrics["server_served"]["median"] >= metrics["clients_ok"]["median"], where
+        assert row["tcp_sysctls"], where
+    assert {row["contender"] for row in rows_of(document, "burst")} == {
+        "ktls-after-finished", "ktls-after-ccs", "ktls-userspace", "cpython-ssl"}
+    names = {t["target"] for t in document["targets"]}
+    for version in ("1.2", "1.3"):
+        assert f"burst TLS {version}: failed connections with backlog 5 vs CPython ssl" in names
+        assert f"burst TLS {version}: server RSS growth vs CPython ssl" in names
+    assert bench.WORKLOAD_TITLES["burst"] in markdown
