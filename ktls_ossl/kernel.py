@@ -16,7 +16,7 @@ import sys
 import termios
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ._ossl import ffi, lib
 from .errors import (
@@ -64,7 +64,7 @@ _CIPHER_MODULES = {
 
 # The functions that take a socket reach its fd through _fileno(), so they take a bare fd as well.
 def _fileno(sock: socket.socket | int) -> int:
-    return sock if isinstance(sock, int) else sock.fileno()
+    return sock if type(sock) is int or isinstance(sock, int) else sock.fileno()
 
 
 def _setsockopt(sock: socket.socket | int, level: int, optname: int, value: bytes) -> None:
@@ -279,8 +279,9 @@ def set_rx_expect_no_pad(sock: socket.socket | int, enabled: bool = True) -> Non
 
 # --- Record I/O -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ReceivedRecord:
+class ReceivedRecord(NamedTuple):
+    """What one recvmsg took (a NamedTuple: every read makes one, and a frozen dataclass costs
+    several times as much to make)."""
     content_type: int
     length: int
     msg_flags: int
@@ -320,18 +321,32 @@ def recv_record_into(sock: socket.socket | int, buffer: WriteableBuffer, flags: 
     handlers run in between.
     """
     fd = _fileno(sock)
-    record_type = ffi.new("unsigned char *")
-    msg_flags = ffi.new("int *")
-    # The caller's buffer is released before anything is raised: a kept exception's traceback must
-    # not hold an export of it (in a reference cycle that crashed the garbage collector).
-    with ffi.from_buffer(buffer, require_writable=True) as view:
-        while True:
-            n = lib.ktls_recv_record(fd, view, len(view), flags, record_type, msg_flags)
-            if n >= 0 or -n != errno.EINTR:
-                break
-    if n >= 0:
-        return ReceivedRecord(record_type[0], n, msg_flags[0])
+    record_type, msg_flags = _receive_results()
+    # Positional (keywords cost more than the call). The caller's buffer is released before
+    # anything is raised: a kept exception's traceback must not hold an export of it (in a
+    # reference cycle that crashed the garbage collector).
+    view = ffi.from_buffer(_BYTES, buffer, True)
+    while True:
+        n = lib.ktls_recv_record(fd, view, len(view), flags, record_type, msg_flags)
+        if n >= 0:
+            return ReceivedRecord(record_type[0], n, msg_flags[0])
+        if -n != errno.EINTR:
+            break
+    ffi.release(view)
     raise _receive_error(-n)
+
+
+_BYTES = ffi.typeof("char[]")
+_per_thread = threading.local()
+
+
+def _receive_results():
+    """The record type and flags that ktls_recv_record fills in: one pair per thread, made once
+    (two allocations per read before)."""
+    results = getattr(_per_thread, "receive_results", None)
+    if results is None:
+        results = _per_thread.receive_results = (ffi.new("unsigned char *"), ffi.new("int *"))
+    return results
 
 
 def recv_record(sock: socket.socket | int, bufsize: int = MAX_RECORD_PLAINTEXT,

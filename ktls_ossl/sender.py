@@ -51,8 +51,8 @@ class KernelSender:
         # ``then`` runs once the record is out (the TX key change behind a KeyUpdate). Nothing
         # else is read or written before they are out, which bounds them to one record's answers
         # (a list: it is short, and an empty deque costs every connection most of a kilobyte).
-        self._outgoing: list = []
-        self._outgoing_lock = threading.Lock()
+        self.outgoing: list = []
+        self.outgoing_lock = threading.Lock()
         self.key_lock = threading.RLock()
         # Where the TX key can change (TLS 1.3 on a kernel that rekeys), every record the kernel
         # sends for us goes out under this lock, so that no data record can slip between a
@@ -70,7 +70,7 @@ class KernelSender:
 
     def queue_alert(self, alert: Alert) -> None:
         if self.tx_in_kernel:
-            self._outgoing.append((ContentType.ALERT, alert.pack(), None))
+            self.outgoing.append((ContentType.ALERT, alert.pack(), None))
             self._event(f"alert sent: {alert.description_name}")
 
     def send_final_alert(self, alert: Alert) -> None:
@@ -80,7 +80,7 @@ class KernelSender:
         self.flush("read", best_effort=True)
 
     def queue_close_notify(self) -> None:
-        self._outgoing.append((ContentType.ALERT, CLOSE_NOTIFY, None))
+        self.outgoing.append((ContentType.ALERT, CLOSE_NOTIFY, None))
 
     def queue_own_records(self, answer) -> bool:
         """Queue records the engine wrote for the kernel to send. The TX key changes right behind
@@ -92,7 +92,7 @@ class KernelSender:
             if isinstance(record, KeyUpdateRecord):
                 then = functools.partial(self._next_tx_key, record.next_keys, record.update_requested)
                 key_update = True
-            self._outgoing.append((*record, then))
+            self.outgoing.append((*record, then))
         return key_update
 
     def flush(self, operation: str, *, best_effort: bool = False) -> None:
@@ -100,11 +100,11 @@ class KernelSender:
         A waiting caller waits for room; for one that waits for readiness itself what cannot go out
         stays queued and SSLWantWriteError says so. ``best_effort``: send what fits now and never
         raise (an alert on a failing session)."""
-        if not self._outgoing:
+        if not self.outgoing:
             return
-        with self._tx_lock, self._outgoing_lock, self._waiter_for(operation) as waiter:
-            while self._outgoing:
-                content_type, payload, then = self._outgoing[0]
+        with self._tx_lock, self.outgoing_lock, self._waiter_for(operation) as waiter:
+            while self.outgoing:
+                content_type, payload, then = self.outgoing[0]
                 try:
                     sent = kernel.send_record(self.fd, content_type, payload, _socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -118,9 +118,9 @@ class KernelSender:
                     self._check_open()
                     raise
                 if sent < len(payload):  # the rest goes out as a record of the same type
-                    self._outgoing[0] = (content_type, payload[sent:], then)
+                    self.outgoing[0] = (content_type, payload[sent:], then)
                     continue
-                del self._outgoing[0]
+                del self.outgoing[0]
                 if then is not None:
                     then()
 
@@ -202,17 +202,21 @@ class KernelSender:
     def write(self, data, waiter: Waiter) -> int:
         """Bytes of ``data`` the kernel took (records of our own that wait go out first). The
         system call's OSError is the caller's to translate."""
-        self.check_key_limit()
+        if self.key_limit_reached:
+            self.check_key_limit()
         while True:
             try:
                 with self._tx_lock:
-                    if self._outgoing:  # records of our own go out first, at every attempt
+                    if self.outgoing:  # records of our own go out first, at every attempt
                         self.flush("write")
                     sent = os.write(self.fd, data)
                 break
             except BlockingIOError:
                 waiter.wait(WANT_WRITE)
-        self._count_sent(sent // MAX_RECORD + 1)
+        # _count_sent's first step, here: every send pays for it.
+        self._tx_records_bound += sent // MAX_RECORD + 1
+        if self._tx_records_bound >= self._key_update_after:
+            self._count_sent(0)
         return sent
 
     def prepare_sendfile(self) -> None:

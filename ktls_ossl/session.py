@@ -284,9 +284,10 @@ class KernelSession:
             view[:count] = self._leftover[:count]
             self._leftover = self._leftover[count:]
             return count
-        self.sender.flush("read")
+        if self.sender.outgoing:
+            self.sender.flush("read")
         while True:
-            if self.peer_closed:
+            if self.state is SessionState.PEER_CLOSED:
                 return 0
             # Straight into the caller's buffer only where a data record would be delivered:
             # data that is about to be refused must not reach application memory.
@@ -543,7 +544,8 @@ class KernelSession:
 
     def write(self, data: ReadableBuffer, waiter: Waiter) -> int:
         """Bytes of ``data`` the kernel took (records of our own that wait go out first)."""
-        self._check_not_reset()
+        if self._tcp_end is _TcpEnd.RESET_REPORTED:
+            self._check_not_reset()
         try:
             return self.sender.write(data, waiter)
         except OSError as exc:
