@@ -338,14 +338,12 @@ class AgentConnection(RecordConnection):
         self._channel: AgentChannel | None = None
         events = AuditTrail()
         super().__init__(context, sock, server_side, server_hostname, owner, policy=Policy.AFTER_FINISHED,
-                         events=events, record_event=self._record, free=self._close_channel)
+                         events=events, record_event=lambda source, what: events.append((source, what)),
+                         free=self._close_channel)
         self._info = RemoteTLSInfo({}, server_side)  # the agent's facts, once it has run the handshake
         self._requested_session = session
         self._remote: RemotePostHandshake | None = None
         self._rx = self._tx = BeforeHandshake()
-
-    def _record(self, source: str, what: str) -> None:
-        self.events.append((source, what))
 
     def _close_channel(self) -> None:
         channel, self._channel = self._channel, None

@@ -108,6 +108,23 @@ def _reports(info_method: str, name: str | None = None):
     return _guarded(method)
 
 
+@functools.lru_cache(maxsize=None)
+def _before_handshake_status(policy: Policy) -> KTLSStatus:
+    """Every connection's status until its handshake, one per policy (it is immutable)."""
+    return KTLSStatus(policy, False, False, "handshake not done", "handshake not done")
+
+
+def _waiter_of(connection: Callable[[], "RecordConnection | None"], operation: str) -> "_Waiter":
+    return _Waiter(connection(), operation)
+
+
+def _on_control_record_of(connection: Callable[[], "RecordConnection | None"], content_type: int,
+                          payload: bytes) -> None:
+    alive = connection()
+    if alive is not None:
+        alive._on_control_record(content_type, payload)
+
+
 # SSLErrors that do not end the connection: it waits for the fd, or the peer closed in order.
 _NOT_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
 
@@ -246,11 +263,16 @@ class RecordConnection:
         self.events = events
         self._record_event = record_event
         self._lock = threading.RLock()
+        # The callables handed to the layers below hold no reference to this connection (the
+        # lifetime's, the audit trail's), or only a weak one: a closed connection is then freed
+        # by reference counting, not left with its objects for the cyclic garbage collector.
+        self._event = functools.partial(record_event, "ktls")
         self._life = ConnectionLifetime(self._fd, free=free, event=self._event)
+        self._check_open = self._life.check_open  # raises if the socket was closed meanwhile
         # HANDSHAKING, then KERNEL or OPENSSL (or FAILED), then CLOSING: what ``state`` reports
         # while the lifetime is open and no fatal error ended the connection.
         self._stage = ConnectionState.HANDSHAKING
-        self._status = KTLSStatus(policy, False, False, "handshake not done", "handshake not done")
+        self._status = _before_handshake_status(policy)
         self._handoff = None
         # The kernel's record layer once it holds the RX keys (session.KernelSession).
         self._session: KernelSession | None = None
@@ -282,10 +304,6 @@ class RecordConnection:
 
     # --- lifetime (ktls_ossl/lifetime.py) --------------------------------------------------------
 
-    def _check_open(self) -> None:
-        """Raise if the socket was closed while this call was waiting or working."""
-        self._life.check_open()
-
     @property
     def state(self) -> ConnectionState:
         if self._life.state is not LifeState.OPEN:
@@ -307,9 +325,6 @@ class RecordConnection:
         if sock is None:
             raise ValueError("the socket of this TLS connection is gone")
         return sock
-
-    def _event(self, what: str) -> None:
-        self._record_event("ktls", what)
 
     # --- state and status ------------------------------------------------------------------------
 
@@ -367,8 +382,13 @@ class RecordConnection:
         """KernelSession's options for this connection (hand_over's ``session_options``)."""
         return dict(server_side=self.server_side, post_handshake_auth=bool(self._context.post_handshake_auth),
                     key_update_after=self._context.key_update_records,
-                    waiter_for=lambda operation: _Waiter(self, operation), check_open=self._check_open,
-                    on_control_record=self._on_control_record)
+                    waiter_for=self._waiter_factory(), check_open=self._check_open,
+                    on_control_record=functools.partial(_on_control_record_of, weakref.ref(self)))
+
+    def _waiter_factory(self) -> Callable[[str], "_Waiter"]:
+        """``waiter_for(operation)`` for a layer below, which lives inside this connection: it
+        refers to the connection weakly (see __init__)."""
+        return functools.partial(_waiter_of, weakref.ref(self))
 
     # --- reading ---------------------------------------------------------------------------------
 

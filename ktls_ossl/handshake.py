@@ -700,6 +700,7 @@ class Handshake:
             self.capture.forget_secrets()
             ffi.release(self.ssl)
             self.ssl = None
+            self._handle = None  # it refers to this object: freed with it, not by a collection
 
     def set_session(self, session) -> None:
         if not isinstance(session, Session):

@@ -88,7 +88,7 @@ class ConnectionLifetime:
 
     def __init__(self, fd: int, *, free: Callable[[], None], event: Callable[[str], None]) -> None:
         self._fd = fd
-        self._free_engine = free
+        self._free_engine: Callable[[], None] | None = free
         self._event = event
         self.inside: list = []  # one item per call inside
         self.state = LifeState.OPEN
@@ -140,7 +140,10 @@ class ConnectionLifetime:
             free_engine, self._freed = not self._freed, True
             close_fd, self._close_fd = self._close_fd, None
         if free_engine:
-            self._free_engine()
+            # Dropped once called: it is usually a method of the connection that holds this
+            # lifetime, a reference cycle that would otherwise outlive the close.
+            free, self._free_engine = self._free_engine, None
+            free()
         if close_fd is not None:
             if self.ended_in_error:
                 self.linger()

@@ -191,7 +191,7 @@ class PyOpenSSLRecordConnection(RecordConnection):
 
     def _pyopenssl_layer(self, reason: str) -> PyOpenSSLRecordLayer:
         return PyOpenSSLRecordLayer(self._front, self._view, rx_reason=reason, check_open=self._check_open,
-                                    waiter_for=lambda operation: _Waiter(self, operation))
+                                    waiter_for=self._waiter_factory())
 
     def _negotiated_version(self) -> int:
         return SSL.Connection.get_protocol_version(self._front)

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import socket as _socket
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import control, errors, kernel, keys
@@ -186,6 +188,11 @@ def hand_over(fd: int, engine: PostHandshakeEngine, *, event: Callable[[str], No
 _per_thread = threading.local()
 
 
+def _terminate_of(session: Callable[[], "KernelSession | None"], exc: BaseException, event: str) -> BaseException:
+    alive = session()
+    return alive._terminate(exc, event) if alive is not None else exc
+
+
 def _scratch_buffer() -> bytearray:
     """A record-sized buffer for the reads that cannot go straight into the caller's (a short
     read, a control record, a peek), one per thread. Its bytes are copied out before the call
@@ -235,12 +242,15 @@ class KernelSession:
         # The engine is one object (OpenSSL's SSL) that the reading and the sending thread both use:
         # every call into it is made under this lock.
         self.engine_lock = threading.RLock()
+        # How the sender and the relay end the session: through a weak reference, so that the
+        # three are freed with the connection, not by the cyclic garbage collector.
+        terminate = functools.partial(_terminate_of, weakref.ref(self))
         self.sender = KernelSender(
             fd, handoff, tx_in_kernel=tx_in_kernel, post_handshake=post_handshake, engine_lock=self.engine_lock,
             rekeys=rekeys, key_update_after=key_update_after, waiter_for=waiter_for, check_open=check_open,
-            event=event, terminate=self._terminate)
+            event=event, terminate=terminate)
         self.relay = PostHandshakeRelay(fd, post_handshake, self.sender, lock=self.engine_lock,
-                                        control_state=self._control, terminate=self._terminate,
+                                        control_state=self._control, terminate=terminate,
                                         check_open=check_open, event=event)
         # What tells a failed tag from a TLS 1.3 record without a content type (_record_refused).
         self._decrypt_errors_at_handoff = (kernel.decrypt_error_count()

@@ -671,3 +671,43 @@ def test_callback_raising_on_a_key_update_still_rekeys(server_cert, pki, unraisa
 
 if __name__ == "__main__":
     CHILDREN[sys.argv[1]](json.loads(sys.argv[2]))
+
+
+# --- a closed connection is freed at once ------------------------------------------------------------
+
+@pytest.mark.ktls_or_fallback
+@pytest.mark.parametrize("policy", [Policy.AFTER_FINISHED, Policy.USERSPACE], ids=["after_finished", "userspace"])
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION], ids=["tls12", "tls13"])
+def test_a_closed_connection_is_freed_without_the_garbage_collector(server_cert, pki, policy, version):
+    """Everything a connection made (its engine, record layers, kernel session, audit trail) is
+    freed by reference counting when the socket closes, as CPython's ssl objects are: with the
+    cyclic collector off, weak references to them are dead right after close(). A reference cycle
+    would leave each connection's objects for the next collection (memory that grows with a
+    burst of connections, and collections that walk them)."""
+    import gc
+    import weakref
+
+    client_ctx = client_context(pki.ca_path, version=version, cipher=KernelCipher.AES_GCM_128, ktls_policy=policy)
+    server_ctx = server_context(server_cert, version=version, cipher=KernelCipher.AES_GCM_128, ktls_policy=policy)
+    gc.collect()
+    gc.disable()
+    try:
+        pair = tls_pair(client_ctx, server_ctx)
+        pair.client.sendall(b"ping")
+        assert recv_exactly(pair.server, 4) == b"ping"
+        pair.server.sendall(b"pong")
+        assert recv_exactly(pair.client, 4) == b"pong"
+        watched = {}
+        for end in ("client", "server"):
+            sock = getattr(pair, end)
+            connection = sock._sslobj
+            watched[end] = [weakref.ref(connection), weakref.ref(connection._handshake),
+                            weakref.ref(connection._rx)]
+            del connection, sock
+        pair.client.close()
+        pair.server.close()
+        del pair
+        alive = {end: [ref() for ref in refs if ref() is not None] for end, refs in watched.items()}
+        assert alive == {"client": [], "server": []}, f"still alive after close, before any collection: {alive}"
+    finally:
+        gc.enable()
