@@ -140,9 +140,9 @@ class ConnectionState(enum.Enum):
     FAILED = "a fatal error ended the connection: every later call raises an error"
 
 
-# The stages in which data calls go straight to the record layer: the handshake is done. (Tested
-# by identity: an enum member's hash is a Python call.)
-_KERNEL, _OPENSSL, _CLOSING = ConnectionState.KERNEL, ConnectionState.OPENSSL, ConnectionState.CLOSING
+# The stages in which the handshake is done and data calls go straight to the record layer. A
+# tuple: ``in`` finds a member by identity, where a set would call the enum's hash (Python code).
+_DATA_STAGES = (ConnectionState.KERNEL, ConnectionState.OPENSSL, ConnectionState.CLOSING)
 
 
 class _Waiter:
@@ -409,8 +409,7 @@ class RecordConnection:
         if nbytes == 0:
             return 0
         rx = self._rx
-        stage = self._stage
-        if (stage is not _OPENSSL and stage is not _KERNEL and stage is not _CLOSING) or rx.failure is not None:
+        if self._stage not in _DATA_STAGES or rx.failure is not None:
             self._check_usable()
             rx = self._rx
         with _Waiter(self, "read") as waiter:
@@ -449,8 +448,7 @@ class RecordConnection:
     @_guarded
     def write(self, data) -> int:
         tx = self._tx
-        stage = self._stage
-        if (stage is not _OPENSSL and stage is not _KERNEL and stage is not _CLOSING) or self._rx.failure is not None:
+        if self._stage not in _DATA_STAGES or self._rx.failure is not None:
             self._check_usable()
             tx = self._tx
         with _Waiter(self, "write") as waiter:

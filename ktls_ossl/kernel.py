@@ -64,7 +64,7 @@ _CIPHER_MODULES = {
 
 # The functions that take a socket reach its fd through _fileno(), so they take a bare fd as well.
 def _fileno(sock: socket.socket | int) -> int:
-    return sock if type(sock) is int or isinstance(sock, int) else sock.fileno()
+    return sock if isinstance(sock, int) else sock.fileno()
 
 
 def _setsockopt(sock: socket.socket | int, level: int, optname: int, value: bytes) -> None:

@@ -52,7 +52,7 @@ class KernelSender:
         # else is read or written before they are out, which bounds them to one record's answers
         # (a list: it is short, and an empty deque costs every connection most of a kilobyte).
         self.outgoing: list = []
-        self.outgoing_lock = threading.Lock()
+        self._outgoing_lock = threading.Lock()
         self.key_lock = threading.RLock()
         # Where the TX key can change (TLS 1.3 on a kernel that rekeys), every record the kernel
         # sends for us goes out under this lock, so that no data record can slip between a
@@ -102,7 +102,7 @@ class KernelSender:
         raise (an alert on a failing session)."""
         if not self.outgoing:
             return
-        with self._tx_lock, self.outgoing_lock, self._waiter_for(operation) as waiter:
+        with self._tx_lock, self._outgoing_lock, self._waiter_for(operation) as waiter:
             while self.outgoing:
                 content_type, payload, then = self.outgoing[0]
                 try:
@@ -213,10 +213,7 @@ class KernelSender:
                 break
             except BlockingIOError:
                 waiter.wait(WANT_WRITE)
-        # _count_sent's first step, here: every send pays for it.
-        self._tx_records_bound += sent // MAX_RECORD + 1
-        if self._tx_records_bound >= self._key_update_after:
-            self._count_sent(0)
+        self._count_sent(sent // MAX_RECORD + 1)
         return sent
 
     def prepare_sendfile(self) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import cpython_callbacks, kernel, records
 from .after_ccs import OpenSSLOffloadWatch
-from .connection import MAX_RECORD, ConnectionState, KTLSStatus, RecordConnection, _guarded, _Waiter
+from .connection import _DATA_STAGES, MAX_RECORD, ConnectionState, KTLSStatus, RecordConnection, _guarded, _Waiter
 from .errors import KernelTLSError, KTLSUnavailableError, KTLSUnwrappedError
 from .handshake import Handshake, HandoffUnavailable, Policy, Session
 from .kernel import Direction
@@ -89,7 +89,7 @@ class Connection(RecordConnection):
     @_guarded
     def do_handshake(self) -> None:
         with self._lock:
-            if self._stage in (ConnectionState.KERNEL, ConnectionState.OPENSSL, ConnectionState.CLOSING):
+            if self._stage in _DATA_STAGES:
                 return
             self._check_required_before_handshake()
             if self._failure is not None:
