@@ -308,12 +308,20 @@ def _cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def _rss_kib() -> int:
+def _vm_status_kib(name: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM, ...), in KiB."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(name + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return None
+
+
+def _rss_kib() -> int:
+    rss = _vm_status_kib("VmRSS")
+    if rss is None:
+        raise RuntimeError("no VmRSS in /proc/self/status")
+    return rss
 
 
 def _meminfo_kib(name: str) -> int | None:
@@ -807,14 +815,6 @@ def burst_params(body: bytes | None = None, expected: bytes | None = None) -> di
     expected = body if expected is None else expected
     return {"burst_body": body, "burst_body_length": len(expected),
             "burst_body_sha256": hashlib.sha256(expected).hexdigest()}
-
-
-def _vm_status_kib(name: str) -> int | None:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    return None
 
 
 def _reset_peak_rss() -> bool:
