@@ -352,7 +352,11 @@ class Handshake:
         # What the context's _msg_callback (CPython's debug hook) raised last: raised, as CPython
         # does, once the handshake, read or write during which it was called has ended.
         self.application_error: BaseException | None = None
-        self._io = ffi.new("struct ktls_io_result *")  # what each read or write left (one allocation)
+        # What each read and each write left, one struct per direction: a read in one thread and a
+        # write in another run at the same time (the C call releases the GIL), and a shared struct
+        # would hand each the other's byte count.
+        self._read_result = ffi.new("struct ktls_io_result *")
+        self._write_result = ffi.new("struct ktls_io_result *")
         if hooks.message is not None:
             self._state.forward_to_application = 1
 
@@ -557,7 +561,7 @@ class Handshake:
 
     def read_into(self, buffer, nbytes: int) -> int:
         """SSL_read_ex into ``buffer``: the byte count, or -WANT_READ/-WANT_WRITE; raises on error."""
-        io = self._io
+        io = self._read_result
         target = ffi.from_buffer(_BYTES, buffer, True)  # positional: keywords cost more than the call
         if lib.ktls_ssl_read(self.ssl, target, min(nbytes, len(target)), io):
             return io.count
@@ -567,7 +571,7 @@ class Handshake:
 
     def write(self, data) -> int:
         """SSL_write_ex of ``data``: bytes written, or -WANT_READ/-WANT_WRITE; raises on error."""
-        io = self._io
+        io = self._write_result
         if type(data) is bytes:  # cffi passes bytes as they are; other buffers need a view
             ok = lib.ktls_ssl_write(self.ssl, data, len(data), io)
         else:
