@@ -49,23 +49,40 @@ def _serve(args) -> int:
 def _fetch(args) -> int:
     from . import serve
 
-    result = serve.fetch(args.url, cafile=args.cafile, output=args.output, policy=Policy(args.policy))
+    try:
+        result = serve.fetch(args.url, cafile=args.cafile, output=args.output, policy=Policy(args.policy),
+                             timeout=args.timeout, progress=not args.no_progress)
+    except serve.FetchError as exc:
+        print(f"{args.prog}: {exc.reason}", file=sys.stderr)
+        return exc.exit_code
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         rate = result["bytes"] / max(result["seconds"], 1e-9) / 1e6
-        print(f"{result['bytes']} bytes in {result['seconds']:.2f} s ({rate:.1f} MB/s)")
+        print(f"HTTP {result['status']} {result['reason']}: {result['bytes']} bytes in {result['seconds']:.2f} s "
+              f"({rate:.1f} MB/s)")
         print(f"sha256 {result['sha256']}")
-        print(f"client: {result['client_ktls']}")
-        print(f"server: {result['server_ktls']}")
-        print(f"/proc/net/tls_stat changes: {result['tls_stat_delta'] or 'none'}")
+        for line in serve.placement_lines(result):
+            print(line)
     return 0
 
 
-def _demo(args) -> int:
-    from . import demo
+def _fetch_epilog(failures) -> str:
+    rows = "\n".join(f"  {failure.exit_code:>3}  {failure.meaning}"
+                     for failure in sorted(failures, key=lambda failure: failure.exit_code))
+    return ("On failure: one line on stderr with the reason, and curl's exit code for it:\n"
+            f"{rows}\n"
+            "(0: the body arrived whole.)")
 
-    return demo.transfer(size_mib=args.size_mib, agent=args.agent)
+
+def _demo(args) -> int:
+    from . import demo, serve
+
+    try:
+        return demo.transfer(size_mib=args.size_mib, agent=args.agent)
+    except serve.FetchError as exc:
+        print(f"{args.prog}: {exc.reason}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _agent(args) -> int:
@@ -99,6 +116,10 @@ def main(argv=None) -> int:
         from .serve import TLS_VERSIONS
     else:
         TLS_VERSIONS = {}
+    if chosen == "fetch":
+        from .serve import FETCH_FAILURES
+    else:
+        FETCH_FAILURES = ()
 
     probe = commands.add_parser("probe", help="show what this kernel's TLS can do")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
@@ -128,19 +149,25 @@ def main(argv=None) -> int:
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(handler=_serve)
 
-    fetch = commands.add_parser("fetch", help="download an https:// URL with ktls_ossl")
+    fetch = commands.add_parser("fetch", help="download an https:// URL with ktls_ossl",
+                                epilog=_fetch_epilog(FETCH_FAILURES) if FETCH_FAILURES else None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     fetch.add_argument("url")
     fetch.add_argument("--cafile", help="trust this CA (default: the system's)")
     fetch.add_argument("--output", "-o", help="write the body here")
     fetch.add_argument("--policy", choices=policies, default=Policy.AFTER_FINISHED.value)
+    fetch.add_argument("--timeout", type=float, default=60.0,
+                       help="limit in seconds for connecting and for each wait for data (default 60)")
+    fetch.add_argument("--no-progress", action="store_true",
+                       help="no progress line (there is none anyway when stdout is not a terminal)")
     fetch.add_argument("--json", action="store_true")
-    fetch.set_defaults(handler=_fetch)
+    fetch.set_defaults(handler=_fetch, prog=fetch.prog)
 
     demo = commands.add_parser("demo", help="HTTPS transfer of a large file with sendfile, checked end to end")
     demo.add_argument("--size-mib", type=int, default=256)
     demo.add_argument("--agent", action="store_true",
                       help="the server's handshakes run by a handshake agent process that alone holds the key")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, prog=demo.prog)
 
     agent = commands.add_parser("agent", help="the handshake agent: holds the private keys, runs the handshakes")
     if chosen == "agent":

@@ -94,6 +94,7 @@ import traceback
 
 from . import OPENSSL_VERSION, kernel
 from .handshake import Policy
+from .progress import Progress
 
 SCHEMA = "ktls_ossl-bench/1"
 SSL_OP_ENABLE_KTLS = 1 << 3
@@ -1664,36 +1665,6 @@ def describe_layer(layers: dict, sender: str = "server") -> str:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-class Progress:
-    """One line on stderr saying what is running (rewritten in place on a terminal)."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.done = 0
-        self.started = time.monotonic()
-        self.tty = enabled and sys.stderr.isatty()
-
-    def step(self, text: str) -> None:
-        if not self.enabled:
-            return
-        self.done += 1
-        elapsed = time.monotonic() - self.started
-        line = f"bench [{self.label}] {self.done}/{self.total} {elapsed:4.0f}s  {text}"
-        if self.tty:
-            width = shutil.get_terminal_size((100, 20)).columns - 1
-            sys.stderr.write("\r\033[K" + line[:width])
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\r\033[K")
-        if self.enabled:
-            sys.stderr.write(f"bench [{self.label}] {self.total} runs in {time.monotonic() - self.started:.0f} s\n")
-            sys.stderr.flush()
-
-
 def _cases(workload: str, settings: Settings, contenders) -> list[tuple[Contender, dict]]:
     """(contender, variant) pairs of a workload, grouped by variant so that rows compare down a table."""
     contenders = [c for c in contenders if workload in c.workloads]
@@ -1980,8 +1951,9 @@ def run(settings: Settings, progress: bool = True) -> dict:
         raise
     contenders = [c for c in contenders if c.name not in skipped]
     plan = [case for w in settings.workloads for case in _cases(w, settings, contenders)]
+    # On stderr: stdout is the report, which is often redirected while a person watches.
     bar = Progress(len(plan) * settings.runs + len(settings.workloads) * settings.warmup,
-                   info["kernel_label"], progress)
+                   f"bench [{info['kernel_label']}]", stream=sys.stderr, unit="runs", enabled=progress)
     document = {"schema": SCHEMA, "started": started_at.isoformat(timespec="seconds"), "machine": info,
                 "settings": dataclasses.asdict(settings), "contenders": [
                     {"name": c.name, "label": c.label} for c in contenders], "skipped_contenders": skipped,
@@ -2009,7 +1981,7 @@ def run(settings: Settings, progress: bool = True) -> dict:
                                                "detail": _workload_detail(workload, settings)}
             add_ratios(document, workload)
     finally:
-        bar.finish()
+        bar.close(f"bench [{info['kernel_label']}] {bar.done} runs in {time.monotonic() - started:.0f} s")
         for agent in agents:
             agent.terminate()
             agent.wait(10)
@@ -2052,7 +2024,7 @@ def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[
     failures = [None] * len(cases)
     for index in range(settings.warmup if cases else 0):
         contender, variant = cases[0]
-        bar.step(f"{workload} warm-up {index + 1}/{settings.warmup}: {contender.name}")
+        bar.advance(text=f"{workload} warm-up {index + 1}/{settings.warmup}: {contender.name}")
         try:
             run_trial(workload, contender, dict(params, **variant), pki, settings.trial_timeout)
         except BenchError:
@@ -2060,7 +2032,7 @@ def _measure_workload(workload, contenders, settings, params, pki, bar) -> list[
     for index in range(settings.runs):
         for case, (contender, variant) in enumerate(cases):
             label = _variant_label(variant)
-            bar.step(f"{workload} run {index + 1}/{settings.runs}: {label + ' ' if label else ''}{contender.name}")
+            bar.advance(text=f"{workload} run {index + 1}/{settings.runs}: {label + ' ' if label else ''}{contender.name}")
             if failures[case]:
                 continue
             try:

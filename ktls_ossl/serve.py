@@ -17,6 +17,7 @@ connection that failed (``errors``), so a test or an operator can see what each 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import http.client
@@ -25,16 +26,19 @@ import ipaddress
 import json
 import os
 import posixpath
+import socket
 import socketserver
 import ssl
 import sys
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 from . import kernel
 from .context import SSLContext
 from .handshake import Policy
+from .progress import Progress
 
 
 def make_self_signed(directory: str, hostname: str = "localhost") -> tuple[str, str]:
@@ -359,59 +363,231 @@ def server_context(cert: str, key: str, policy: Policy = Policy.AFTER_FINISHED,
     return context
 
 
+# --- fetch: a download that says where each side's record layer ran ---------------------------------
+
+class FetchError(OSError):
+    """Why fetch failed, in one line (``reason``), and curl's exit code for the same failure
+    (``exit_code``), so that a script can treat ``python -m ktls_ossl fetch`` as it treats curl."""
+
+    def __init__(self, exit_code: int, reason: str):
+        super().__init__(reason)
+        self.exit_code = exit_code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class FetchFailure:
+    """A row of FETCH_FAILURES: curl's exit code, what it means, and the exceptions that are this
+    failure when raised in one of ``stages`` (any stage where empty). A row without exceptions is
+    found by fetch's own checks (the URL, the HTTP status, the body's length)."""
+
+    exit_code: int
+    meaning: str
+    stages: tuple[str, ...] = ()
+    exceptions: tuple[type[BaseException], ...] = ()
+
+
+# curl's exit codes (curl(1), EXIT CODES; 22 as with --fail). The first row that matches an
+# exception wins: a timeout or a certificate that failed verification is that, whatever the stage.
+# Stages: setup (the CA file), url, connect (name resolution and TCP), handshake, response (the
+# request, status line and headers), body, output (the file given with ``output``).
+FETCH_FAILURES = (
+    FetchFailure(1, "unsupported protocol (only https:// URLs)"),
+    FetchFailure(3, "malformed URL", ("url",), (ValueError, http.client.InvalidURL)),
+    FetchFailure(77, "could not read the CA certificates", ("setup",), (OSError,)),
+    FetchFailure(28, "timed out", (), (TimeoutError,)),
+    FetchFailure(60, "peer certificate could not be verified", (), (ssl.SSLCertVerificationError,)),
+    FetchFailure(6, "could not resolve host", ("connect",), (socket.gaierror,)),
+    FetchFailure(7, "failed to connect", ("connect",), (OSError,)),
+    FetchFailure(35, "TLS handshake failed", ("handshake",), (OSError,)),
+    FetchFailure(52, "empty reply: the server closed the connection without answering", ("response",),
+                 (http.client.RemoteDisconnected,)),
+    FetchFailure(8, "the reply is not HTTP", ("response",), (http.client.HTTPException,)),
+    FetchFailure(22, "HTTP status 400 or above (as curl --fail)"),
+    FetchFailure(18, "partial file: the body ended before its Content-Length", ("body",),
+                 (http.client.IncompleteRead,)),
+    FetchFailure(56, "failure receiving data (connection reset, TLS error after the handshake)",
+                 ("response", "body"), (OSError,)),
+    FetchFailure(23, "write error on the output file", ("output",), (OSError,)),
+)
+_FAILURE_BY_CODE = {failure.exit_code: failure for failure in FETCH_FAILURES}
+
+
+def fetch_failure_of(exc: BaseException, stage: str) -> FetchFailure | None:
+    """The row of FETCH_FAILURES for ``exc`` raised while fetch was at ``stage``; None for an
+    exception that is no expected failure (a bug, which should show its traceback)."""
+    for failure in FETCH_FAILURES:
+        if (failure.exceptions and isinstance(exc, failure.exceptions)
+                and (not failure.stages or stage in failure.stages)):
+            return failure
+    return None
+
+
+def _fetch_failed(exit_code: int, detail: str) -> FetchError:
+    return FetchError(exit_code, f"{_FAILURE_BY_CODE[exit_code].meaning}: {detail}")
+
+
+def _exception_text(exc: BaseException) -> str:
+    """What the exception itself says, in one line: an OS error's strerror (not "[Errno 111]"),
+    an SSL error's whole message (it names the reason, e.g. the verify message)."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _address_is_here(address: str) -> bool:
+    """Whether ``address`` belongs to this network namespace (a socket can bind to it): a server
+    there counts its kTLS installs in the same /proc/net/tls_stat as this client."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
 def fetch(url: str, *, cafile: str | None = None, output: str | None = None,
-          policy: Policy = Policy.AFTER_FINISHED, timeout: float = 60.0) -> dict:
-    """Download ``url`` with ktls_ossl; returns size, sha256, seconds and the kTLS status."""
+          policy: Policy = Policy.AFTER_FINISHED, timeout: float = 60.0, progress: bool = False) -> dict:
+    """Download ``url`` with ktls_ossl (GET); raises FetchError, with curl's exit code, on failure.
+
+    Returns ``url``, ``status`` and ``reason`` (HTTP), ``bytes``, ``sha256``, ``seconds``,
+    ``client_ktls`` (str of the client socket's KTLSStatus, taken while the socket is open),
+    ``server_ktls`` (the X-KTLS header a ktls_ossl server sends; None from any other server),
+    ``server_address``, ``server_shares_namespace`` (whether the server's address is in this
+    network namespace, so that its installs are counted in the same tls_stat) and
+    ``tls_stat_delta``: the /proc/net/tls_stat counters that changed during the transfer
+    ({name: change}; not the TlsCurr* gauges), None where the file is absent (no tls module). ``progress``: a progress
+    line on stdout while the body arrives, when stdout is a terminal."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https":
-        raise ValueError("fetch needs an https:// URL")
-    context = SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.ktls_policy = policy
-    if cafile:
-        context.load_verify_locations(cafile)
-    else:
-        context.load_default_certs()
-    before = kernel.tls_stat()
-    started = time.monotonic()
-    connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context, timeout=timeout)
+        raise _fetch_failed(1, f"{parts.scheme or 'no scheme'} in {url!r}")
+    stage = "url"
     try:
-        connection.request("GET", parts.path or "/")
+        host, port = parts.hostname, parts.port or 443  # .port raises ValueError when out of range
+        if not host:
+            raise ValueError("no host")
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        connection.putrequest("GET", target)  # checks the path; sent with endheaders()
+        stage = "setup"
+        context = SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.ktls_policy = policy
+        if cafile:
+            context.load_verify_locations(cafile)
+        else:
+            context.load_default_certs()
+    except Exception as exc:
+        failure = fetch_failure_of(exc, stage)
+        if failure is None:
+            raise
+        subject = url if stage == "url" else cafile or "the system's default CA certificates"
+        raise _fetch_failed(failure.exit_code, f"{subject}: {_exception_text(exc)}") from exc
+    # The probe makes test connections of its own, which count in tls_stat: it runs (once per
+    # process) before the first snapshot, not between the two. Attaching the ULP may load the tls
+    # module, so the file is looked for afterwards.
+    kernel.probe()
+    before = kernel.tls_stat() if os.path.exists(kernel.TLS_STAT_PATH) else None
+    peer = f"{host} port {port}"
+    subjects = {"connect": f"{peer}, connecting", "handshake": f"{peer}, TLS handshake",
+                "response": f"{peer}, waiting for the response", "body": f"{peer}, receiving the body",
+                "output": output}
+    client_status = None
+    started = time.monotonic()
+    try:
+        stage = "connect"
+        connection.connect()
+        stage = "handshake"
+        # Kept here: http.client drops its reference as soon as a response says Connection: close.
+        tls_socket = context.wrap_socket(connection.sock, server_hostname=host)
+        connection.sock = tls_socket
+        client_status = tls_socket.ktls
+        server_address = tls_socket.getpeername()[0]
+        stage = "response"
+        connection.endheaders()
         response = connection.getresponse()
-        status = connection.sock.ktls if connection.sock is not None else None
+        if response.status >= 400:
+            raise FetchError(22, f"HTTP {response.status} {response.reason} ({url})")
+        server_ktls = response.getheader("X-KTLS")
+        expected = response.length  # Content-Length; None when the body ends with the connection
         digest = hashlib.sha256()
         size = 0
-        sink = open(output, "wb") if output else None
-        try:
+        with contextlib.ExitStack() as stack:
+            stage = "output"
+            sink = stack.enter_context(open(output, "wb")) if output else None
+            bar = stack.enter_context(Progress(expected, f"{host}:{port}", enabled=progress))
             buffer = bytearray(1 << 20)
             view = memoryview(buffer)
             while True:
+                stage = "body"
                 count = response.readinto(buffer)
+                # Until the last read the socket is open; once the body is complete http.client
+                # may close it, and a closed socket has no status.
+                client_status = tls_socket.ktls or client_status
                 if not count:
                     break
                 digest.update(view[:count])
                 size += count
+                bar.update(size)
                 if sink:
+                    stage = "output"
                     sink.write(view[:count])
-        finally:
-            if sink:
-                sink.close()
-        if response.status != 200:
-            raise OSError(f"{url}: HTTP {response.status} {response.reason}")
-        server_ktls = response.getheader("X-KTLS")
+            stage = "output"  # closing the file writes what is buffered
+        if expected is not None and size < expected:
+            # http.client's readinto returns 0 at the connection's end, whatever Content-Length said.
+            raise _fetch_failed(18, f"{size} of {expected} bytes, then the server closed the connection")
+    except FetchError:
+        raise
+    except Exception as exc:
+        failure = fetch_failure_of(exc, stage)
+        if failure is None:
+            raise
+        limit = f" (limit {timeout:g} s)" if failure.exit_code == 28 else ""
+        raise _fetch_failed(failure.exit_code, f"{subjects[stage]}: {_exception_text(exc)}{limit}") from exc
     finally:
         connection.close()
     elapsed = time.monotonic() - started
-    after = kernel.tls_stat()
+    after = kernel.tls_stat() if before is not None else None
     return {
         "url": url,
+        "status": response.status,
+        "reason": response.reason,
         "bytes": size,
         "sha256": digest.hexdigest(),
         "seconds": elapsed,
-        "client_ktls": str(status) if status else None,
+        "client_ktls": str(client_status),
         "server_ktls": server_ktls,
-        "tls_stat_delta": {name: after[name] - before.get(name, 0) for name in after
-                           if after[name] != before.get(name, 0)},
+        "server_address": server_address,
+        "server_shares_namespace": _address_is_here(server_address),
+        "tls_stat_delta": None if after is None else _counter_changes(before, after),
     }
+
+
+def _counter_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The tls_stat counters that moved, less the TlsCurr* gauges: those count the sockets open
+    at the moment of reading, and whether the server's end of this connection has closed by then
+    is a race that says nothing about the transfer."""
+    return {name: after[name] - before.get(name, 0) for name in after
+            if not name.startswith("TlsCurr") and after[name] != before.get(name, 0)}
+
+
+def placement_lines(result: dict) -> list[str]:
+    """What a fetch result says about the record layer, for people: the client's and the server's
+    placement and the tls_stat changes, each labelled with what it covers."""
+    server = result["server_ktls"] or "unknown (not a ktls_ossl server: it sent no X-KTLS header)"
+    delta = result["tls_stat_delta"]
+    if delta is None:
+        stat = "/proc/net/tls_stat: absent, the kernel has no tls module loaded"
+    else:
+        scope = ("this network namespace, the server's too: its installs count here"
+                 if result["server_shares_namespace"] else "this network namespace")
+        changes = ", ".join(f"{name} {change:+d}" for name, change in sorted(delta.items()))
+        stat = f"/proc/net/tls_stat ({scope}): {changes or 'no change'}"
+    return [f"client: {result['client_ktls']}", f"server: {server}", stat]
 
 
 def serve_forever(server, port_file: str | None = None) -> None:
@@ -435,5 +611,6 @@ def run_in_thread(server) -> threading.Thread:
     return thread
 
 
-__all__ = ["HTTPSFileServer", "TLSEchoServer", "fetch", "make_self_signed", "server_context",
+__all__ = ["HTTPSFileServer", "TLSEchoServer", "FETCH_FAILURES", "FetchError", "FetchFailure", "fetch",
+           "fetch_failure_of", "placement_lines", "make_self_signed", "server_context",
            "serve_forever", "run_in_thread", "send_all_via", "SEND_PATHS", "RECV_PATHS", "TLS_VERSIONS"]
