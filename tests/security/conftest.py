@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from .outcomes import RESULTS_DIR, kernel_label, python_label, write_json
+from ..generated_docs import write_json
+from .outcomes import RESULTS_DIR, kernel_label, python_label
 
 RUN_OUTCOMES: dict[str, dict] = {}
 

@@ -13,7 +13,6 @@ How the table stays true (no drift between code, runs and document):
 """
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import sys
@@ -21,6 +20,8 @@ import sys
 from ktls_ossl.handshake import Policy
 from ktls_ossl.records import ContentType
 
+from ..generated_docs import generated_block as _generated_block
+from ..generated_docs import load_json
 from .cases import CASES, FORGED, TLS12, variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,18 +91,7 @@ def outcome_of(m) -> dict:
 
 
 def load_committed() -> dict:
-    try:
-        with open(OUTCOMES_PATH, encoding="utf-8") as source:
-            return json.load(source)
-    except FileNotFoundError:
-        return {}
-
-
-def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-        out.write("\n")
+    return load_json(OUTCOMES_PATH)
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -162,10 +152,7 @@ def render(data: dict) -> str:
 
 
 def generated_block(document: str) -> str:
-    start, end = document.find(BEGIN), document.find(END)
-    if start < 0 or end < 0:
-        raise ValueError(f"{DOC_PATH} has no generated block ({BEGIN!r} ... {END!r})")
-    return document[start:end + len(END)]
+    return _generated_block(document, BEGIN, END, DOC_PATH)
 
 
 def replace_block(document: str, block: str) -> str:
