@@ -323,25 +323,49 @@ struct ktls_io_result {
     int saved_errno;
 };
 
-/* 1 with result->count set, or 0 with result->code (SSL_get_error) and result->saved_errno.
- * The error queue is cleared first, so that SSL_get_error sees this call's errors only. */
+/* After a failed SSL_read_ex/SSL_write_ex: SSL_get_error's code and the call's errno.
+ *
+ * SSL_get_error reads the SSL object's rwstate, which a call from another thread may have
+ * changed meanwhile: CPython's ssl lets one thread read while another writes, and each
+ * SSL_read/SSL_write starts by resetting rwstate. The reader's EAGAIN then reads as
+ * SSL_ERROR_SYSCALL (an EOF to the caller, though the peer sent nothing of the kind), and the
+ * writer's as WANT_READ (a wait for input that may never come, while the socket is writable).
+ * This thread's errno and error queue do not race: a call that failed with an empty queue and
+ * errno EAGAIN was blocked on its own socket. A write then waits to write (after the handshake
+ * SSL_write never needs to read: renegotiation is refused, TLS 1.3 has none); a read that OpenSSL
+ * says is blocked on a write keeps that answer (answering a KeyUpdate), any other waits to read. */
+static int ktls_io_failed(SSL *ssl, struct ktls_io_result *result, int writing)
+{
+    result->saved_errno = errno;
+    result->code = SSL_get_error(ssl, 0);
+    if ((result->saved_errno == EAGAIN || result->saved_errno == EWOULDBLOCK) && ERR_peek_error() == 0) {
+        if (writing) {
+            if (result->code == SSL_ERROR_SYSCALL || result->code == SSL_ERROR_WANT_READ)
+                result->code = SSL_ERROR_WANT_WRITE;
+        } else if (result->code == SSL_ERROR_SYSCALL) {
+            result->code = SSL_ERROR_WANT_READ;
+        }
+    }
+    return 0;
+}
+
+/* 1 with result->count set, or 0 with result->code and result->saved_errno (ktls_io_failed).
+ * The error queue and errno are cleared first, so that what is left is this call's only. */
 static int ktls_ssl_read(SSL *ssl, char *buf, size_t len, struct ktls_io_result *result)
 {
     ERR_clear_error();
+    errno = 0;
     if (SSL_read_ex(ssl, buf, len, &result->count) == 1)
         return 1;
-    result->saved_errno = errno;
-    result->code = SSL_get_error(ssl, 0);
-    return 0;
+    return ktls_io_failed(ssl, result, 0);
 }
 
 static int ktls_ssl_write(SSL *ssl, const char *buf, size_t len, struct ktls_io_result *result)
 {
     ERR_clear_error();
+    errno = 0;
     if (SSL_write_ex(ssl, buf, len, &result->count) == 1)
         return 1;
-    result->saved_errno = errno;
-    result->code = SSL_get_error(ssl, 0);
-    return 0;
+    return ktls_io_failed(ssl, result, 1);
 }
 """
