@@ -15,10 +15,11 @@ def load_json(path: str) -> dict:
         return {}
 
 
-def write_json(path: str, data: dict) -> None:
+def write_json(path: str, data: dict, *, sort_keys: bool = True) -> None:
+    """``sort_keys=False`` keeps the order the data was built in (what a document shows in it)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=1, sort_keys=True)
+        json.dump(data, out, indent=1, sort_keys=sort_keys)
         out.write("\n")
 
 
