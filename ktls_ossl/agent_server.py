@@ -766,6 +766,10 @@ def main(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The one-time probe of what the kernel's TLS can do, before the first client: it installs keys
+    # on connections of its own, which /proc/net/tls_stat would otherwise count as the first
+    # handshake's (and that handshake would wait for it).
+    kernel.probe()
     print(f"ktls_ossl agent: listening on {config.socket_path}", flush=True)
     agent.serve_forever()
     return 0
