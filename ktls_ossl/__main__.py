@@ -49,12 +49,8 @@ def _serve(args) -> int:
 def _fetch(args) -> int:
     from . import serve
 
-    try:
-        result = serve.fetch(args.url, cafile=args.cafile, output=args.output, policy=Policy(args.policy),
-                             timeout=args.timeout, progress=not args.no_progress)
-    except serve.FetchError as exc:
-        print(f"{args.prog}: {exc.reason}", file=sys.stderr)
-        return exc.exit_code
+    result = serve.fetch(args.url, cafile=args.cafile, output=args.output, policy=Policy(args.policy),
+                         timeout=args.timeout, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -76,11 +72,21 @@ def _fetch_epilog(failures) -> str:
 
 
 def _demo(args) -> int:
-    from . import demo, serve
+    from . import demo
+
+    return demo.transfer(size_mib=args.size_mib, agent=args.agent)
+
+
+def _run(args) -> int:
+    """The chosen command; a download that failed (fetch, demo) is one line on stderr and curl's
+    exit code, not a traceback."""
+    if args.command not in ("fetch", "demo"):
+        return args.handler(args)
+    from .serve import FetchError
 
     try:
-        return demo.transfer(size_mib=args.size_mib, agent=args.agent)
-    except serve.FetchError as exc:
+        return args.handler(args)
+    except FetchError as exc:
         print(f"{args.prog}: {exc.reason}", file=sys.stderr)
         return exc.exit_code
 
@@ -185,7 +191,7 @@ def main(argv=None) -> int:
     if (args.command == "serve" and args.min_version and args.max_version
             and TLS_VERSIONS[args.min_version] > TLS_VERSIONS[args.max_version]):
         serve.error(f"--min-version {args.min_version} is above --max-version {args.max_version}")
-    return args.handler(args)
+    return _run(args)
 
 
 if __name__ == "__main__":
